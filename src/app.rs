@@ -1,0 +1,190 @@
+//! The running system: open the platform, migrate and build the services, spawn their workers
+//! once, serve HTTP, and on SIGINT/SIGTERM (or `RunningApp::stop`) shut down in order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::ErrorHandlers;
+use actix_web::{App, HttpServer, web};
+
+use crate::config::Config;
+use crate::platform::http::cors::{Cors, CorsPolicy};
+use crate::platform::http::request::RequestTelemetry;
+use crate::platform::http::{self, error::json_error_body};
+use crate::platform::workers::Workers;
+use crate::platform::{Platform, PlatformError, health};
+use crate::services::{self, Service};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Platform(#[from] PlatformError),
+    #[error("service {0:?} is not compiled into this binary")]
+    UnknownService(String),
+    #[error("{0}")]
+    Config(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Options that belong to how the app is hosted rather than to its configuration.
+#[derive(Default)]
+pub struct Hosting {
+    /// Stop on SIGINT/SIGTERM; off in tests, which stop the app themselves.
+    pub handle_signals: bool,
+    /// Services hosted beside the compiled-in ones, behind the same middleware (tests use it
+    /// to exercise the platform through routes no real service has yet).
+    pub extra_services: Vec<Arc<dyn Service>>,
+}
+
+/// A started app: bound, serving once `run` is awaited.
+pub struct RunningApp {
+    addr: SocketAddr,
+    platform: Platform,
+    server: Server,
+    workers: Workers,
+}
+
+/// Opens the platform, applies the services' migrations, builds them and binds the server.
+pub async fn start(
+    config: Config,
+    service_names: &[&str],
+    hosting: Hosting,
+) -> Result<RunningApp, StartError> {
+    let platform = Platform::open(config).await?;
+    let mut services: Vec<Arc<dyn Service>> = Vec::with_capacity(service_names.len());
+    for name in service_names {
+        let service = services::build(name, &platform)
+            .ok_or_else(|| StartError::UnknownService((*name).to_owned()))?;
+        let applied = platform
+            .db
+            .migrate(name)
+            .await
+            .map_err(PlatformError::from)?;
+        if applied > 0 {
+            tracing::info!(service = name, applied, "migrations applied");
+        }
+        services.push(service);
+    }
+    services.extend(hosting.extra_services);
+
+    let mut workers = Workers::new();
+    platform.start(&mut workers);
+    for service in &services {
+        service.start(&mut workers);
+    }
+
+    let config = Arc::clone(&platform.config);
+    let cors = config
+        .http
+        .cors
+        .enabled
+        .then(|| CorsPolicy::new(&config.http.cors).map(Arc::new))
+        .transpose()
+        .map_err(StartError::Config)?;
+    let tls = tls_config(&config)?;
+    let app_platform = platform.clone();
+    let factory = move || {
+        let platform = app_platform.clone();
+        let config = Arc::clone(&platform.config);
+        let services = services.clone();
+        let metrics = config.telemetry.metrics.then(|| platform.metrics.clone());
+        App::new()
+            .app_data(web::Data::new(platform))
+            .configure(|cfg| http::configure_extractors(&config.http, cfg))
+            .configure(|cfg| health::routes(cfg, config.telemetry.metrics))
+            .configure(|cfg| services.iter().for_each(|service| service.routes(cfg)))
+            // Innermost first: errors become JSON before CORS, security headers and request
+            // ids are added to every response, errors included.
+            .wrap(ErrorHandlers::new().default_handler(json_error_body))
+            .wrap(Cors(cors.clone()))
+            .wrap(http::security_headers(
+                config.server.tls.cert_path.is_some(),
+            ))
+            .wrap(RequestTelemetry::new(metrics))
+    };
+
+    let workers_count = match config.server.workers {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let listen = config.server.listen;
+    let mut server = HttpServer::new(factory)
+        .workers(workers_count)
+        .shutdown_timeout(config.server.shutdown_timeout_secs);
+    if !hosting.handle_signals {
+        server = server.disable_signals();
+    }
+    let bound = match tls {
+        Some(tls) => server.bind_rustls_0_23(listen, tls),
+        None => server.bind(listen),
+    }
+    .map_err(|source| StartError::Bind {
+        addr: listen,
+        source,
+    })?;
+    let addr = bound.addrs().first().copied().unwrap_or(listen);
+    let server = bound.run();
+    tracing::info!(%addr, tls = config.server.tls.cert_path.is_some(), services = ?service_names, "beep is serving");
+    Ok(RunningApp {
+        addr,
+        platform,
+        server,
+        workers,
+    })
+}
+
+fn tls_config(config: &Config) -> Result<Option<rustls::ServerConfig>, StartError> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let (Some(cert_path), Some(key_path)) =
+        (&config.server.tls.cert_path, &config.server.tls.key_path)
+    else {
+        return Ok(None);
+    };
+    let certs = CertificateDer::pem_file_iter(cert_path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|err| StartError::Tls(format!("{}: {err}", cert_path.display())))?;
+    let key = PrivateKeyDer::from_pem_file(key_path)
+        .map_err(|err| StartError::Tls(format!("{}: {err}", key_path.display())))?;
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .and_then(|builder| builder.with_no_client_auth().with_single_cert(certs, key))
+        .map(Some)
+        .map_err(|err| StartError::Tls(err.to_string()))
+}
+
+impl RunningApp {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn platform(&self) -> &Platform {
+        &self.platform
+    }
+
+    /// A handle that stops the server gracefully: `handle.stop(true)`.
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until stopped, then shuts down in order: in-flight requests finish (up to
+    /// `server.shutdown_timeout_secs`), workers stop and flush, backends close.
+    pub async fn run(self) -> std::io::Result<()> {
+        let served = self.server.await;
+        tracing::info!("HTTP server stopped; stopping workers");
+        let grace = Duration::from_secs(self.platform.config.server.shutdown_timeout_secs);
+        self.workers.shutdown(grace).await;
+        self.platform.close().await;
+        tracing::info!("shutdown complete");
+        served
+    }
+}

@@ -1,0 +1,430 @@
+//! Typed configuration: compiled defaults, then `config.toml` (or `--config PATH`), then
+//! `BEEP_<SECTION>__<KEY>` environment variables, then command-line overrides.
+//!
+//! Every struct rejects unknown keys so a typo is an error that names the key, not a silently
+//! ignored setting. `config.toml` at the repository root documents every key with its default.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub telemetry: TelemetryConfig,
+    pub database: DatabaseConfig,
+    pub cache: CacheConfig,
+    pub bus: BusConfig,
+    pub blobs: BlobsConfig,
+    pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// HTTP worker threads; 0 means one per core.
+    pub workers: usize,
+    pub shutdown_timeout_secs: u64,
+    pub tls: TlsConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("data"),
+            workers: 0,
+            shutdown_timeout_secs: 30,
+            tls: TlsConfig::default(),
+        }
+    }
+}
+
+/// TLS is on when both paths are set.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_path: Option<PathBuf>,
+    pub key_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable, coloured when the output is a terminal.
+    #[default]
+    Pretty,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    pub log_format: LogFormat,
+    /// `tracing` filter directives, e.g. `info` or `info,beep=debug,sqlx=warn`.
+    pub log_filter: String,
+    /// Serve Prometheus metrics at `/metrics`.
+    pub metrics: bool,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Pretty,
+            log_filter: "info,sea_orm_migration=warn".into(),
+            metrics: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` or `postgres://…`; empty means `beep.db` in the data dir.
+    pub url: String,
+    pub max_connections: u32,
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            max_connections: 8,
+            connect_timeout_secs: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// `memory` or `redis://…`.
+    pub url: String,
+    /// Prepended to every key and channel, so several deployments can share one Redis.
+    pub prefix: String,
+    pub pool_size: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            url: "memory".into(),
+            prefix: "beep:".into(),
+            pool_size: 16,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusConfig {
+    /// `memory` or `nats://…`.
+    pub url: String,
+    /// First segment of every subject: `<prefix>.<service>.<event>`.
+    pub subject_prefix: String,
+    /// Events buffered per in-process subscriber; a subscriber further behind loses the oldest.
+    pub capacity: usize,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            url: "memory".into(),
+            subject_prefix: "beep".into(),
+            capacity: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BlobsConfig {
+    /// A directory, or `s3://BUCKET`; empty means `blobs/` in the data dir.
+    pub url: String,
+    pub s3: S3Config,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// Empty means AWS itself; set it for MinIO, Garage, Ceph and friends.
+    pub endpoint: String,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    /// `https://endpoint/bucket/key` rather than `https://bucket.endpoint/key`.
+    pub path_style: bool,
+    /// Allow a plain-HTTP endpoint (a local test server).
+    pub allow_http: bool,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            region: "us-east-1".into(),
+            access_key_id: String::new(),
+            secret_access_key: Secret::default(),
+            path_style: true,
+            allow_http: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Largest JSON request body accepted, in bytes.
+    pub json_limit_bytes: usize,
+    /// Largest other request body (raw bytes, forms), in bytes.
+    pub body_limit_bytes: usize,
+    pub cors: CorsConfig,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            json_limit_bytes: 64 * 1024,
+            body_limit_bytes: 1024 * 1024,
+            cors: CorsConfig::default(),
+        }
+    }
+}
+
+/// Defaults are the headers the original traefik set on every response.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsConfig {
+    pub enabled: bool,
+    /// `["*"]` allows any origin; otherwise exact origins such as `https://app.example.com`.
+    pub allowed_origins: Vec<String>,
+    pub allowed_methods: String,
+    pub allowed_headers: String,
+    pub allow_credentials: bool,
+    pub max_age_secs: u64,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            allowed_origins: vec!["*".into()],
+            allowed_methods: "GET, HEAD, POST, PUT, PATCH, DELETE".into(),
+            allowed_headers: "Content-Type, Authorization, X-User-Claim".into(),
+            allow_credentials: true,
+            max_age_secs: 600,
+        }
+    }
+}
+
+/// A secret setting: deserialised as a plain string, never printed or serialised in clear.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+const MASK: &str = "********";
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { MASK })
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(if self.0.is_empty() { "" } else { MASK })
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret)
+    }
+}
+
+/// Values given on the command line; they win over every other source.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+pub const ENV_PREFIX: &str = "BEEP_";
+pub const DEFAULT_FILE: &str = "config.toml";
+
+impl Config {
+    /// Loads the configuration. With `file = None`, `config.toml` in the working directory is
+    /// read if it exists; an explicit path must exist.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let toml = match file {
+            Some(path) if !path.exists() => return Err(ConfigError::MissingFile(path.into())),
+            Some(path) => Toml::file_exact(path),
+            None => Toml::file(DEFAULT_FILE),
+        };
+        let mut server = figment::value::Dict::new();
+        if let Some(listen) = overrides.listen {
+            server.insert("listen".into(), listen.to_string().into());
+        }
+        if let Some(dir) = &overrides.data_dir {
+            server.insert("data_dir".into(), dir.display().to_string().into());
+        }
+        Figment::new()
+            .merge(toml)
+            .merge(environment())
+            .merge(Serialized::default("server", server))
+            .extract::<Config>()
+            .map_err(|err| ConfigError::Invalid(describe(err)))
+            .and_then(Config::validated)
+    }
+
+    fn validated(self) -> Result<Self, ConfigError> {
+        if self.server.tls.cert_path.is_some() != self.server.tls.key_path.is_some() {
+            return Err(ConfigError::Invalid(
+                "server.tls needs both cert_path and key_path".into(),
+            ));
+        }
+        if self.http.cors.allow_credentials
+            && self.http.cors.allowed_origins.iter().any(|o| o == "*")
+            && self.http.cors.allowed_origins.len() > 1
+        {
+            return Err(ConfigError::Invalid(
+                "http.cors.allowed_origins: \"*\" cannot be mixed with explicit origins".into(),
+            ));
+        }
+        Ok(self)
+    }
+
+    /// The merged configuration as TOML, secrets and URL passwords masked.
+    pub fn to_masked_toml(&self) -> Result<String, ConfigError> {
+        let mut value =
+            toml::Value::try_from(self).map_err(|err| ConfigError::Invalid(err.to_string()))?;
+        mask_url_passwords(&mut value);
+        toml::to_string_pretty(&value).map_err(|err| ConfigError::Invalid(err.to_string()))
+    }
+}
+
+/// `BEEP_<SECTION>__<KEY>` variables only: a `BEEP_` variable without a section separator (such
+/// as the test suite's `BEEP_TEST_POSTGRES_URL`) is not configuration, while a misspelt section
+/// or key still fails as an unknown key.
+fn environment() -> Env {
+    Env::prefixed(ENV_PREFIX)
+        .split("__")
+        .filter(|key| key.as_str().contains('.'))
+}
+
+/// figment's messages name the key and where it came from; join them into one line each.
+fn describe(err: figment::Error) -> String {
+    err.into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| m.name.to_string())
+                .unwrap_or_default();
+            match (key.is_empty(), source.is_empty()) {
+                (true, _) => e.kind.to_string(),
+                (false, true) => format!("{key}: {}", e.kind),
+                (false, false) => format!("{key}: {} (from {source})", e.kind),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn mask_url_passwords(value: &mut toml::Value) {
+    match value {
+        toml::Value::String(s) => {
+            if let Some(masked) = mask_url_password(s) {
+                *s = masked;
+            }
+        }
+        toml::Value::Table(table) => table.iter_mut().for_each(|(_, v)| mask_url_passwords(v)),
+        toml::Value::Array(items) => items.iter_mut().for_each(mask_url_passwords),
+        _ => {}
+    }
+}
+
+/// `scheme://user:password@host/…` → `scheme://user:********@host/…`; `None` when there is no
+/// password to hide.
+pub fn mask_url_password(url: &str) -> Option<String> {
+    let authority_start = url.find("://")? + 3;
+    let rest = &url[authority_start..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let at = rest[..authority_end].rfind('@')?;
+    let colon = rest[..at].find(':')?;
+    Some(format!(
+        "{}{}{MASK}{}",
+        &url[..authority_start],
+        &rest[..=colon],
+        &rest[at..]
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_only_the_password() {
+        assert_eq!(
+            mask_url_password("postgres://beep:hunter2@db:5432/beep").as_deref(),
+            Some("postgres://beep:********@db:5432/beep")
+        );
+        assert_eq!(
+            mask_url_password("redis://:pw@127.0.0.1/0").as_deref(),
+            Some("redis://:********@127.0.0.1/0")
+        );
+        assert_eq!(mask_url_password("nats://127.0.0.1:4222"), None);
+        assert_eq!(mask_url_password("https://a.b/x@y:z"), None);
+    }
+
+    #[test]
+    fn secrets_serialise_masked() {
+        let mut config = Config::default();
+        config.blobs.s3.secret_access_key = Secret::new("very-secret");
+        config.database.url = "postgres://u:p4ss@h/db".into();
+        let printed = config.to_masked_toml().unwrap_or_default();
+        assert!(!printed.contains("very-secret"), "{printed}");
+        assert!(!printed.contains("p4ss"), "{printed}");
+        assert!(printed.contains("********"));
+        assert_eq!(format!("{:?}", Secret::new("x")), "********");
+    }
+
+    #[test]
+    fn repository_config_toml_is_exactly_the_defaults() {
+        let text = include_str!("../config.toml");
+        let parsed: Config = toml::from_str(text).unwrap_or_else(|e| panic!("config.toml: {e}"));
+        assert_eq!(parsed, Config::default());
+    }
+}

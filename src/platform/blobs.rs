@@ -1,0 +1,124 @@
+//! Object storage for pictures and other files: a local directory by default, any
+//! S3-compatible server when `blobs.url` is `s3://BUCKET`.
+
+use std::path::Path as FsPath;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
+
+use crate::config::BlobsConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlobsError {
+    #[error("invalid blob key {key:?}: {reason}")]
+    InvalidKey { key: String, reason: String },
+    #[error("blob storage: {0}")]
+    Store(#[from] object_store::Error),
+    #[error("blob directory {path}: {source}")]
+    Directory {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Clone)]
+pub struct Blobs {
+    store: Arc<dyn ObjectStore>,
+    backend: &'static str,
+}
+
+/// Read by the readiness check: absent is the expected answer, proving the store responds.
+const PROBE_KEY: &str = ".beep-readiness-probe";
+
+impl Blobs {
+    pub fn open(config: &BlobsConfig, data_dir: &FsPath) -> Result<Self, BlobsError> {
+        if let Some(bucket) = config.url.strip_prefix("s3://") {
+            let s3 = &config.s3;
+            let mut builder = AmazonS3Builder::new()
+                .with_bucket_name(bucket.trim_end_matches('/'))
+                .with_region(&s3.region)
+                .with_virtual_hosted_style_request(!s3.path_style)
+                .with_allow_http(s3.allow_http);
+            if !s3.endpoint.is_empty() {
+                builder = builder.with_endpoint(&s3.endpoint);
+            }
+            if !s3.access_key_id.is_empty() {
+                builder = builder
+                    .with_access_key_id(&s3.access_key_id)
+                    .with_secret_access_key(s3.secret_access_key.expose());
+            }
+            return Ok(Self {
+                store: Arc::new(builder.build()?),
+                backend: "s3",
+            });
+        }
+        let dir = if config.url.is_empty() {
+            data_dir.join("blobs")
+        } else {
+            config.url.clone().into()
+        };
+        std::fs::create_dir_all(&dir).map_err(|source| BlobsError::Directory {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let local = LocalFileSystem::new_with_prefix(&dir)?.with_automatic_cleanup(true);
+        Ok(Self {
+            store: Arc::new(local),
+            backend: "local",
+        })
+    }
+
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    /// The underlying store, for streaming reads and writes.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// Parses a key such as `users/u-…/picture`; `..`, empty segments and the like are refused.
+    pub fn key(key: &str) -> Result<Path, BlobsError> {
+        Path::parse(key).map_err(|err| BlobsError::InvalidKey {
+            key: key.to_owned(),
+            reason: err.to_string(),
+        })
+    }
+
+    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), BlobsError> {
+        self.store
+            .put(&Self::key(key)?, PutPayload::from(bytes))
+            .await?;
+        Ok(())
+    }
+
+    /// The object's bytes, or `None` when there is no such object.
+    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, BlobsError> {
+        match self.store.get(&Self::key(key)?).await {
+            Ok(result) => Ok(Some(result.bytes().await?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Deletes the object; deleting a missing object succeeds on every backend (local
+    /// directories would otherwise say NotFound where S3 says nothing).
+    pub async fn delete(&self, key: &str) -> Result<(), BlobsError> {
+        match self.store.delete(&Self::key(key)?).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Readiness: does the store answer (a missing bucket or refused credentials do not)?
+    pub async fn check(&self) -> Result<(), BlobsError> {
+        match self.store.head(&Path::from(PROBE_KEY)).await {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! The internal event bus: typed events between services, in-process by default, NATS when
+//! `bus.url` is `nats://…` (so split binaries on several machines hear each other).
+//!
+//! Subjects are `<bus.subject_prefix>.<service>.<event>`; payloads are JSON envelopes with an
+//! id and a timestamp. Publishing never waits for subscribers: in-process, a subscriber that
+//! falls `bus.capacity` events behind loses the oldest; on NATS, the server and client drop
+//! messages for a slow consumer in the same way.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::fanout::{Fanout, FanoutReceiver};
+use super::ids::random_hex128;
+use crate::config::BusConfig;
+
+/// An event type: its payload and where it is published.
+pub trait Event: Serialize + DeserializeOwned + Send + 'static {
+    /// `<service>.<event>` in past tense, e.g. `core.member_added`.
+    const SUBJECT: &'static str;
+}
+
+/// What travels on the wire: `{"id":"…","ts":<unix ms>,"data":{…}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope<E> {
+    pub id: String,
+    /// Unix time in milliseconds when the event was published.
+    pub ts: i64,
+    pub data: E,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("invalid bus.url: {0}")]
+    Url(String),
+    #[error("nats: {0}")]
+    Nats(String),
+    #[error("nats is not connected ({0})")]
+    Disconnected(String),
+    #[error("encoding event: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+#[derive(Clone)]
+pub struct Bus {
+    transport: Transport,
+    prefix: Arc<str>,
+}
+
+#[derive(Clone)]
+enum Transport {
+    Memory(Arc<Fanout>),
+    Nats(async_nats::Client),
+}
+
+impl Bus {
+    /// Opens the bus. A NATS server that is down does not stop the start: the client keeps
+    /// reconnecting and readiness reports the bus as down meanwhile.
+    pub async fn open(config: &BusConfig) -> Result<Self, BusError> {
+        let transport = if config.url == "memory" {
+            Transport::Memory(Fanout::new(config.capacity))
+        } else if config.url.starts_with("nats://") || config.url.starts_with("tls://") {
+            let client = async_nats::ConnectOptions::new()
+                .name("beep")
+                .retry_on_initial_connect()
+                .connection_timeout(Duration::from_secs(5))
+                .subscription_capacity(config.capacity.max(1))
+                .connect(config.url.as_str())
+                .await
+                .map_err(|err| BusError::Nats(err.to_string()))?;
+            Transport::Nats(client)
+        } else {
+            return Err(BusError::Url("expected \"memory\" or nats://…".into()));
+        };
+        Ok(Self {
+            transport,
+            prefix: config.subject_prefix.as_str().into(),
+        })
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self.transport {
+            Transport::Memory(_) => "memory",
+            Transport::Nats(_) => "nats",
+        }
+    }
+
+    /// The full subject of an event type.
+    pub fn subject<E: Event>(&self) -> String {
+        format!("{}.{}", self.prefix, E::SUBJECT)
+    }
+
+    pub async fn publish<E: Event>(&self, event: E) -> Result<(), BusError> {
+        let envelope = Envelope {
+            id: random_hex128(),
+            ts: unix_millis(),
+            data: event,
+        };
+        let payload = Bytes::from(serde_json::to_vec(&envelope)?);
+        let subject = self.subject::<E>();
+        match &self.transport {
+            Transport::Memory(fanout) => {
+                fanout.publish(&subject, payload);
+                Ok(())
+            }
+            Transport::Nats(client) => client
+                .publish(subject, payload)
+                .await
+                .map_err(|err| BusError::Nats(err.to_string())),
+        }
+    }
+
+    pub async fn subscribe<E: Event>(&self) -> Result<Subscription<E>, BusError> {
+        let subject = self.subject::<E>();
+        let inner = match &self.transport {
+            Transport::Memory(fanout) => Inner::Memory(fanout.subscribe(&subject)),
+            Transport::Nats(client) => {
+                let subscriber = client
+                    .subscribe(subject)
+                    .await
+                    .map_err(|err| BusError::Nats(err.to_string()))?;
+                // The subscription is registered once the server has seen it; make sure it has,
+                // so an event published right after `subscribe` returns is not missed.
+                client
+                    .flush()
+                    .await
+                    .map_err(|err| BusError::Nats(err.to_string()))?;
+                Inner::Nats(subscriber)
+            }
+        };
+        Ok(Subscription {
+            inner,
+            _event: PhantomData,
+        })
+    }
+
+    /// Readiness: is the transport connected?
+    pub async fn check(&self) -> Result<(), BusError> {
+        match &self.transport {
+            Transport::Memory(_) => Ok(()),
+            Transport::Nats(client) => match client.connection_state() {
+                async_nats::connection::State::Connected => Ok(()),
+                state => Err(BusError::Disconnected(state.to_string())),
+            },
+        }
+    }
+
+    /// Pushes out anything still buffered; called on shutdown.
+    pub async fn flush(&self) {
+        if let Transport::Nats(client) = &self.transport
+            && client.connection_state() == async_nats::connection::State::Connected
+            && let Err(err) = client.flush().await
+        {
+            tracing::warn!(error = %err, "flushing the bus on shutdown failed");
+        }
+    }
+}
+
+pub struct Subscription<E> {
+    inner: Inner,
+    _event: PhantomData<fn() -> E>,
+}
+
+enum Inner {
+    Memory(FanoutReceiver),
+    Nats(async_nats::Subscriber),
+}
+
+impl<E: Event> Subscription<E> {
+    /// The next event, or `None` when the bus is gone. Payloads that do not decode as `E` (a
+    /// publisher of another version) are logged and skipped.
+    pub async fn next(&mut self) -> Option<Envelope<E>> {
+        loop {
+            let payload = match &mut self.inner {
+                Inner::Memory(receiver) => receiver.recv().await?,
+                Inner::Nats(subscriber) => subscriber.next().await?.payload,
+            };
+            match serde_json::from_slice(&payload) {
+                Ok(envelope) => return Some(envelope),
+                Err(err) => {
+                    tracing::warn!(subject = E::SUBJECT, error = %err, "undecodable event skipped");
+                }
+            }
+        }
+    }
+}
+
+pub fn unix_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

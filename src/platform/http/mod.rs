@@ -1,0 +1,90 @@
+//! HTTP plumbing shared by every service: the JSON error body, request ids and telemetry,
+//! security headers, CORS and body limits.
+
+pub mod cors;
+pub mod error;
+pub mod request;
+
+use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError, UrlencodedError};
+use actix_web::http::StatusCode;
+use actix_web::middleware::DefaultHeaders;
+use actix_web::web::{self, FormConfig, JsonConfig, PathConfig, PayloadConfig, QueryConfig};
+
+pub use error::ApiError;
+pub use request::RequestId;
+
+use crate::config::HttpConfig;
+
+/// Body limits, and extractor failures answered with the JSON error body and a precise status.
+pub fn configure_extractors(config: &HttpConfig, cfg: &mut web::ServiceConfig) {
+    cfg.app_data(
+        JsonConfig::default()
+            .limit(config.json_limit_bytes)
+            .error_handler(|err, _| json_error(err).into()),
+    )
+    .app_data(PayloadConfig::new(config.body_limit_bytes))
+    .app_data(
+        FormConfig::default()
+            .limit(config.body_limit_bytes)
+            .error_handler(|err, _| form_error(err).into()),
+    )
+    .app_data(QueryConfig::default().error_handler(|err, _| query_error(err).into()))
+    .app_data(PathConfig::default().error_handler(|err, _| path_error(err).into()));
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("request body is larger than {limit} bytes"),
+    )
+}
+
+fn json_error(err: JsonPayloadError) -> ApiError {
+    match err {
+        JsonPayloadError::OverflowKnownLength { limit, .. }
+        | JsonPayloadError::Overflow { limit } => too_large(limit),
+        JsonPayloadError::ContentType => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "expected Content-Type: application/json",
+        ),
+        JsonPayloadError::Deserialize(err) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", err.to_string())
+        }
+        other => ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", other.to_string()),
+    }
+}
+
+fn form_error(err: UrlencodedError) -> ApiError {
+    match err {
+        UrlencodedError::Overflow { limit, .. } => too_large(limit),
+        UrlencodedError::ContentType => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "expected Content-Type: application/x-www-form-urlencoded",
+        ),
+        other => ApiError::new(StatusCode::BAD_REQUEST, "invalid_form", other.to_string()),
+    }
+}
+
+fn query_error(err: QueryPayloadError) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", err.to_string())
+}
+
+fn path_error(err: PathError) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", err.to_string())
+}
+
+/// Headers that make browsers safer with every response; HSTS only when serving HTTPS.
+pub fn security_headers(tls: bool) -> DefaultHeaders {
+    let headers = DefaultHeaders::new()
+        .add(("X-Content-Type-Options", "nosniff"))
+        .add(("X-Frame-Options", "DENY"))
+        .add(("Referrer-Policy", "no-referrer"));
+    if tls {
+        headers.add(("Strict-Transport-Security", "max-age=31536000"))
+    } else {
+        headers
+    }
+}

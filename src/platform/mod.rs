@@ -1,0 +1,168 @@
+//! Plumbing every service shares, each piece with an embedded default and a real backend
+//! chosen by configuration. No business rule lives here.
+
+pub mod blobs;
+pub mod bus;
+pub mod cache;
+pub mod db;
+mod fanout;
+pub mod health;
+pub mod http;
+pub mod ids;
+pub mod telemetry;
+pub mod workers;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use blobs::{Blobs, BlobsError};
+use bus::{Bus, BusError};
+use cache::{Cache, CacheError};
+use db::{Db, DbError};
+use telemetry::Metrics;
+use workers::Workers;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlatformError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Blobs(#[from] BlobsError),
+}
+
+/// Handles to every backend, cheap to clone (each is a pool or an `Arc`).
+#[derive(Clone)]
+pub struct Platform {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub cache: Cache,
+    pub bus: Bus,
+    pub blobs: Blobs,
+    pub metrics: Metrics,
+}
+
+/// How long readiness waits for one backend before calling it down.
+const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often histogram samples are folded for `/metrics`.
+const METRICS_UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+impl Platform {
+    pub async fn open(config: Config) -> Result<Self, PlatformError> {
+        install_crypto_provider();
+        let data_dir = config.server.data_dir.clone();
+        let db = Db::open(&config.database, &data_dir).await?;
+        let cache = Cache::open(&config.cache)?;
+        let bus = Bus::open(&config.bus).await?;
+        let blobs = Blobs::open(&config.blobs, &data_dir)?;
+        Ok(Self {
+            config: Arc::new(config),
+            db,
+            cache,
+            bus,
+            blobs,
+            metrics: Metrics::new(),
+        })
+    }
+
+    pub fn start(&self, workers: &mut Workers) {
+        let metrics = self.metrics.clone();
+        workers.spawn("metrics-upkeep", |stop| async move {
+            let mut tick = tokio::time::interval(METRICS_UPKEEP_EVERY);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => metrics.run_upkeep(),
+                }
+            }
+        });
+    }
+
+    /// Asks every backend at once whether it answers.
+    pub async fn readiness(&self) -> Readiness {
+        let (db, cache, bus, blobs) = tokio::join!(
+            probe(self.db.backend(), self.db.check()),
+            probe(self.cache.backend(), self.cache.ping()),
+            probe(self.bus.backend(), self.bus.check()),
+            probe(self.blobs.backend(), self.blobs.check()),
+        );
+        let backends = BTreeMap::from([
+            ("database", db),
+            ("cache", cache),
+            ("bus", bus),
+            ("blobs", blobs),
+        ]);
+        let ready = backends.values().all(|b| b.state == State::Up);
+        Readiness {
+            status: if ready { "ready" } else { "unavailable" },
+            backends,
+        }
+    }
+
+    /// Flushes and closes the backends that hold buffered state.
+    pub async fn close(self) {
+        self.bus.flush().await;
+        self.db.close().await;
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Readiness {
+    pub status: &'static str,
+    pub backends: BTreeMap<&'static str, BackendState>,
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        self.status == "ready"
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct BackendState {
+    pub backend: &'static str,
+    pub state: State,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Up,
+    Down,
+}
+
+async fn probe<E: std::fmt::Display>(
+    backend: &'static str,
+    check: impl Future<Output = Result<(), E>>,
+) -> BackendState {
+    let error = match tokio::time::timeout(READINESS_TIMEOUT, check).await {
+        Ok(Ok(())) => None,
+        Ok(Err(err)) => Some(err.to_string()),
+        Err(_) => Some(format!("no answer within {READINESS_TIMEOUT:?}")),
+    };
+    BackendState {
+        backend,
+        state: if error.is_none() {
+            State::Up
+        } else {
+            State::Down
+        },
+        error,
+    }
+}
+
+/// rustls needs one process-wide crypto provider before any TLS client or server is built;
+/// ring is the only one compiled in. Installing twice is harmless.
+pub fn install_crypto_provider() {
+    let _already_installed = rustls::crypto::ring::default_provider().install_default();
+}
