@@ -350,7 +350,10 @@ fn describe(err: figment::Error) -> String {
             let source = e
                 .metadata
                 .as_ref()
-                .map(|m| m.name.to_string())
+                .map(|m| match &m.source {
+                    Some(figment::Source::File(path)) => format!("{} {}", m.name, path.display()),
+                    _ => m.name.to_string(),
+                })
                 .unwrap_or_default();
             match (key.is_empty(), source.is_empty()) {
                 (true, _) => e.kind.to_string(),

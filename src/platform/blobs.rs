@@ -31,8 +31,8 @@ pub struct Blobs {
     backend: &'static str,
 }
 
-/// Read by the readiness check: absent is the expected answer, proving the store responds.
-const PROBE_KEY: &str = ".beep-readiness-probe";
+/// Listed by the readiness check: empty is the expected answer, proving the store responds.
+const PROBE_PREFIX: &str = ".beep-readiness-probe";
 
 impl Blobs {
     pub fn open(config: &BlobsConfig, data_dir: &FsPath) -> Result<Self, BlobsError> {
@@ -116,7 +116,13 @@ impl Blobs {
 
     /// Readiness: does the store answer (a missing bucket or refused credentials do not)?
     pub async fn check(&self) -> Result<(), BlobsError> {
-        match self.store.head(&Path::from(PROBE_KEY)).await {
+        // A listing, not a HEAD: S3 servers answer HEAD on a missing bucket with a bare 404,
+        // indistinguishable from a missing key.
+        match self
+            .store
+            .list_with_delimiter(Some(&Path::from(PROBE_PREFIX)))
+            .await
+        {
             Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(err) => Err(err.into()),
         }

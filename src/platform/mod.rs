@@ -147,7 +147,7 @@ async fn probe<E: std::fmt::Display>(
 ) -> BackendState {
     let error = match tokio::time::timeout(READINESS_TIMEOUT, check).await {
         Ok(Ok(())) => None,
-        Ok(Err(err)) => Some(err.to_string()),
+        Ok(Err(err)) => Some(first_chars(&err.to_string(), READINESS_ERROR_CHARS)),
         Err(_) => Some(format!("no answer within {READINESS_TIMEOUT:?}")),
     };
     BackendState {
@@ -158,6 +158,16 @@ async fn probe<E: std::fmt::Display>(
             State::Down
         },
         error,
+    }
+}
+
+/// Backend errors can be long (an S3 XML body); readiness shows their start.
+const READINESS_ERROR_CHARS: usize = 240;
+
+fn first_chars(text: &str, n: usize) -> String {
+    match text.char_indices().nth(n) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
     }
 }
 

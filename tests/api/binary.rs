@@ -1,0 +1,224 @@
+//! The `beep` binaries as an operator runs them: configuration layering, errors that name the
+//! bad key, graceful shutdown on SIGTERM, and split binaries that migrate only their service.
+
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BEEP: &str = env!("CARGO_BIN_EXE_beep");
+
+/// `beep` with no `BEEP_*` variable inherited from the test environment.
+fn beep(dir: &std::path::Path) -> Command {
+    let mut command = Command::new(BEEP);
+    command.current_dir(dir);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("BEEP_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+fn printed_config(command: &mut Command) -> toml::Value {
+    let output = command.arg("config").output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    toml::from_str(&String::from_utf8(output.stdout).unwrap()).unwrap()
+}
+
+#[test]
+fn configuration_layers_defaults_file_environment_then_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        "[server]\nlisten = \"127.0.0.1:9001\"\nworkers = 3\n[cache]\nprefix = \"file:\"\n",
+    )
+    .unwrap();
+    // Defaults only where nothing is set.
+    let value = printed_config(&mut beep(dir.path()));
+    assert_eq!(value["server"]["listen"].as_str(), Some("127.0.0.1:9001"));
+    assert_eq!(value["server"]["workers"].as_integer(), Some(3));
+    assert_eq!(value["bus"]["url"].as_str(), Some("memory"));
+    // The environment beats the file; a BEEP_ variable that is not BEEP_<SECTION>__<KEY> is
+    // not configuration and is ignored.
+    let value = printed_config(
+        beep(dir.path())
+            .env("BEEP_SERVER__WORKERS", "5")
+            .env("BEEP_BUS__URL", "nats://127.0.0.1:4222")
+            .env("BEEP_TEST_POSTGRES_URL", "postgres://ignored"),
+    );
+    assert_eq!(value["server"]["workers"].as_integer(), Some(5));
+    assert_eq!(value["bus"]["url"].as_str(), Some("nats://127.0.0.1:4222"));
+    assert_eq!(value["cache"]["prefix"].as_str(), Some("file:"));
+    // Flags beat everything.
+    let value = printed_config(
+        beep(dir.path())
+            .env("BEEP_SERVER__LISTEN", "127.0.0.1:9002")
+            .args(["--listen", "127.0.0.1:9003", "--data-dir", "/srv/beep"]),
+    );
+    assert_eq!(value["server"]["listen"].as_str(), Some("127.0.0.1:9003"));
+    assert_eq!(value["server"]["data_dir"].as_str(), Some("/srv/beep"));
+}
+
+#[test]
+fn secrets_are_masked_when_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let value = printed_config(
+        beep(dir.path())
+            .env("BEEP_BLOBS__S3__SECRET_ACCESS_KEY", "s3cr3t-key")
+            .env("BEEP_DATABASE__URL", "postgres://beep:pa55word@db/beep"),
+    );
+    assert_eq!(
+        value["blobs"]["s3"]["secret_access_key"].as_str(),
+        Some("********")
+    );
+    assert_eq!(
+        value["database"]["url"].as_str(),
+        Some("postgres://beep:********@db/beep")
+    );
+}
+
+fn failing_config(command: &mut Command) -> String {
+    let output = command.arg("config").output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    String::from_utf8(output.stderr).unwrap()
+}
+
+#[test]
+fn unknown_keys_are_errors_that_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("typo.toml");
+    std::fs::write(&file, "[server]\nlisen = \"127.0.0.1:1\"\n").unwrap();
+    let message = failing_config(beep(dir.path()).arg("--config").arg(&file));
+    assert!(message.contains("lisen"), "{message}");
+    assert!(message.contains("typo.toml"), "{message}");
+
+    let message = failing_config(beep(dir.path()).env("BEEP_CAHCE__URL", "memory"));
+    assert!(message.to_lowercase().contains("cahce"), "{message}");
+
+    let message = failing_config(beep(dir.path()).env("BEEP_SERVER__WORKERS", "many"));
+    assert!(
+        message.contains("server.workers") || message.contains("WORKERS"),
+        "{message}"
+    );
+
+    let message = failing_config(beep(dir.path()).args(["--config", "/nonexistent/beep.toml"]));
+    assert!(message.contains("/nonexistent/beep.toml"), "{message}");
+}
+
+#[test]
+fn prints_its_version() {
+    let output = Command::new(BEEP).arg("--version").output().unwrap();
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap().trim(),
+        format!("beep {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::Read as _;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+#[test]
+fn serve_stops_gracefully_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = beep(dir.path())
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ready = loop {
+        if let Some(response) = http_get(port, "/readyz") {
+            break response;
+        }
+        assert!(Instant::now() < deadline, "beep serve never answered");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "beep did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "{exit:?}");
+    assert!(dir.path().join("data/beep.db").exists());
+}
+
+#[cfg(feature = "core")]
+#[test]
+fn a_split_binary_migrates_only_its_own_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_beep-core"))
+        .current_dir(dir.path())
+        .args(["migrate", "--data-dir", "data"])
+        .env_remove("BEEP_DATABASE__URL")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(printed.trim(), "core: 0 migration(s) applied");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let tables = runtime.block_on(async {
+        use sea_orm::{ConnectionTrait, Database, Statement};
+        let url = format!("sqlite://{}", dir.path().join("data/beep.db").display());
+        let db = Database::connect(url).await.unwrap();
+        let rows = db
+            .query_all_raw(Statement::from_string(
+                db.get_database_backend(),
+                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
+            ))
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|row| row.try_get_by_index::<String>(0).unwrap())
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(tables, vec!["core_migrations".to_owned()]);
+}

@@ -1,0 +1,222 @@
+//! Starting the app for a test, with storage of its own on whichever backends the column uses.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Once};
+
+use actix_web::dev::ServerHandle;
+use beep::app::{self, Hosting};
+use beep::config::{Config, Secret};
+use beep::platform::Platform;
+use beep::platform::ids::random_hex128;
+use beep::services::Service;
+use sea_orm::{ConnectionTrait, Database};
+use tempfile::TempDir;
+use tokio::task::JoinHandle;
+
+pub const POSTGRES: &str = "BEEP_TEST_POSTGRES_URL";
+pub const REDIS: &str = "BEEP_TEST_REDIS_URL";
+pub const NATS: &str = "BEEP_TEST_NATS_URL";
+pub const S3: &str = "BEEP_TEST_S3_ENDPOINT";
+
+/// Which backends a run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Column {
+    /// SQLite, in-process cache and bus, local directory: no outside service.
+    Embedded,
+    /// Every backend whose `BEEP_TEST_*` variable is set; `.ci/run` sets them all.
+    Real,
+}
+
+pub fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// The embedded column always; the real one when any real backend is configured.
+pub fn columns() -> Vec<Column> {
+    let mut columns = vec![Column::Embedded];
+    if [POSTGRES, REDIS, NATS, S3]
+        .iter()
+        .any(|name| env(name).is_some())
+    {
+        columns.push(Column::Real);
+    }
+    columns
+}
+
+fn init_test_logging() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    pub platform: Platform,
+    handle: ServerHandle,
+    task: JoinHandle<std::io::Result<()>>,
+    postgres_database: Option<String>,
+    _data_dir: TempDir,
+}
+
+/// A test's own namespace on shared servers: database, key prefix, subjects, bucket.
+pub fn unique_name() -> String {
+    format!("t{}", &random_hex128()[..16])
+}
+
+/// The configuration of a fresh app on `column`, with storage no other test sees.
+pub async fn test_config(column: Column, data_dir: &TempDir) -> (Config, Option<String>) {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.data_dir = data_dir.path().to_owned();
+    config.server.workers = 1;
+    config.server.shutdown_timeout_secs = 5;
+    let mut postgres_database = None;
+    if column == Column::Real {
+        let name = unique_name();
+        if let Some(url) = env(POSTGRES) {
+            create_postgres_database(&url, &name).await;
+            config.database.url = with_database(&url, &name);
+            postgres_database = Some(name.clone());
+        }
+        if let Some(url) = env(REDIS) {
+            config.cache.url = url;
+            config.cache.prefix = format!("{name}:");
+        }
+        if let Some(url) = env(NATS) {
+            config.bus.url = url;
+            config.bus.subject_prefix = name.clone();
+        }
+        if let Some(endpoint) = env(S3) {
+            create_bucket(&endpoint, &name).await;
+            config.blobs.url = format!("s3://{name}");
+            config.blobs.s3.endpoint = endpoint;
+            config.blobs.s3.allow_http = true;
+            config.blobs.s3.access_key_id = "test".into();
+            config.blobs.s3.secret_access_key = Secret::new("test");
+        }
+    }
+    (config, postgres_database)
+}
+
+impl TestApp {
+    pub async fn spawn(column: Column) -> Self {
+        Self::spawn_with(column, |_| {}, Vec::new()).await
+    }
+
+    /// Starts the app with `adjust` applied to its configuration and `extra_services` hosted
+    /// beside the compiled-in ones.
+    pub async fn spawn_with(
+        column: Column,
+        adjust: impl FnOnce(&mut Config),
+        extra_services: Vec<Arc<dyn Service>>,
+    ) -> Self {
+        init_test_logging();
+        let data_dir = tempfile::tempdir().unwrap();
+        let (mut config, postgres_database) = test_config(column, &data_dir).await;
+        adjust(&mut config);
+        let running = app::start(
+            config,
+            beep::services::COMPILED,
+            Hosting {
+                handle_signals: false,
+                extra_services,
+            },
+        )
+        .await
+        .unwrap_or_else(|err| panic!("app did not start on {column:?}: {err}"));
+        let addr = running.addr();
+        let handle = running.handle();
+        let platform = running.platform().clone();
+        let task = tokio::spawn(running.run());
+        Self {
+            addr,
+            client: reqwest::Client::new(),
+            platform,
+            handle,
+            task,
+            postgres_database,
+            _data_dir: data_dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    /// Graceful stop, then the test's PostgreSQL database is dropped.
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+        self.task.await.unwrap().unwrap();
+        if let (Some(name), Some(url)) = (self.postgres_database, env(POSTGRES)) {
+            let admin = Database::connect(url.as_str()).await.unwrap();
+            admin
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+async fn create_postgres_database(url: &str, name: &str) {
+    let admin = Database::connect(url)
+        .await
+        .unwrap_or_else(|err| panic!("{POSTGRES}={url} does not answer: {err}"));
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+}
+
+/// `postgres://host:5432/test?x=y` with the database `name` instead of `test`.
+pub fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, ""), |(b, q)| (b, q));
+    let authority_end = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[authority_end..]
+        .find('/')
+        .map_or(base.len(), |i| authority_end + i);
+    let mut out = format!("{}/{name}", &base[..path_start]);
+    if !query.is_empty() {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+async fn create_bucket(endpoint: &str, name: &str) {
+    let response = reqwest::Client::new()
+        .put(format!("{}/{name}", endpoint.trim_end_matches('/')))
+        .send()
+        .await
+        .unwrap_or_else(|err| panic!("{S3}={endpoint} does not answer: {err}"));
+    assert!(
+        response.status().is_success(),
+        "creating bucket {name}: {}",
+        response.status()
+    );
+}
+
+/// Asserts the JSON error body and returns its code.
+pub async fn error_code(response: reqwest::Response, status: u16) -> String {
+    assert_eq!(response.status().as_u16(), status);
+    assert!(
+        response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json")),
+        "error without a JSON content type"
+    );
+    let body: serde_json::Value = response.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(!message.is_empty(), "error without a message: {body}");
+    body["error"]["code"].as_str().unwrap().to_owned()
+}

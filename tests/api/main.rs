@@ -1,0 +1,13 @@
+//! Black-box tests: the real app on an ephemeral port, spoken to over HTTP. Each test runs on
+//! the embedded backends and, when the `BEEP_TEST_*` variables are set, again on PostgreSQL,
+//! Redis, NATS and S3 (see `helpers::columns`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod binary;
+mod blobs;
+mod bus;
+mod cache;
+mod helpers;
+mod http;
+mod readiness;
