@@ -1,1 +1,284 @@
-fn main() {}
+//! Foundation figures, in release mode (`cargo bench --bench platform`):
+//! - cold start of `beep serve` on the embedded defaults until `/readyz` answers 200;
+//! - idle resident memory after start;
+//! - `GET /healthz` throughput through the whole platform middleware against a bare actix-web
+//!   hello-world compiled into this bench, same client, same connections, same run.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use beep::app::{self, Hosting};
+use beep::config::Config;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+const STARTS: usize = 10;
+const CONNECTIONS: usize = 16;
+const ROUND: Duration = Duration::from_secs(3);
+const ROUNDS: usize = 5;
+const PIPELINE: usize = 16;
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "# beep foundation bench ({} cores)",
+        std::thread::available_parallelism().map_or(1, usize::from)
+    );
+    // `cargo bench --bench platform -- start` or `-- throughput` runs one part.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wanted = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
+    if wanted("start") {
+        cold_start_and_memory(&runtime);
+    }
+    if wanted("throughput") {
+        runtime.block_on(throughput());
+    }
+}
+
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+fn cold_start_and_memory(runtime: &tokio::runtime::Runtime) {
+    let mut first_starts = Vec::new();
+    let mut restarts = Vec::new();
+    let mut rss_mb = Vec::new();
+    for _ in 0..STARTS {
+        let dir = tempfile::tempdir().unwrap();
+        for fresh in [true, false] {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let started = Instant::now();
+            let mut command = Command::new(env!("CARGO_BIN_EXE_beep"));
+            for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("BEEP_")) {
+                command.env_remove(name);
+            }
+            let mut child = command
+                .current_dir(dir.path())
+                .args([
+                    "serve",
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                    "--data-dir",
+                    "data",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            runtime.block_on(async {
+                loop {
+                    if let Ok(mut conn) = TcpStream::connect(addr).await
+                        && request(&mut conn, b"GET /readyz HTTP/1.1\r\nHost: b\r\n\r\n").await
+                            == Some(200)
+                    {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            });
+            let elapsed = started.elapsed().as_secs_f64() * 1e3;
+            if fresh {
+                first_starts.push(elapsed);
+            } else {
+                std::thread::sleep(Duration::from_secs(1));
+                rss_mb.push(resident_mb(child.id()));
+                restarts.push(elapsed);
+            }
+            Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .unwrap();
+            child.wait().unwrap();
+        }
+    }
+    println!(
+        "cold start to /readyz 200, fresh data dir (creates SQLite, runs migrations): median {:.1} ms, max {:.1} ms over {STARTS}",
+        median(first_starts.clone()),
+        first_starts.iter().copied().fold(0.0, f64::max)
+    );
+    println!(
+        "cold start to /readyz 200, existing data dir: median {:.1} ms, max {:.1} ms over {STARTS}",
+        median(restarts.clone()),
+        restarts.iter().copied().fold(0.0, f64::max)
+    );
+    println!(
+        "idle resident memory 1 s after start: median {:.1} MB, max {:.1} MB",
+        median(rss_mb.clone()),
+        rss_mb.iter().copied().fold(0.0, f64::max)
+    );
+}
+
+fn resident_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    kb / 1024.0
+}
+
+/// Sends one request on a keep-alive connection and reads the whole response; the status.
+async fn request(conn: &mut TcpStream, raw: &[u8]) -> Option<u16> {
+    conn.write_all(raw).await.ok()?;
+    let mut buffer = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = conn.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+        let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = std::str::from_utf8(&buffer[..end]).ok()?;
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            })
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0);
+        if buffer.len() >= end + 4 + length {
+            return head.get(9..12)?.parse().ok();
+        }
+    }
+}
+
+/// Requests per second over `ROUND` with `CONNECTIONS` keep-alive connections, each sending
+/// `PIPELINE` requests per write, so the servers, not this client, are the bottleneck. Every
+/// response of one server has the same length (fixed-width date and request id), so the client
+/// checks each one's status line and skips the rest rather than parsing it.
+async fn load(addr: SocketAddr) -> f64 {
+    let response_len = {
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        response_length(&mut conn).await
+    };
+    let batch = b"GET /healthz HTTP/1.1\r\nHost: b\r\n\r\n".repeat(PIPELINE);
+    let deadline = Instant::now() + ROUND;
+    let clients = (0..CONNECTIONS).map(|_| {
+        let batch = batch.clone();
+        tokio::spawn(async move {
+            let mut conn = TcpStream::connect(addr).await.unwrap();
+            conn.set_nodelay(true).unwrap();
+            let expected = response_len * PIPELINE;
+            let mut responses = vec![0u8; expected];
+            let mut done = 0u64;
+            while Instant::now() < deadline {
+                conn.write_all(&batch).await.unwrap();
+                conn.read_exact(&mut responses).await.unwrap();
+                for response in responses.chunks_exact(response_len) {
+                    assert!(response.starts_with(b"HTTP/1.1 200 OK\r\n"));
+                }
+                done += PIPELINE as u64;
+            }
+            done
+        })
+    });
+    let mut total = 0;
+    for client in clients {
+        total += client.await.unwrap();
+    }
+    total as f64 / ROUND.as_secs_f64()
+}
+
+/// The length in bytes of one whole `GET /healthz` response.
+async fn response_length(conn: &mut TcpStream) -> usize {
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: b\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = conn.read(&mut chunk).await.unwrap();
+        buffer.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buffer[..end]).unwrap();
+            let body: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.split_once(':')
+                        .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                })
+                .and_then(|(_, v)| v.trim().parse().ok())
+                .unwrap();
+            return end + 4 + body;
+        }
+    }
+}
+
+async fn throughput() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.data_dir = data_dir.path().to_owned();
+    config.server.workers = 1;
+    // As `beep serve` runs by default: logs at info, metrics on.
+    beep::platform::telemetry::init_logging(&config.telemetry).unwrap();
+    let beep_app = app::start(config, beep::services::COMPILED, Hosting::default())
+        .await
+        .unwrap();
+    let beep_addr = beep_app.addr();
+    let beep_handle = beep_app.handle();
+    let beep_task = tokio::spawn(beep_app.run());
+
+    let bare = HttpServer::new(|| {
+        App::new().route(
+            "/healthz",
+            web::get().to(|| async {
+                HttpResponse::Ok()
+                    .content_type("application/json")
+                    .body(r#"{"status":"ok"}"#)
+            }),
+        )
+    })
+    .workers(1)
+    .disable_signals()
+    .bind("127.0.0.1:0")
+    .unwrap();
+    let bare_addr = bare.addrs()[0];
+    let bare = bare.run();
+    let bare_handle = bare.handle();
+    let bare_task = tokio::spawn(bare);
+
+    load(beep_addr).await; // warm-up, both
+    load(bare_addr).await;
+    let (mut beep_rates, mut bare_rates) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        bare_rates.push(load(bare_addr).await);
+        beep_rates.push(load(beep_addr).await);
+    }
+    let (beep_rps, bare_rps) = (median(beep_rates), median(bare_rates));
+    println!(
+        "GET /healthz, 1 server worker, {CONNECTIONS} keep-alive connections, median of {ROUNDS} x {ROUND:?}:"
+    );
+    println!("  bare actix-web hello world: {bare_rps:.0} req/s");
+    println!(
+        "  beep (request id, span, metrics, security headers, CORS, JSON errors): {beep_rps:.0} req/s"
+    );
+    println!("  ratio beep / bare: {:.3}", beep_rps / bare_rps);
+    beep_handle.stop(true).await;
+    bare_handle.stop(true).await;
+    let _ = beep_task.await;
+    let _ = bare_task.await;
+}

@@ -6,13 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
-use actix_web::middleware::ErrorHandlers;
 use actix_web::{App, HttpServer, web};
 
 use crate::config::Config;
-use crate::platform::http::cors::{Cors, CorsPolicy};
-use crate::platform::http::request::RequestTelemetry;
-use crate::platform::http::{self, error::json_error_body};
+use crate::platform::http;
+use crate::platform::http::cors::CorsPolicy;
+use crate::platform::http::request::{self, PlatformLayer};
 use crate::platform::workers::Workers;
 use crate::platform::{Platform, PlatformError, health};
 use crate::services::{self, Service};
@@ -86,29 +85,29 @@ pub async fn start(
         .http
         .cors
         .enabled
-        .then(|| CorsPolicy::new(&config.http.cors).map(Arc::new))
+        .then(|| CorsPolicy::new(&config.http.cors))
         .transpose()
         .map_err(StartError::Config)?;
+    let wrapper = Arc::new(request::RequestPolicy {
+        metrics: config.telemetry.metrics.then(|| platform.metrics.clone()),
+        cors,
+        security_headers: request::RequestPolicy::security_headers(
+            config.server.tls.cert_path.is_some(),
+        ),
+    });
     let tls = tls_config(&config)?;
     let app_platform = platform.clone();
     let factory = move || {
         let platform = app_platform.clone();
         let config = Arc::clone(&platform.config);
         let services = services.clone();
-        let metrics = config.telemetry.metrics.then(|| platform.metrics.clone());
+        let wrapper = Arc::clone(&wrapper);
         App::new()
             .app_data(web::Data::new(platform))
             .configure(|cfg| http::configure_extractors(&config.http, cfg))
             .configure(|cfg| health::routes(cfg, config.telemetry.metrics))
             .configure(|cfg| services.iter().for_each(|service| service.routes(cfg)))
-            // Innermost first: errors become JSON before CORS, security headers and request
-            // ids are added to every response, errors included.
-            .wrap(ErrorHandlers::new().default_handler(json_error_body))
-            .wrap(Cors(cors.clone()))
-            .wrap(http::security_headers(
-                config.server.tls.cert_path.is_some(),
-            ))
-            .wrap(RequestTelemetry::new(metrics))
+            .wrap(PlatformLayer(wrapper))
     };
 
     let workers_count = match config.server.workers {

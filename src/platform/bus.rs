@@ -120,14 +120,10 @@ impl Bus {
         let inner = match &self.transport {
             Transport::Memory(fanout) => Inner::Memory(fanout.subscribe(&subject)),
             Transport::Nats(client) => {
+                // Takes effect once the server has read it: an event published through
+                // another connection a moment later may arrive there first and be missed.
                 let subscriber = client
                     .subscribe(subject)
-                    .await
-                    .map_err(|err| BusError::Nats(err.to_string()))?;
-                // The subscription is registered once the server has seen it; make sure it has,
-                // so an event published right after `subscribe` returns is not missed.
-                client
-                    .flush()
                     .await
                     .map_err(|err| BusError::Nats(err.to_string()))?;
                 Inner::Nats(subscriber)

@@ -4,6 +4,7 @@
 //! two apps in one process (tests, benches) keep separate counts.
 
 use std::collections::HashMap;
+use std::io::IsTerminal as _;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -20,7 +21,10 @@ use crate::config::{LogFormat, TelemetryConfig};
 pub fn init_logging(config: &TelemetryConfig) -> Result<(), String> {
     let filter = EnvFilter::try_new(&config.log_filter)
         .map_err(|err| format!("telemetry.log_filter: {err}"))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour only for a person at a terminal: escape codes in collected logs are noise.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
     let result = match config.log_format {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder

@@ -58,6 +58,16 @@ async fn events_cross_between_two_app_instances_over_nats() {
     )
     .await;
     assert_eq!(second.platform.bus.backend(), "nats");
+    let connected = async {
+        while first.platform.bus.check().await.is_err()
+            || second.platform.bus.check().await.is_err()
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, connected)
+        .await
+        .expect("both apps connect to NATS");
     let mut on_second = second
         .platform
         .bus
@@ -68,11 +78,21 @@ async fn events_cross_between_two_app_instances_over_nats() {
         conversation: "c-2".into(),
         user: "u-2".into(),
     };
-    first.platform.bus.publish(event.clone()).await.unwrap();
-    let received = tokio::time::timeout(WAIT, on_second.next())
-        .await
-        .unwrap()
-        .unwrap();
+    // The subscription reaches the server through the second app's connection, the event
+    // through the first's: publish until the server has both.
+    let received = tokio::time::timeout(WAIT, async {
+        loop {
+            first.platform.bus.publish(event.clone()).await.unwrap();
+            if let Ok(received) =
+                tokio::time::timeout(Duration::from_millis(100), on_second.next()).await
+            {
+                break received;
+            }
+        }
+    })
+    .await
+    .expect("the event crossed between the apps")
+    .unwrap();
     assert_eq!(received.data, event);
     first.stop().await;
     second.stop().await;

@@ -196,12 +196,22 @@ async fn request_ids_are_kept_or_generated() {
 #[tokio::test]
 async fn security_and_cors_headers_match_the_original_traefik() {
     let app = TestApp::spawn(Column::Embedded).await;
-    for response in [app.get("/healthz").await, app.get("/missing").await] {
+    let from_browser = |path: &str| {
+        app.client
+            .get(app.url(path))
+            .header("origin", "https://app.example")
+            .send()
+    };
+    for response in [
+        from_browser("/healthz").await.unwrap(),
+        from_browser("/missing").await.unwrap(),
+    ] {
         let h = response.headers();
         assert_eq!(h["x-content-type-options"], "nosniff");
         assert_eq!(h["x-frame-options"], "DENY");
         assert_eq!(h["referrer-policy"], "no-referrer");
-        assert_eq!(h["access-control-allow-origin"], "*");
+        // "*" with credentials is refused by browsers, so the origin is echoed.
+        assert_eq!(h["access-control-allow-origin"], "https://app.example");
         assert_eq!(
             h["access-control-allow-methods"],
             "GET, HEAD, POST, PUT, PATCH, DELETE"
@@ -211,7 +221,17 @@ async fn security_and_cors_headers_match_the_original_traefik() {
             "Content-Type, Authorization, X-User-Claim"
         );
         assert_eq!(h["access-control-allow-credentials"], "true");
+        assert_eq!(h["vary"], "Origin");
     }
+    // No Origin, no CORS: a native client gets the security headers only.
+    let native = app.get("/healthz").await;
+    assert_eq!(native.headers()["x-frame-options"], "DENY");
+    assert!(
+        native
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
     // A preflight is answered before routing (and before any authentication).
     let preflight = app
         .client
@@ -227,6 +247,7 @@ async fn security_and_cors_headers_match_the_original_traefik() {
         "https://app.example"
     );
     assert_eq!(preflight.headers()["access-control-max-age"], "600");
+    assert_eq!(preflight.headers()["x-request-id"].len(), 32);
     app.stop().await;
 
     let strict = TestApp::spawn_with(
@@ -260,6 +281,28 @@ async fn security_and_cors_headers_match_the_original_traefik() {
             .is_none()
     );
     strict.stop().await;
+
+    let off = TestApp::spawn_with(
+        Column::Embedded,
+        |config| config.http.cors.enabled = false,
+        Vec::new(),
+    )
+    .await;
+    let response = off
+        .client
+        .get(off.url("/healthz"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+    off.stop().await;
 }
 
 #[tokio::test]

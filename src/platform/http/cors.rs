@@ -1,16 +1,8 @@
-//! CORS as the original traefik applied it: the same headers on every response, and every
-//! preflight (`OPTIONS`) answered here, before routing and authentication.
+//! CORS as the original traefik applied it: the same headers on every response to a browser
+//! (a request with an `Origin`), and preflights answered before routing and authentication
+//! (the platform middleware in `request.rs` applies this policy).
 
-use std::future::{Future, Ready, ready};
-use std::pin::Pin;
-use std::rc::Rc;
-use std::sync::Arc;
-
-use actix_web::body::EitherBody;
-use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
 use actix_web::http::header::{self, HeaderMap, HeaderValue};
-use actix_web::http::{Method, StatusCode};
-use actix_web::{Error, HttpResponse};
 
 use crate::config::CorsConfig;
 
@@ -51,17 +43,19 @@ impl CorsPolicy {
 
     /// The `Access-Control-Allow-Origin` for a request from `origin`, or `None` to send no
     /// CORS headers at all (an origin that is not allowed).
-    fn allow_origin(&self, origin: Option<&HeaderValue>) -> Option<HeaderValue> {
-        match origin {
+    fn allow_origin(&self, origin: &HeaderValue) -> Option<HeaderValue> {
+        if self.any_origin {
             // Browsers refuse `*` on credentialed requests, so echo the origin instead.
-            Some(origin) if self.any_origin && self.credentials => Some(origin.clone()),
-            _ if self.any_origin => Some(HeaderValue::from_static("*")),
-            Some(origin) => self.origins.contains(origin).then(|| origin.clone()),
-            None => None,
+            return Some(if self.credentials {
+                origin.clone()
+            } else {
+                HeaderValue::from_static("*")
+            });
         }
+        self.origins.contains(origin).then(|| origin.clone())
     }
 
-    fn apply(&self, origin: Option<&HeaderValue>, headers: &mut HeaderMap, preflight: bool) {
+    pub fn apply(&self, origin: &HeaderValue, headers: &mut HeaderMap, preflight: bool) {
         let echoes_origin = !self.any_origin || self.credentials;
         if echoes_origin {
             headers.append(header::VARY, HeaderValue::from_static("Origin"));
@@ -89,62 +83,6 @@ impl CorsPolicy {
 }
 
 /// `Cors(None)` passes every request through untouched (`http.cors.enabled = false`).
-pub struct Cors(pub Option<Arc<CorsPolicy>>);
-
-impl<S, B> Transform<S, ServiceRequest> for Cors
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
-    B: 'static,
-{
-    type Response = ServiceResponse<EitherBody<B>>;
-    type Error = Error;
-    type Transform = CorsMiddleware<S>;
-    type InitError = ();
-    type Future = Ready<Result<Self::Transform, Self::InitError>>;
-
-    fn new_transform(&self, service: S) -> Self::Future {
-        ready(Ok(CorsMiddleware {
-            service: Rc::new(service),
-            policy: self.0.clone(),
-        }))
-    }
-}
-
-pub struct CorsMiddleware<S> {
-    service: Rc<S>,
-    policy: Option<Arc<CorsPolicy>>,
-}
-
-impl<S, B> Service<ServiceRequest> for CorsMiddleware<S>
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
-    B: 'static,
-{
-    type Response = ServiceResponse<EitherBody<B>>;
-    type Error = Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Error>>>>;
-
-    forward_ready!(service);
-
-    fn call(&self, req: ServiceRequest) -> Self::Future {
-        let service = Rc::clone(&self.service);
-        let Some(policy) = self.policy.clone() else {
-            return Box::pin(async move { Ok(service.call(req).await?.map_into_left_body()) });
-        };
-        let origin = req.headers().get(header::ORIGIN).cloned();
-        if req.method() == Method::OPTIONS {
-            let mut response = HttpResponse::new(StatusCode::NO_CONTENT);
-            policy.apply(origin.as_ref(), response.headers_mut(), true);
-            return Box::pin(ready(Ok(req.into_response(response).map_into_right_body())));
-        }
-        Box::pin(async move {
-            let mut res = service.call(req).await?;
-            policy.apply(origin.as_ref(), res.headers_mut(), false);
-            Ok(res.map_into_left_body())
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,23 +99,12 @@ mod tests {
     #[test]
     fn origin_decisions() {
         let a = HeaderValue::from_static("https://a.example");
-        let any_creds = policy(&["*"], true);
-        assert_eq!(any_creds.allow_origin(Some(&a)), Some(a.clone()));
-        assert_eq!(
-            any_creds.allow_origin(None),
-            Some(HeaderValue::from_static("*"))
-        );
+        let evil = HeaderValue::from_static("https://evil.example");
+        assert_eq!(policy(&["*"], true).allow_origin(&a), Some(a.clone()));
         let any = policy(&["*"], false);
-        assert_eq!(
-            any.allow_origin(Some(&a)),
-            Some(HeaderValue::from_static("*"))
-        );
+        assert_eq!(any.allow_origin(&a), Some(HeaderValue::from_static("*")));
         let listed = policy(&["https://a.example"], true);
-        assert_eq!(listed.allow_origin(Some(&a)), Some(a));
-        assert_eq!(
-            listed.allow_origin(Some(&HeaderValue::from_static("https://evil.example"))),
-            None
-        );
-        assert_eq!(listed.allow_origin(None), None);
+        assert_eq!(listed.allow_origin(&a), Some(a));
+        assert_eq!(listed.allow_origin(&evil), None);
     }
 }

@@ -4,10 +4,10 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use actix_web::body::EitherBody;
 use actix_web::dev::ServiceResponse;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderMap};
-use actix_web::middleware::ErrorHandlerResponse;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
@@ -101,14 +101,14 @@ pub fn code_for(status: StatusCode) -> &'static str {
     }
 }
 
-/// Middleware hook (`ErrorHandlers::default_handler`): an error response that is not JSON
-/// yet (actix's 404 and 405, an error from a dependency's `ResponseError`) gets the JSON body.
-/// Its headers are kept; its text body is replaced, since it may carry internals.
-pub fn json_error_body<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
-    if is_json(res.headers()) {
-        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
-    }
+/// An error response that is not JSON yet (actix's 404 and 405, an error from a dependency's
+/// `ResponseError`) gets the JSON body; its headers are kept, its text body, which may carry
+/// internals, is replaced. Other responses pass through untouched.
+pub fn into_json_error<B>(res: ServiceResponse<B>) -> ServiceResponse<EitherBody<B>> {
     let status = res.status();
+    if !(status.is_client_error() || status.is_server_error()) || is_json(res.headers()) {
+        return res.map_into_left_body();
+    }
     let message = match status {
         StatusCode::NOT_FOUND => format!(
             "no route for {} {}",
@@ -131,9 +131,7 @@ pub fn json_error_body<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHan
                 .append(name.clone(), value.clone());
         }
     }
-    Ok(ErrorHandlerResponse::Response(
-        ServiceResponse::new(req, replacement).map_into_right_body::<B>(),
-    ))
+    ServiceResponse::new(req, replacement).map_into_right_body()
 }
 
 fn is_json(headers: &HeaderMap) -> bool {

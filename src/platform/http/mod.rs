@@ -1,5 +1,5 @@
-//! HTTP plumbing shared by every service: the JSON error body, request ids and telemetry,
-//! security headers, CORS and body limits.
+//! HTTP plumbing shared by every service: the JSON error body, the per-request wrapper
+//! (request ids, telemetry, security headers, CORS) and body limits.
 
 pub mod cors;
 pub mod error;
@@ -7,11 +7,9 @@ pub mod request;
 
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError, UrlencodedError};
 use actix_web::http::StatusCode;
-use actix_web::middleware::DefaultHeaders;
 use actix_web::web::{self, FormConfig, JsonConfig, PathConfig, PayloadConfig, QueryConfig};
 
 pub use error::ApiError;
-pub use request::RequestId;
 
 use crate::config::HttpConfig;
 
@@ -74,17 +72,4 @@ fn query_error(err: QueryPayloadError) -> ApiError {
 
 fn path_error(err: PathError) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", err.to_string())
-}
-
-/// Headers that make browsers safer with every response; HSTS only when serving HTTPS.
-pub fn security_headers(tls: bool) -> DefaultHeaders {
-    let headers = DefaultHeaders::new()
-        .add(("X-Content-Type-Options", "nosniff"))
-        .add(("X-Frame-Options", "DENY"))
-        .add(("Referrer-Policy", "no-referrer"));
-    if tls {
-        headers.add(("Strict-Transport-Security", "max-age=31536000"))
-    } else {
-        headers
-    }
 }

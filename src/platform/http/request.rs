@@ -1,39 +1,27 @@
-//! Per-request telemetry: an `X-Request-ID` on every response (the caller's, when it sends a
-//! sane one), a tracing span carrying it around every log line of the request, and the
-//! Prometheus request count and latency per matched route.
+//! The platform's wrapper around every request, in one layer because each layer costs every
+//! request: an `X-Request-ID` on every response (the caller's, when it sends a sane one), a
+//! tracing span carrying it around every log line of the request, Prometheus count and
+//! latency per matched route, security headers, CORS, and error bodies made JSON.
 
 use std::future::{Future, Ready, ready};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
-use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
-use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::{Error, FromRequest, HttpMessage as _, HttpRequest};
+use actix_web::body::EitherBody;
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::http::{Method, StatusCode};
+use actix_web::{Error, HttpResponse};
 use tracing::Instrument as _;
 
+use super::cors::CorsPolicy;
+use super::error::into_json_error;
 use crate::platform::ids::random_hex128;
 use crate::platform::telemetry::Metrics;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// The id of the request being served; handlers can extract it to pass it on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestId(pub String);
-
-impl FromRequest for RequestId {
-    type Error = Error;
-    type Future = Ready<Result<Self, Error>>;
-
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let id = req
-            .extensions()
-            .get::<RequestId>()
-            .cloned()
-            .unwrap_or_else(|| RequestId(random_hex128()));
-        ready(Ok(id))
-    }
-}
 
 /// An incoming id is kept only if it is short and plain, so it cannot forge log lines.
 fn acceptable(id: &str) -> bool {
@@ -43,51 +31,76 @@ fn acceptable(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
-pub struct RequestTelemetry {
-    metrics: Option<Metrics>,
+/// What the wrapper adds, decided once at start.
+pub struct RequestPolicy {
+    /// `None` when `telemetry.metrics = false`.
+    pub metrics: Option<Metrics>,
+    /// `None` when `http.cors.enabled = false`.
+    pub cors: Option<CorsPolicy>,
+    /// Set on every response that does not set them itself.
+    pub security_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
-impl RequestTelemetry {
-    /// `metrics: None` leaves Prometheus out (telemetry.metrics = false).
-    pub fn new(metrics: Option<Metrics>) -> Self {
-        Self { metrics }
+impl RequestPolicy {
+    pub fn security_headers(tls: bool) -> Vec<(HeaderName, HeaderValue)> {
+        let mut headers = vec![
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+            (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+            (
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            ),
+        ];
+        if tls {
+            headers.push((
+                header::STRICT_TRANSPORT_SECURITY,
+                HeaderValue::from_static("max-age=31536000"),
+            ));
+        }
+        headers
     }
 }
 
-impl<S, B> Transform<S, ServiceRequest> for RequestTelemetry
+/// The middleware factory: `App::wrap(PlatformLayer(Arc::new(policy)))`.
+pub struct PlatformLayer(pub Arc<RequestPolicy>);
+
+impl<S, B> Transform<S, ServiceRequest> for PlatformLayer
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
     B: 'static,
 {
-    type Response = ServiceResponse<B>;
+    type Response = ServiceResponse<EitherBody<B>>;
     type Error = Error;
-    type Transform = RequestTelemetryMiddleware<S>;
+    type Transform = PlatformMiddleware<S>;
     type InitError = ();
     type Future = Ready<Result<Self::Transform, Self::InitError>>;
 
     fn new_transform(&self, service: S) -> Self::Future {
-        ready(Ok(RequestTelemetryMiddleware {
+        ready(Ok(PlatformMiddleware {
             service: Rc::new(service),
-            metrics: self.metrics.clone(),
+            policy: Arc::clone(&self.0),
         }))
     }
 }
 
-pub struct RequestTelemetryMiddleware<S> {
+pub struct PlatformMiddleware<S> {
     service: Rc<S>,
-    metrics: Option<Metrics>,
+    policy: Arc<RequestPolicy>,
 }
 
 type LocalBoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 
-impl<S, B> Service<ServiceRequest> for RequestTelemetryMiddleware<S>
+impl<S, B> Service<ServiceRequest> for PlatformMiddleware<S>
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
     B: 'static,
 {
-    type Response = ServiceResponse<B>;
+    type Response = ServiceResponse<EitherBody<B>>;
     type Error = Error;
-    type Future = LocalBoxFuture<Result<ServiceResponse<B>, Error>>;
+    type Future = LocalBoxFuture<Result<Self::Response, Error>>;
 
     forward_ready!(service);
 
@@ -99,40 +112,59 @@ where
             .and_then(|v| v.to_str().ok())
             .filter(|id| acceptable(id))
             .map_or_else(random_hex128, str::to_owned);
-        let header = HeaderValue::from_str(&id).ok();
-        let method = req.method().clone();
-        let span =
-            tracing::info_span!("request", request_id = %id, method = %method, path = %req.path());
-        req.extensions_mut().insert(RequestId(id));
+        let id_header = HeaderValue::from_str(&id).ok();
+        // Only the id: it is what ties the request's log lines together, and span fields are
+        // formatted on every request; method, path and status go on the closing event.
+        let span = tracing::info_span!("request", request_id = %id);
+        let method = method_label(req.method());
+        let policy = Arc::clone(&self.policy);
+        // Browsers send Origin on every cross-origin request; without one there is no CORS
+        // to answer. A preflight is answered here, before routing and authentication.
+        let origin = policy
+            .cors
+            .as_ref()
+            .and_then(|_| req.headers().get(header::ORIGIN).cloned());
+        let preflight = origin.is_some() && req.method() == Method::OPTIONS;
         let service = Rc::clone(&self.service);
-        let metrics = self.metrics.clone();
         Box::pin(
             async move {
-                let result = service.call(req).await;
-                let elapsed = started.elapsed();
-                let (status, route) = match &result {
-                    Ok(res) => (res.status().as_u16(), res.request().match_pattern()),
-                    Err(err) => (err.as_response_error().status_code().as_u16(), None),
-                };
-                if status >= 500 {
-                    tracing::error!(
-                        status,
-                        elapsed_ms = elapsed.as_secs_f64() * 1e3,
-                        "request failed"
-                    );
+                let result = if preflight {
+                    let response = HttpResponse::new(StatusCode::NO_CONTENT);
+                    Ok(req.into_response(response).map_into_right_body())
                 } else {
-                    tracing::debug!(
-                        status,
-                        elapsed_ms = elapsed.as_secs_f64() * 1e3,
-                        "request served"
-                    );
+                    service.call(req).await.map(into_json_error)
+                };
+                let elapsed = started.elapsed();
+                let elapsed_ms = elapsed.as_secs_f64() * 1e3;
+                let mut res = match result {
+                    Ok(res) => res,
+                    Err(err) => {
+                        let status = err.as_response_error().status_code().as_u16();
+                        tracing::error!(method, status, elapsed_ms, error = %err, "request failed");
+                        return Err(err);
+                    }
+                };
+                let status = res.status().as_u16();
+                let path = res.request().path();
+                if status >= 500 {
+                    tracing::error!(method, path, status, elapsed_ms, "request failed");
+                } else {
+                    tracing::debug!(method, path, status, elapsed_ms, "request served");
                 }
-                if let Some(metrics) = metrics {
-                    metrics.record_request(route, method_label(&method), status, elapsed);
+                if let Some(metrics) = &policy.metrics {
+                    metrics.record_request(res.request().match_pattern(), method, status, elapsed);
                 }
-                let mut res = result?;
-                if let Some(header) = header {
-                    res.headers_mut().insert(X_REQUEST_ID, header);
+                let headers = res.headers_mut();
+                for (name, value) in &policy.security_headers {
+                    if !headers.contains_key(name) {
+                        headers.insert(name.clone(), value.clone());
+                    }
+                }
+                if let (Some(cors), Some(origin)) = (&policy.cors, &origin) {
+                    cors.apply(origin, headers, preflight);
+                }
+                if let Some(id_header) = id_header {
+                    headers.insert(X_REQUEST_ID, id_header);
                 }
                 Ok(res)
             }
@@ -142,7 +174,7 @@ where
 }
 
 /// Known methods as static labels; anything else is one bucket, not one series per verb.
-fn method_label(method: &actix_web::http::Method) -> &'static str {
+fn method_label(method: &Method) -> &'static str {
     match method.as_str() {
         "GET" => "GET",
         "HEAD" => "HEAD",
