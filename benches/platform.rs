@@ -270,13 +270,17 @@ async fn throughput() {
     }
     let (beep_rps, bare_rps) = (median(beep_rates), median(bare_rates));
     println!(
-        "GET /healthz, 1 server worker, {CONNECTIONS} keep-alive connections, median of {ROUNDS} x {ROUND:?}:"
+        "GET /healthz, 1 server worker, {CONNECTIONS} keep-alive connections x {PIPELINE} pipelined requests, median of {ROUNDS} x {ROUND:?}:"
     );
     println!("  bare actix-web hello world: {bare_rps:.0} req/s");
     println!(
         "  beep (request id, span, metrics, security headers, CORS, JSON errors): {beep_rps:.0} req/s"
     );
     println!("  ratio beep / bare: {:.3}", beep_rps / bare_rps);
+    println!(
+        "  platform cost per request: {:.2} us (1/beep - 1/bare, one saturated worker)",
+        (1.0 / beep_rps - 1.0 / bare_rps) * 1e6
+    );
     beep_handle.stop(true).await;
     bare_handle.stop(true).await;
     let _ = beep_task.await;
