@@ -21,6 +21,7 @@ const CONNECTIONS: usize = 16;
 const ROUND: Duration = Duration::from_secs(3);
 const ROUNDS: usize = 5;
 const PIPELINE: usize = 16;
+const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: b\r\n\r\n";
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -85,7 +86,9 @@ fn cold_start_and_memory(runtime: &tokio::runtime::Runtime) {
             runtime.block_on(async {
                 loop {
                     if let Ok(mut conn) = TcpStream::connect(addr).await
-                        && request(&mut conn, b"GET /readyz HTTP/1.1\r\nHost: b\r\n\r\n").await
+                        && request(&mut conn, b"GET /readyz HTTP/1.1\r\nHost: b\r\n\r\n")
+                            .await
+                            .map(|(status, _)| status)
                             == Some(200)
                     {
                         break;
@@ -136,8 +139,9 @@ fn resident_mb(pid: u32) -> f64 {
     kb / 1024.0
 }
 
-/// Sends one request on a keep-alive connection and reads the whole response; the status.
-async fn request(conn: &mut TcpStream, raw: &[u8]) -> Option<u16> {
+/// Sends one request on a keep-alive connection and reads the whole response: its status and
+/// its length in bytes.
+async fn request(conn: &mut TcpStream, raw: &[u8]) -> Option<(u16, usize)> {
     conn.write_all(raw).await.ok()?;
     let mut buffer = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
@@ -151,7 +155,7 @@ async fn request(conn: &mut TcpStream, raw: &[u8]) -> Option<u16> {
             continue;
         };
         let head = std::str::from_utf8(&buffer[..end]).ok()?;
-        let length: usize = head
+        let body: usize = head
             .lines()
             .find_map(|l| {
                 l.split_once(':')
@@ -159,8 +163,9 @@ async fn request(conn: &mut TcpStream, raw: &[u8]) -> Option<u16> {
             })
             .and_then(|(_, v)| v.trim().parse().ok())
             .unwrap_or(0);
-        if buffer.len() >= end + 4 + length {
-            return head.get(9..12)?.parse().ok();
+        let total = end + 4 + body;
+        if buffer.len() >= total {
+            return Some((head.get(9..12)?.parse().ok()?, total));
         }
     }
 }
@@ -172,9 +177,10 @@ async fn request(conn: &mut TcpStream, raw: &[u8]) -> Option<u16> {
 async fn load(addr: SocketAddr) -> f64 {
     let response_len = {
         let mut conn = TcpStream::connect(addr).await.unwrap();
-        response_length(&mut conn).await
+        let (_, length) = request(&mut conn, HEALTHZ).await.unwrap();
+        length
     };
-    let batch = b"GET /healthz HTTP/1.1\r\nHost: b\r\n\r\n".repeat(PIPELINE);
+    let batch = HEALTHZ.repeat(PIPELINE);
     let deadline = Instant::now() + ROUND;
     let clients = (0..CONNECTIONS).map(|_| {
         let batch = batch.clone();
@@ -200,31 +206,6 @@ async fn load(addr: SocketAddr) -> f64 {
         total += client.await.unwrap();
     }
     total as f64 / ROUND.as_secs_f64()
-}
-
-/// The length in bytes of one whole `GET /healthz` response.
-async fn response_length(conn: &mut TcpStream) -> usize {
-    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: b\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buffer = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = conn.read(&mut chunk).await.unwrap();
-        buffer.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = std::str::from_utf8(&buffer[..end]).unwrap();
-            let body: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.split_once(':')
-                        .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                })
-                .and_then(|(_, v)| v.trim().parse().ok())
-                .unwrap();
-            return end + 4 + body;
-        }
-    }
 }
 
 async fn throughput() {

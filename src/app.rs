@@ -57,6 +57,16 @@ pub async fn start(
     service_names: &[&str],
     hosting: Hosting,
 ) -> Result<RunningApp, StartError> {
+    // Settings that can be refused are checked before anything is opened.
+    let cors = config
+        .http
+        .cors
+        .enabled
+        .then(|| CorsPolicy::new(&config.http.cors))
+        .transpose()
+        .map_err(StartError::Config)?;
+    let tls = tls_config(&config)?;
+
     let platform = Platform::open(config).await?;
     let mut services: Vec<Arc<dyn Service>> = Vec::with_capacity(service_names.len());
     for name in service_names {
@@ -74,20 +84,7 @@ pub async fn start(
     }
     services.extend(hosting.extra_services);
 
-    let mut workers = Workers::new();
-    platform.start(&mut workers);
-    for service in &services {
-        service.start(&mut workers);
-    }
-
     let config = Arc::clone(&platform.config);
-    let cors = config
-        .http
-        .cors
-        .enabled
-        .then(|| CorsPolicy::new(&config.http.cors))
-        .transpose()
-        .map_err(StartError::Config)?;
     let wrapper = Arc::new(request::RequestPolicy {
         metrics: config.telemetry.metrics.then(|| platform.metrics.clone()),
         cors,
@@ -95,12 +92,12 @@ pub async fn start(
             config.server.tls.cert_path.is_some(),
         ),
     });
-    let tls = tls_config(&config)?;
     let app_platform = platform.clone();
+    let app_services = services.clone();
     let factory = move || {
         let platform = app_platform.clone();
         let config = Arc::clone(&platform.config);
-        let services = services.clone();
+        let services = app_services.clone();
         let wrapper = Arc::clone(&wrapper);
         App::new()
             .app_data(web::Data::new(platform))
@@ -131,6 +128,13 @@ pub async fn start(
     })?;
     let addr = bound.addrs().first().copied().unwrap_or(listen);
     let server = bound.run();
+
+    // Workers start once the port is ours, so a failed start leaves nothing running.
+    let mut workers = Workers::new();
+    platform.start(&mut workers);
+    for service in &services {
+        service.start(&mut workers);
+    }
     tracing::info!(%addr, tls = config.server.tls.cert_path.is_some(), services = ?service_names, "beep is serving");
     Ok(RunningApp {
         addr,

@@ -222,3 +222,19 @@ fn a_split_binary_migrates_only_its_own_service() {
     });
     assert_eq!(tables, vec!["core_migrations".to_owned()]);
 }
+
+#[test]
+fn a_start_that_cannot_succeed_exits_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = beep(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", "data"])
+        .env("BEEP_SERVER__TLS__CERT_PATH", "/nonexistent/cert.pem")
+        .env("BEEP_SERVER__TLS__KEY_PATH", "/nonexistent/key.pem")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/nonexistent/cert.pem"), "{stderr}");
+    // Nothing was opened before the refusal.
+    assert!(!dir.path().join("data").exists());
+}

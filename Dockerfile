@@ -1,0 +1,28 @@
+# Build: the whole workspace in release mode.
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY migrations migrations
+COPY src src
+COPY benches benches
+RUN cargo build --release --locked --bin beep \
+ && strip target/release/beep
+
+# Run: a small Debian with CA certificates (for S3, SMS and SMTP over TLS) and a non-root user.
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /data beep \
+ && mkdir -p /data /etc/beep \
+ && chown beep /data
+COPY --from=build /src/target/release/beep /usr/local/bin/beep
+USER beep
+WORKDIR /data
+VOLUME /data
+ENV BEEP_SERVER__LISTEN=0.0.0.0:8080 \
+    BEEP_SERVER__DATA_DIR=/data \
+    BEEP_TELEMETRY__LOG_FORMAT=json
+EXPOSE 8080
+ENTRYPOINT ["beep"]
+CMD ["serve"]
