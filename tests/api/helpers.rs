@@ -148,6 +148,10 @@ impl TestApp {
         format!("http://{}{path}", self.addr)
     }
 
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.post(self.url(path))
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client.get(self.url(path)).send().await.unwrap()
     }

@@ -74,7 +74,7 @@ async fn routing_errors_are_json() {
         let app = TestApp::spawn(column).await;
         let response = app.get("/no/such/route").await;
         assert_eq!(error_code(response, 404).await, "not_found");
-        let response = app.client.post(app.url("/healthz")).send().await.unwrap();
+        let response = app.post("/healthz").send().await.unwrap();
         assert_eq!(error_code(response, 405).await, "method_not_allowed");
         app.stop().await;
     }
@@ -85,8 +85,7 @@ async fn bad_input_gets_a_precise_4xx_and_good_input_passes() {
     for column in columns() {
         let app = spawn_echo(column).await;
         let ok = app
-            .client
-            .post(app.url("/echo/json"))
+            .post("/echo/json")
             .json(&serde_json::json!({"text": "hi"}))
             .send()
             .await
@@ -95,8 +94,7 @@ async fn bad_input_gets_a_precise_4xx_and_good_input_passes() {
         assert_eq!(ok.json::<serde_json::Value>().await.unwrap()["text"], "hi");
 
         let malformed = app
-            .client
-            .post(app.url("/echo/json"))
+            .post("/echo/json")
             .header("content-type", "application/json")
             .body("{\"text\":")
             .send()
@@ -104,16 +102,14 @@ async fn bad_input_gets_a_precise_4xx_and_good_input_passes() {
             .unwrap();
         assert_eq!(error_code(malformed, 400).await, "invalid_json");
         let wrong_shape = app
-            .client
-            .post(app.url("/echo/json"))
+            .post("/echo/json")
             .json(&serde_json::json!({"txt": 1}))
             .send()
             .await
             .unwrap();
         assert_eq!(error_code(wrong_shape, 400).await, "invalid_json");
         let not_json = app
-            .client
-            .post(app.url("/echo/json"))
+            .post("/echo/json")
             .header("content-type", "text/plain")
             .body("{}")
             .send()
@@ -122,25 +118,17 @@ async fn bad_input_gets_a_precise_4xx_and_good_input_passes() {
         assert_eq!(error_code(not_json, 415).await, "unsupported_media_type");
 
         let big_json = serde_json::json!({"text": "x".repeat(2000)});
-        let too_big = app
-            .client
-            .post(app.url("/echo/json"))
-            .json(&big_json)
-            .send()
-            .await
-            .unwrap();
+        let too_big = app.post("/echo/json").json(&big_json).send().await.unwrap();
         assert_eq!(error_code(too_big, 413).await, "payload_too_large");
         let too_many_bytes = app
-            .client
-            .post(app.url("/echo/bytes"))
+            .post("/echo/bytes")
             .body(vec![0u8; 4096])
             .send()
             .await
             .unwrap();
         assert_eq!(error_code(too_many_bytes, 413).await, "payload_too_large");
         let fits = app
-            .client
-            .post(app.url("/echo/bytes"))
+            .post("/echo/bytes")
             .body(vec![7u8; 2000])
             .send()
             .await
