@@ -142,46 +142,127 @@ fn http_get(port: u16, path: &str) -> Option<String> {
     Some(response)
 }
 
+/// `beep serve` on a free port, ready; stopped with SIGTERM.
+struct Served {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Served {
+    fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let mut command = beep(dir);
+        command
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+                "data",
+            ])
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let served = Self {
+            child: command.spawn().unwrap(),
+            port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(response) = http_get(port, "/readyz") {
+                assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+                return served;
+            }
+            assert!(Instant::now() < deadline, "beep serve never answered");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then the exit status and everything the process printed.
+    fn stop(mut self) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let mut printed = String::new();
+        if let Some(mut stdout) = self.child.stdout.take() {
+            // Returns at end of output, which comes when the process exits.
+            std::io::Read::read_to_string(&mut stdout, &mut printed).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, printed);
+            }
+            assert!(Instant::now() < deadline, "beep did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Served {
+    /// A failed test must not leave a server running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn serve_stops_gracefully_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut child = beep(dir.path())
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(dir.path().join("data"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let ready = loop {
-        if let Some(response) = http_get(port, "/readyz") {
-            break response;
-        }
-        assert!(Instant::now() < deadline, "beep serve never answered");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let exit = loop {
-        if let Some(exit) = child.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(Instant::now() < deadline, "beep did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(exit.success(), "{exit:?}");
+    let served = Served::start(dir.path(), &[]);
+    let (status, logs) = served.stop();
+    assert!(status.success(), "{status:?}");
+    assert!(logs.contains("shutdown complete"), "{logs}");
     assert!(dir.path().join("data/beep.db").exists());
+}
+
+#[test]
+fn json_logs_carry_the_request_id_on_the_request_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(
+        dir.path(),
+        &[
+            ("BEEP_TELEMETRY__LOG_FORMAT", "json"),
+            ("BEEP_TELEMETRY__LOG_FILTER", "info,beep=debug"),
+        ],
+    );
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", served.port)).unwrap();
+    write!(
+        stream,
+        "GET /no/such/page HTTP/1.1\r\nHost: x\r\nX-Request-ID: trace-me-42\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
+    assert!(
+        response
+            .to_lowercase()
+            .contains("x-request-id: trace-me-42"),
+        "{response}"
+    );
+    let (_, logs) = served.stop();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    let served_line = lines
+        .iter()
+        .find(|line| line["message"] == "request served" && line["path"] == "/no/such/page")
+        .unwrap_or_else(|| panic!("no request line in {logs}"));
+    assert_eq!(
+        served_line["span"]["request_id"], "trace-me-42",
+        "{served_line}"
+    );
+    assert_eq!(served_line["path"], "/no/such/page");
+    assert_eq!(served_line["status"], 404);
 }
 
 #[cfg(feature = "core")]
