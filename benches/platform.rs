@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use actix_web::{App, HttpResponse, HttpServer, web};
@@ -15,6 +15,12 @@ use beep::app::{self, Hosting};
 use beep::config::Config;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
+
+// The tests' `beep serve` helper; the bench uses only part of it.
+#[allow(dead_code)]
+#[path = "../tests/common/served.rs"]
+mod served;
+use served::Served;
 
 const STARTS: usize = 10;
 const CONNECTIONS: usize = 16;
@@ -40,7 +46,7 @@ fn main() {
         .collect();
     let wanted = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
     if wanted("start") {
-        cold_start_and_memory(&runtime);
+        cold_start_and_memory();
     }
     if wanted("throughput") {
         runtime.block_on(throughput());
@@ -52,79 +58,42 @@ fn median(mut samples: Vec<f64>) -> f64 {
     samples[samples.len() / 2]
 }
 
-fn cold_start_and_memory(runtime: &tokio::runtime::Runtime) {
+fn cold_start_and_memory() {
     let mut first_starts = Vec::new();
     let mut restarts = Vec::new();
     let mut rss_mb = Vec::new();
     for _ in 0..STARTS {
         let dir = tempfile::tempdir().unwrap();
         for fresh in [true, false] {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
             let started = Instant::now();
-            let mut command = Command::new(env!("CARGO_BIN_EXE_beep"));
-            for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("BEEP_")) {
-                command.env_remove(name);
-            }
-            let mut child = command
-                .current_dir(dir.path())
-                .args([
-                    "serve",
-                    "--listen",
-                    &format!("127.0.0.1:{port}"),
-                    "--data-dir",
-                    "data",
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            runtime.block_on(async {
-                loop {
-                    if let Ok(mut conn) = TcpStream::connect(addr).await
-                        && request(&mut conn, b"GET /readyz HTTP/1.1\r\nHost: b\r\n\r\n")
-                            .await
-                            .map(|(status, _)| status)
-                            == Some(200)
-                    {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            });
+            let served = Served::start(dir.path(), &[]);
             let elapsed = started.elapsed().as_secs_f64() * 1e3;
             if fresh {
                 first_starts.push(elapsed);
             } else {
                 std::thread::sleep(Duration::from_secs(1));
-                rss_mb.push(resident_mb(child.id()));
+                rss_mb.push(resident_mb(served.pid()));
                 restarts.push(elapsed);
             }
-            Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status()
-                .unwrap();
-            child.wait().unwrap();
+            let (status, _) = served.stop();
+            assert!(status.success());
         }
     }
+    let max = |samples: &[f64]| samples.iter().copied().fold(0.0, f64::max);
     println!(
         "cold start to /readyz 200, fresh data dir (creates SQLite, runs migrations): median {:.1} ms, max {:.1} ms over {STARTS}",
         median(first_starts.clone()),
-        first_starts.iter().copied().fold(0.0, f64::max)
+        max(&first_starts)
     );
     println!(
         "cold start to /readyz 200, existing data dir: median {:.1} ms, max {:.1} ms over {STARTS}",
         median(restarts.clone()),
-        restarts.iter().copied().fold(0.0, f64::max)
+        max(&restarts)
     );
     println!(
         "idle resident memory 1 s after start: median {:.1} MB, max {:.1} MB",
         median(rss_mb.clone()),
-        rss_mb.iter().copied().fold(0.0, f64::max)
+        max(&rss_mb)
     );
 }
 

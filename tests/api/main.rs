@@ -11,3 +11,5 @@ mod cache;
 mod helpers;
 mod http;
 mod readiness;
+#[path = "../common/served.rs"]
+mod served;

@@ -82,7 +82,6 @@ impl CorsPolicy {
     }
 }
 
-/// `Cors(None)` passes every request through untouched (`http.cors.enabled = false`).
 #[cfg(test)]
 mod tests {
     use super::*;

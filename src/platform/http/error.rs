@@ -171,4 +171,16 @@ mod tests {
             br#"{"error":{"code":"not_a_member","message":"no"}}"#
         );
     }
+
+    #[test]
+    fn internal_errors_hide_their_cause() {
+        let cause = std::io::Error::other("password=hunter2 at db:5432");
+        let response = ApiError::internal(&cause).error_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = response.into_body().try_into_bytes().unwrap_or_default();
+        assert_eq!(
+            body.as_ref(),
+            br#"{"error":{"code":"internal","message":"internal server error"}}"#
+        );
+    }
 }

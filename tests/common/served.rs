@@ -1,0 +1,120 @@
+//! `beep serve` as an operator runs it, shared by the tests and the cold-start bench: on a
+//! free loopback port, with no `BEEP_*` variable inherited, stopped with SIGTERM.
+
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BEEP: &str = env!("CARGO_BIN_EXE_beep");
+
+/// `beep` with no `BEEP_*` variable inherited from the test environment.
+pub fn beep(dir: &std::path::Path) -> Command {
+    let mut command = Command::new(BEEP);
+    command.current_dir(dir);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("BEEP_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::Read as _;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+/// `beep serve` on a free port, ready; stopped with SIGTERM.
+pub struct Served {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl Served {
+    pub fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let mut command = beep(dir);
+        command
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+                "data",
+            ])
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let served = Self {
+            child: command.spawn().unwrap(),
+            port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(response) = http_get(port, "/readyz") {
+                assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+                return served;
+            }
+            assert!(Instant::now() < deadline, "beep serve never answered");
+            // Fine-grained: the cold-start bench times this loop.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then the exit status and everything the process printed.
+    pub fn stop(mut self) -> (std::process::ExitStatus, String) {
+        let pid = self.pid().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let mut printed = String::new();
+        if let Some(mut stdout) = self.child.stdout.take() {
+            // Returns at end of output, which comes when the process exits.
+            std::io::Read::read_to_string(&mut stdout, &mut printed).unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, printed);
+            }
+            assert!(Instant::now() < deadline, "beep did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Served {
+    /// A failed test must not leave a server running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
