@@ -20,8 +20,8 @@ use crate::services::{self, Service};
 pub enum StartError {
     #[error(transparent)]
     Platform(#[from] PlatformError),
-    #[error("service {0:?} is not compiled into this binary")]
-    UnknownService(String),
+    #[error(transparent)]
+    Service(#[from] services::BuildError),
     #[error("{0}")]
     Config(String),
     #[error("TLS: {0}")]
@@ -67,11 +67,14 @@ pub async fn start(
         .map_err(StartError::Config)?;
     let tls = tls_config(&config)?;
 
+    if let Some(unknown) = service_names
+        .iter()
+        .find(|name| !services::COMPILED.contains(name))
+    {
+        return Err(services::BuildError::Unknown((*unknown).to_owned()).into());
+    }
     let platform = Platform::open(config).await?;
-    let mut services: Vec<Arc<dyn Service>> = Vec::with_capacity(service_names.len());
     for name in service_names {
-        let service = services::build(name, &platform)
-            .ok_or_else(|| StartError::UnknownService((*name).to_owned()))?;
         let applied = platform
             .db
             .migrate(name)
@@ -80,8 +83,8 @@ pub async fn start(
         if applied > 0 {
             tracing::info!(service = name, applied, "migrations applied");
         }
-        services.push(service);
     }
+    let mut services = services::build(service_names, &platform)?;
     services.extend(hosting.extra_services);
 
     let config = Arc::clone(&platform.config);

@@ -36,6 +36,31 @@ enum Command {
     Migrate,
     /// Print the merged configuration, secrets masked, then exit.
     Config,
+    /// Signing keys.
+    #[cfg(feature = "auth")]
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Block or unblock users.
+    #[cfg(feature = "auth")]
+    #[command(subcommand)]
+    Users(UsersCommand),
+}
+
+#[cfg(feature = "auth")]
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Add a new signing key to <data_dir>/keys; running servers switch to it at their next
+    /// rescan and keep publishing the old one until its tokens have expired.
+    Rotate,
+}
+
+#[cfg(feature = "auth")]
+#[derive(Debug, Subcommand)]
+enum UsersCommand {
+    /// Refuse the user's logins and end their sessions (within auth.revocation_sync_secs).
+    Block { user_id: String },
+    /// Let the user log in again.
+    Unblock { user_id: String },
 }
 
 /// Runs the command line for a binary hosting `services`.
@@ -76,7 +101,11 @@ pub fn main(services: &[&str]) -> ExitCode {
     let result = runtime.block_on(async {
         match command {
             Command::Migrate => migrate(&config, services).await,
-            _ => serve(config, services).await,
+            #[cfg(feature = "auth")]
+            Command::Keys(KeysCommand::Rotate) => rotate_keys(&config),
+            #[cfg(feature = "auth")]
+            Command::Users(command) => users(&config, command).await,
+            Command::Serve | Command::Config => serve(config, services).await,
         }
     });
     match result {
@@ -113,6 +142,41 @@ async fn migrate(config: &Config, services: &[&str]) -> Result<(), AnyError> {
     for service in services {
         let applied = db.migrate(service).await?;
         println!("{service}: {applied} migration(s) applied");
+    }
+    db.close().await;
+    Ok(())
+}
+
+#[cfg(feature = "auth")]
+fn rotate_keys(config: &Config) -> Result<(), AnyError> {
+    use crate::services::auth::keys;
+    if config.auth.keys.private_key_path.is_some() {
+        return Err("auth.keys.private_key_path is set: replace that file to change keys".into());
+    }
+    let kid = keys::rotate(&config.server.data_dir, config.auth.keys.algorithm)?;
+    println!("{kid}");
+    Ok(())
+}
+
+#[cfg(feature = "auth")]
+async fn users(config: &Config, command: UsersCommand) -> Result<(), AnyError> {
+    use crate::services::auth::sessions::Sessions;
+    let db = Db::open(&config.database, &config.server.data_dir).await?;
+    db.migrate("auth").await?;
+    let sessions = Sessions::new(db.connection().clone(), config.auth.refresh_token_ttl_secs);
+    match command {
+        UsersCommand::Block { user_id } => {
+            sessions.block(&user_id).await?;
+            let ended = sessions.revoke_user(&user_id, "blocked").await?;
+            println!("{user_id} blocked; {} session(s) ended", ended.len());
+        }
+        UsersCommand::Unblock { user_id } => {
+            let was = sessions.unblock(&user_id).await?;
+            println!(
+                "{user_id} {}",
+                if was { "unblocked" } else { "was not blocked" }
+            );
+        }
     }
     db.close().await;
     Ok(())

@@ -8,8 +8,10 @@ pub mod db;
 mod fanout;
 pub mod health;
 pub mod http;
+pub mod identity;
 pub mod ids;
 pub mod telemetry;
+pub mod users;
 pub mod workers;
 
 use std::collections::BTreeMap;
@@ -24,6 +26,7 @@ use blobs::{Blobs, BlobsError};
 use bus::{Bus, BusError};
 use cache::{Cache, CacheError};
 use db::{Db, DbError};
+use identity::Identity;
 use telemetry::Metrics;
 use workers::Workers;
 
@@ -48,6 +51,8 @@ pub struct Platform {
     pub bus: Bus,
     pub blobs: Blobs,
     pub metrics: Metrics,
+    /// Verifies access tokens; its keys come from auth (in-process) or `auth.jwks_url`.
+    pub identity: Identity,
 }
 
 /// How long readiness waits for one backend before calling it down.
@@ -63,6 +68,7 @@ impl Platform {
         let cache = Cache::open(&config.cache)?;
         let bus = Bus::open(&config.bus).await?;
         let blobs = Blobs::open(&config.blobs, &data_dir)?;
+        let identity = Identity::new(&config.auth, cache.clone());
         Ok(Self {
             config: Arc::new(config),
             db,
@@ -70,6 +76,7 @@ impl Platform {
             bus,
             blobs,
             metrics: Metrics::new(),
+            identity,
         })
     }
 
@@ -84,6 +91,24 @@ impl Platform {
                 }
             }
         });
+        if !self.config.auth.jwks_url.is_empty() {
+            let identity = self.identity.clone();
+            let url = self.config.auth.jwks_url.clone();
+            let every = Duration::from_secs(self.config.auth.jwks_refresh_secs.max(1));
+            workers.spawn("jwks-refresh", move |stop| async move {
+                let client = reqwest::Client::new();
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tick.tick() => match identity.load_jwks(&client, &url).await {
+                            Ok(keys) => tracing::debug!(keys, %url, "signing keys loaded"),
+                            Err(err) => tracing::warn!(error = %err, %url, "cannot load signing keys"),
+                        },
+                    }
+                }
+            });
+        }
     }
 
     /// Asks every backend at once whether it answers.

@@ -64,22 +64,64 @@ pub const COMPILED: &[&str] = &[
     "bites",
 ];
 
-/// Builds the named service over the platform; `None` if it is not compiled in.
-pub fn build(name: &str, _platform: &Platform) -> Option<Arc<dyn Service>> {
-    let service: Arc<dyn Service> = match name {
-        #[cfg(feature = "auth")]
-        "auth" => Arc::new(auth::Auth),
-        #[cfg(feature = "core")]
-        "core" => Arc::new(core::Core),
-        #[cfg(feature = "permissions")]
-        "permissions" => Arc::new(permissions::Permissions),
-        #[cfg(feature = "heartbeat")]
-        "heartbeat" => Arc::new(heartbeat::Heartbeat),
-        #[cfg(feature = "pictures")]
-        "pictures" => Arc::new(pictures::Pictures),
-        #[cfg(feature = "bites")]
-        "bites" => Arc::new(bites::Bites),
-        _ => return None,
-    };
-    Some(service)
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("service {0:?} is not compiled into this binary")]
+    Unknown(String),
+    #[error("{service}: {reason}")]
+    Service {
+        service: &'static str,
+        reason: String,
+    },
+}
+
+/// Builds the named services over the platform, wiring the narrow traits one service answers
+/// for another (core's user directory for auth).
+pub fn build(names: &[&str], platform: &Platform) -> Result<Vec<Arc<dyn Service>>, BuildError> {
+    if let Some(unknown) = names.iter().find(|name| !COMPILED.contains(name)) {
+        return Err(BuildError::Unknown((*unknown).to_owned()));
+    }
+    let hosted = |name: &str| names.contains(&name);
+    #[cfg(feature = "core")]
+    let core = hosted("core").then(|| Arc::new(core::Core::new(platform)));
+
+    let mut services: Vec<Arc<dyn Service>> = Vec::with_capacity(names.len());
+    for name in COMPILED.iter().filter(|name| hosted(name)) {
+        let service: Arc<dyn Service> = match *name {
+            #[cfg(feature = "auth")]
+            "auth" => {
+                #[cfg(feature = "core")]
+                let users: Option<crate::platform::users::SharedDirectory> =
+                    core.as_ref().map(|core| Arc::clone(&core.users) as _);
+                #[cfg(not(feature = "core"))]
+                let users: Option<crate::platform::users::SharedDirectory> = None;
+                let users = users.ok_or(BuildError::Service {
+                    service: "auth",
+                    reason: "needs core in the same process to find and create users".into(),
+                })?;
+                let auth =
+                    auth::Auth::new(platform, users).map_err(|reason| BuildError::Service {
+                        service: "auth",
+                        reason,
+                    })?;
+                Arc::new(auth)
+            }
+            #[cfg(feature = "core")]
+            "core" => match &core {
+                Some(core) => Arc::clone(core) as Arc<dyn Service>,
+                None => continue,
+            },
+            #[cfg(feature = "permissions")]
+            "permissions" => Arc::new(permissions::Permissions),
+            #[cfg(feature = "heartbeat")]
+            "heartbeat" => Arc::new(heartbeat::Heartbeat),
+            #[cfg(feature = "pictures")]
+            "pictures" => Arc::new(pictures::Pictures),
+            #[cfg(feature = "bites")]
+            "bites" => Arc::new(bites::Bites),
+            other => return Err(BuildError::Unknown(other.to_owned())),
+        };
+        services.push(service);
+    }
+    Ok(services)
 }

@@ -1,6 +1,7 @@
 //! HTTP plumbing shared by every service: the JSON error body, the per-request wrapper
 //! (request ids, telemetry, security headers, CORS) and body limits.
 
+pub mod caller;
 pub mod cors;
 pub mod error;
 pub mod request;
@@ -9,6 +10,7 @@ use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError, Urlencode
 use actix_web::http::StatusCode;
 use actix_web::web::{self, FormConfig, JsonConfig, PathConfig, PayloadConfig, QueryConfig};
 
+pub use caller::Caller;
 pub use error::ApiError;
 
 use crate::config::HttpConfig;
@@ -72,4 +74,30 @@ fn query_error(err: QueryPayloadError) -> ApiError {
 
 fn path_error(err: PathError) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", err.to_string())
+}
+
+/// The client's address, for rate limits: the peer, or the first `X-Forwarded-For`/`Forwarded`
+/// hop when `http.trust_forwarded_for` says a proxy sets it.
+pub fn client_ip(req: &actix_web::HttpRequest, trust_forwarded_for: bool) -> String {
+    let info = req.connection_info();
+    let address = if trust_forwarded_for {
+        info.realip_remote_addr()
+    } else {
+        info.peer_addr()
+    };
+    let address = address.unwrap_or("unknown");
+    // Drop the port: "1.2.3.4:5678" and "[::1]:5678" become the bare address.
+    match address.parse::<std::net::SocketAddr>() {
+        Ok(socket) => socket.ip().to_string(),
+        Err(_) => address.to_owned(),
+    }
+}
+
+/// Whether the client asked for JSON (`Accept: application/json`) where the original answered
+/// plain text.
+pub fn wants_json(req: &actix_web::HttpRequest) -> bool {
+    req.headers()
+        .get(actix_web::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/json"))
 }

@@ -1,0 +1,197 @@
+//! The narrow question auth asks of core: "the user behind this phone number or email,
+//! created if new". core owns the `user` table and implements [`UserDirectory`]; `app.rs` hands
+//! the implementation to auth, which never imports core.
+
+use std::fmt;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+/// A phone number in E.164 form (`+6591234567`), parsed and validated against the numbering
+/// plan of its country, not matched by a pattern.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PhoneNumber(String);
+
+impl PhoneNumber {
+    /// Accepts any common notation of an international number (`+65 9123 4567`,
+    /// `+1 (415) 555-2671`); a country code is required, as in the original.
+    pub fn parse(input: &str) -> Result<Self, InvalidLogin> {
+        let input = input.trim();
+        if input.is_empty() || input.len() > 40 {
+            return Err(InvalidLogin::Phone);
+        }
+        let number = phonenumber::parse(None, input).map_err(|_| InvalidLogin::Phone)?;
+        if !number.is_valid() {
+            return Err(InvalidLogin::Phone);
+        }
+        Ok(Self(
+            number.format().mode(phonenumber::Mode::E164).to_string(),
+        ))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An email address, lowercased so one mailbox is one account.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Email(String);
+
+impl Email {
+    pub fn parse(input: &str) -> Result<Self, InvalidLogin> {
+        let input = input.trim().to_lowercase();
+        if input.len() > 254 {
+            return Err(InvalidLogin::Email);
+        }
+        let address: lettre::Address = input.parse().map_err(|_| InvalidLogin::Email)?;
+        Ok(Self(address.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidLogin {
+    #[error("not a valid international phone number (E.164, with its + country code)")]
+    Phone,
+    #[error("not a valid email address")]
+    Email,
+}
+
+/// What a user logs in with.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "lowercase")]
+pub enum Login {
+    Phone(PhoneNumber),
+    Email(Email),
+}
+
+impl Login {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Phone(phone) => phone.as_str(),
+            Self::Email(email) => email.as_str(),
+        }
+    }
+}
+
+impl fmt::Display for Login {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Logins travel as their text and are validated again when read back.
+macro_rules! serde_as_parsed_text {
+    ($type:ty) => {
+        impl Serialize for $type {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+        impl<'de> Deserialize<'de> for $type {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(d)?;
+                Self::parse(&text).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+serde_as_parsed_text!(PhoneNumber);
+serde_as_parsed_text!(Email);
+
+/// The user a login resolved to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownUser {
+    pub id: String,
+    /// Created by this call.
+    pub created: bool,
+}
+
+/// The profile sent to the original `POST /register/:code/:nonce` (core's `User` fields).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct NewProfile {
+    pub username: Option<String>,
+    pub bio: String,
+    pub profile_pic: String,
+    pub first_name: String,
+    pub last_name: String,
+}
+
+/// A user as the original core serialised it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub id: String,
+    pub username: Option<String>,
+    pub bio: String,
+    pub profile_pic: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub phone_number: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    /// The request was wrong (a field too long, an empty name): the message says what.
+    #[error("{0}")]
+    Invalid(String),
+    /// A user already holds this login or username.
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Backend(#[from] anyhow::Error),
+}
+
+pub type DirectoryResult<T> = Result<T, DirectoryError>;
+
+/// Implemented by core in-process (and by a client of core in a split deployment).
+pub trait UserDirectory: Send + Sync + 'static {
+    /// The user holding `login`, created (with an empty profile) if there is none.
+    fn ensure_user<'a>(&'a self, login: &'a Login) -> BoxFuture<'a, DirectoryResult<KnownUser>>;
+
+    /// Creates a user holding `login` with `profile` (the original register flow).
+    fn register_user<'a>(
+        &'a self,
+        login: &'a Login,
+        profile: NewProfile,
+    ) -> BoxFuture<'a, DirectoryResult<UserRecord>>;
+}
+
+pub type SharedDirectory = Arc<dyn UserDirectory>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phone_numbers_are_normalised_to_e164() {
+        let parsed = PhoneNumber::parse("+65 9123 4567").map(|p| p.as_str().to_owned());
+        assert_eq!(parsed.as_deref(), Ok("+6591234567"));
+        let parsed = PhoneNumber::parse("+1 (415) 555-2671").map(|p| p.as_str().to_owned());
+        assert_eq!(parsed.as_deref(), Ok("+14155552671"));
+        for bad in [
+            "",
+            "91234567",
+            "+999 123",
+            "+65 1",
+            "not a number",
+            "+6591234567999999",
+        ] {
+            assert_eq!(PhoneNumber::parse(bad), Err(InvalidLogin::Phone), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn emails_are_lowercased_and_checked() {
+        let parsed = Email::parse(" Alice@Example.COM ").map(|e| e.as_str().to_owned());
+        assert_eq!(parsed.as_deref(), Ok("alice@example.com"));
+        for bad in ["", "alice", "@example.com", "a@", "a b@example.com"] {
+            assert_eq!(Email::parse(bad), Err(InvalidLogin::Email), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Every way a login or token request fails, and the status each one answers.
+
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{HeaderValue, RETRY_AFTER};
+use actix_web::{HttpResponse, ResponseError};
+
+use crate::platform::cache::CacheError;
+use crate::platform::http::ApiError;
+use crate::platform::users::{DirectoryError, InvalidLogin};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error(transparent)]
+    InvalidLogin(#[from] InvalidLogin),
+    #[error("{0}")]
+    InvalidRequest(&'static str),
+    #[error("too many requests ({limit}); try again later")]
+    RateLimited {
+        limit: &'static str,
+        retry_after: Duration,
+    },
+    #[error("the code is wrong or has expired")]
+    InvalidCode,
+    #[error("too many wrong codes for this login attempt; request a new code")]
+    TooManyAttempts { retry_after: Duration },
+    #[error("this account is blocked")]
+    UserBlocked,
+    #[error("the refresh token is unknown, expired or revoked")]
+    InvalidRefreshToken,
+    #[error("the refresh token was already used; the session has been ended")]
+    RefreshTokenReused,
+    #[error("no such session")]
+    SessionNotFound,
+    #[error("the code could not be delivered")]
+    Delivery(#[source] anyhow::Error),
+    #[error("{0}")]
+    Profile(String),
+    #[error("{0}")]
+    UserExists(String),
+    #[error("not found")]
+    BypassDisabled,
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<CacheError> for AuthError {
+    fn from(err: CacheError) -> Self {
+        Self::Internal(err.into())
+    }
+}
+
+impl From<sea_orm::DbErr> for AuthError {
+    fn from(err: sea_orm::DbErr) -> Self {
+        Self::Internal(err.into())
+    }
+}
+
+impl From<DirectoryError> for AuthError {
+    fn from(err: DirectoryError) -> Self {
+        match err {
+            DirectoryError::Invalid(message) => Self::Profile(message),
+            DirectoryError::Conflict(message) => Self::UserExists(message),
+            DirectoryError::Backend(cause) => Self::Internal(cause),
+        }
+    }
+}
+
+impl AuthError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::InvalidLogin(InvalidLogin::Phone) => {
+                (StatusCode::BAD_REQUEST, "invalid_phone_number")
+            }
+            Self::InvalidLogin(InvalidLogin::Email) => (StatusCode::BAD_REQUEST, "invalid_email"),
+            Self::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Self::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::InvalidCode => (StatusCode::UNAUTHORIZED, "invalid_code"),
+            Self::TooManyAttempts { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts"),
+            Self::UserBlocked => (StatusCode::FORBIDDEN, "user_blocked"),
+            Self::InvalidRefreshToken => (StatusCode::UNAUTHORIZED, "invalid_refresh_token"),
+            Self::RefreshTokenReused => (StatusCode::UNAUTHORIZED, "refresh_token_reused"),
+            Self::SessionNotFound => (StatusCode::NOT_FOUND, "session_not_found"),
+            Self::Delivery(_) => (StatusCode::BAD_GATEWAY, "delivery_failed"),
+            Self::Profile(_) => (StatusCode::BAD_REQUEST, "invalid_profile"),
+            Self::UserExists(_) => (StatusCode::CONFLICT, "user_exists"),
+            Self::BypassDisabled => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::RateLimited { retry_after, .. } | Self::TooManyAttempts { retry_after } => {
+                Some(*retry_after)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl ResponseError for AuthError {
+    fn status_code(&self) -> StatusCode {
+        self.status_and_code().0
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let api = match self {
+            Self::Internal(cause) => ApiError::internal(cause.as_ref()),
+            Self::Delivery(cause) => {
+                tracing::error!(error = %crate::platform::http::error::ErrorChain(cause.as_ref()), "OTP delivery failed");
+                let (status, code) = self.status_and_code();
+                ApiError::new(status, code, self.to_string())
+            }
+            _ => {
+                let (status, code) = self.status_and_code();
+                ApiError::new(status, code, self.to_string())
+            }
+        };
+        let mut response = api.error_response();
+        if let Some(wait) = self.retry_after() {
+            // Whole seconds, rounded up, never 0 (a client would retry at once).
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        response
+    }
+}
