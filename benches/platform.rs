@@ -184,7 +184,7 @@ async fn throughput() {
     config.server.data_dir = data_dir.path().to_owned();
     config.server.workers = 1;
     // As `beep serve` runs by default: logs at info, metrics on.
-    beep::platform::telemetry::init_logging(&config.telemetry).unwrap();
+    beep::platform::telemetry::init_logging(&config.telemetry, false).unwrap();
     let beep_app = app::start(config, beep::services::COMPILED, Hosting::default())
         .await
         .unwrap();

@@ -87,7 +87,8 @@ pub fn main(services: &[&str]) -> ExitCode {
             Err(err) => fail(&err),
         };
     }
-    if let Err(err) = telemetry::init_logging(&config.telemetry) {
+    if let Err(err) = telemetry::init_logging(&config.telemetry, !matches!(command, Command::Serve))
+    {
         eprintln!("beep: {err}");
         return ExitCode::from(2);
     }

@@ -339,24 +339,44 @@ impl Default for OtpConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
-    pub codes_per_destination_per_hour: u64,
-    pub codes_per_ip_per_hour: u64,
-    pub sms_per_minute: u64,
-    pub emails_per_minute: u64,
-    pub verifies_per_ip_per_minute: u64,
-    pub refreshes_per_ip_per_minute: u64,
+    /// Codes sent to one phone number or email address.
+    pub codes_per_destination: Limit,
+    /// Codes requested from one client address.
+    pub codes_per_ip: Limit,
+    /// Text messages sent in all, whoever asks (an SMS costs money).
+    pub sms: Limit,
+    /// Emails sent in all.
+    pub emails: Limit,
+    /// Code verifications from one client address.
+    pub verifies_per_ip: Limit,
+    /// Token refreshes from one client address.
+    pub refreshes_per_ip: Limit,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
-            codes_per_destination_per_hour: 5,
-            codes_per_ip_per_hour: 20,
-            sms_per_minute: 30,
-            emails_per_minute: 60,
-            verifies_per_ip_per_minute: 30,
-            refreshes_per_ip_per_minute: 60,
+            codes_per_destination: Limit::new(5, 3600),
+            codes_per_ip: Limit::new(20, 3600),
+            sms: Limit::new(30, 60),
+            emails: Limit::new(60, 60),
+            verifies_per_ip: Limit::new(30, 60),
+            refreshes_per_ip: Limit::new(60, 60),
         }
+    }
+}
+
+/// At most `max` events per fixed window of `window_secs`; `max = 0` turns the limit off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    pub max: u64,
+    pub window_secs: u64,
+}
+
+impl Limit {
+    pub const fn new(max: u64, window_secs: u64) -> Self {
+        Self { max, window_secs }
     }
 }
 

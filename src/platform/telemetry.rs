@@ -18,13 +18,29 @@ use crate::config::{LogFormat, TelemetryConfig};
 
 /// Installs the process's log subscriber. Call once, from the binary (not from the app, which
 /// tests start many times).
-pub fn init_logging(config: &TelemetryConfig) -> Result<(), String> {
+///
+/// The server logs to stdout; one-shot commands log to stderr so their stdout is only their
+/// answer (`kid=$(beep keys rotate)`).
+pub fn init_logging(config: &TelemetryConfig, to_stderr: bool) -> Result<(), String> {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
     let filter = EnvFilter::try_new(&config.log_filter)
         .map_err(|err| format!("telemetry.log_filter: {err}"))?;
+    let (writer, terminal) = if to_stderr {
+        (
+            BoxMakeWriter::new(std::io::stderr),
+            std::io::stderr().is_terminal(),
+        )
+    } else {
+        (
+            BoxMakeWriter::new(std::io::stdout),
+            std::io::stdout().is_terminal(),
+        )
+    };
     // Colour only for a person at a terminal: escape codes in collected logs are noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stdout().is_terminal());
+        .with_writer(writer)
+        .with_ansi(terminal);
     let result = match config.log_format {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder

@@ -1,7 +1,8 @@
 //! Starting the app for a test, with storage of its own on whichever backends the column uses.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Once};
+use std::path::Path;
+use std::sync::{Arc, Mutex, Once};
 
 use actix_web::dev::ServerHandle;
 use beep::app::{self, Hosting};
@@ -43,14 +44,92 @@ pub fn columns() -> Vec<Column> {
     columns
 }
 
+/// Codes the `log` OTP sender wrote, as `(destination, code)`, in order.
+static SENT_CODES: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+/// Logs to the test output, and keeps what the `log` OTP sender writes so tests can log in
+/// the way a developer reading the log would.
 fn init_test_logging() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
-            .with_test_writer()
+        let filter = tracing_subscriber::EnvFilter::new(
+            std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        );
+        let _ = tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_test_writer()
+                    .with_filter(filter),
+            )
+            .with(
+                OtpCapture.with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+                    meta.target() == beep::services::auth::senders::LOG_TARGET
+                })),
+            )
             .try_init();
     });
+}
+
+use tracing_subscriber::Layer as _;
+
+struct OtpCapture;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for OtpCapture {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if event.metadata().target() != beep::services::auth::senders::LOG_TARGET {
+            return;
+        }
+        #[derive(Default)]
+        struct Fields {
+            destination: Option<String>,
+            code: Option<String>,
+        }
+        impl tracing::field::Visit for Fields {
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if field.name() == "code" {
+                    self.code = Some(value.to_owned());
+                }
+            }
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                match field.name() {
+                    "destination" => self.destination = Some(format!("{value:?}")),
+                    "code" => self.code = Some(format!("{value:?}").trim_matches('"').to_owned()),
+                    _ => {}
+                }
+            }
+        }
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        if let (Some(destination), Some(code)) = (fields.destination, fields.code) {
+            SENT_CODES.lock().unwrap().push((destination, code));
+        }
+    }
+}
+
+/// The last code the `log` sender wrote for `destination` (E.164 phone or lowercased email).
+pub fn sent_code(destination: &str) -> String {
+    SENT_CODES
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|(to, _)| to == destination)
+        .map(|(_, code)| code.clone())
+        .unwrap_or_else(|| panic!("no code was logged for {destination}"))
+}
+
+/// A valid Singapore mobile number no other test uses (E.164).
+pub fn unique_phone() -> String {
+    loop {
+        let digits = u32::from_str_radix(&random_hex128()[..8], 16).unwrap() % 10_000_000;
+        let phone = format!("+659{digits:07}");
+        // Not every range is allocated; the server validates against the numbering plan.
+        if beep::platform::users::PhoneNumber::parse(&phone).is_ok() {
+            return phone;
+        }
+    }
 }
 
 pub struct TestApp {
@@ -60,7 +139,7 @@ pub struct TestApp {
     handle: ServerHandle,
     task: JoinHandle<std::io::Result<()>>,
     postgres_database: Option<String>,
-    _data_dir: TempDir,
+    data_dir: TempDir,
 }
 
 /// A test's own namespace on shared servers: database, key prefix, subjects, bucket.
@@ -115,13 +194,23 @@ impl TestApp {
         adjust: impl FnOnce(&mut Config),
         extra_services: Vec<Arc<dyn Service>>,
     ) -> Self {
+        Self::spawn_services(column, beep::services::COMPILED, adjust, extra_services).await
+    }
+
+    /// Starts an app hosting only `services` (as a split binary would).
+    pub async fn spawn_services(
+        column: Column,
+        services: &[&str],
+        adjust: impl FnOnce(&mut Config),
+        extra_services: Vec<Arc<dyn Service>>,
+    ) -> Self {
         init_test_logging();
         let data_dir = tempfile::tempdir().unwrap();
         let (mut config, postgres_database) = test_config(column, &data_dir).await;
         adjust(&mut config);
         let running = app::start(
             config,
-            beep::services::COMPILED,
+            services,
             Hosting {
                 handle_signals: false,
                 extra_services,
@@ -140,8 +229,12 @@ impl TestApp {
             handle,
             task,
             postgres_database,
-            _data_dir: data_dir,
+            data_dir,
         }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.data_dir.path()
     }
 
     pub fn url(&self, path: &str) -> String {

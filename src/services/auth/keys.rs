@@ -2,7 +2,7 @@
 //! 2048 for RS256), or one PEM file named by `auth.keys.private_key_path`.
 //!
 //! Each generated key is a PKCS#8 PEM file named `<kid>.pem`, where the kid starts with its
-//! creation time and algorithm (`1763800000-ed25519-1a2b3c4d`). The newest key signs. An older
+//! creation time (Unix ms) and algorithm (`1763800000000-ed25519-1a2b3c4d`). The newest key signs. An older
 //! key stays published in the JWKS until every token it signed has expired (its successor's age
 //! exceeds the access-token lifetime plus leeway); then its file is removed. `beep keys rotate`
 //! adds a key; running servers pick it up at their next rescan.
@@ -22,6 +22,7 @@ use rsa::traits::PublicKeyParts as _;
 use sha2::{Digest as _, Sha256};
 
 use crate::config::{AuthConfig, SigningAlgorithm};
+use crate::platform::bus::unix_millis;
 use crate::platform::identity::VerifyingKey;
 use crate::platform::ids::hex;
 
@@ -222,15 +223,16 @@ fn load(source: &Source, retain_secs: u64, may_generate: bool) -> Result<Keys, K
                 generate(dir, *algorithm)?;
                 stored = list(dir)?;
             }
-            let now = jsonwebtoken::get_current_timestamp();
+            let now = unix_millis();
+            let retain_ms = i64::try_from(retain_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
             let mut published = Vec::new();
             let mut signer = None;
             // Newest first: the first signs; each older one is kept while its successor is
             // younger than the longest token lifetime.
-            let mut successor_created: Option<u64> = None;
+            let mut successor_created: Option<i64> = None;
             for (created, kid) in stored.iter().rev() {
                 let path = dir.join(format!("{kid}.pem"));
-                let expired = successor_created.is_some_and(|s| now >= s + retain_secs);
+                let expired = successor_created.is_some_and(|s| now >= s.saturating_add(retain_ms));
                 successor_created = Some(*created);
                 if expired {
                     // Its tokens are all expired; a failed removal only leaves a stale file.
@@ -256,7 +258,7 @@ fn load(source: &Source, retain_secs: u64, may_generate: bool) -> Result<Keys, K
 }
 
 /// `(created, kid)` of every key file, oldest first.
-fn list(dir: &Path) -> Result<Vec<(u64, String)>, KeyError> {
+fn list(dir: &Path) -> Result<Vec<(i64, String)>, KeyError> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -268,7 +270,7 @@ fn list(dir: &Path) -> Result<Vec<(u64, String)>, KeyError> {
         let Some(kid) = name.to_str().and_then(|n| n.strip_suffix(".pem")) else {
             continue;
         };
-        if let Some(created) = kid.split('-').next().and_then(|t| t.parse::<u64>().ok()) {
+        if let Some(created) = kid.split('-').next().and_then(|t| t.parse::<i64>().ok()) {
             keys.push((created, kid.to_owned()));
         }
     }
@@ -297,11 +299,7 @@ fn generate(dir: &Path, algorithm: SigningAlgorithm) -> Result<String, KeyError>
         }
     };
     let suffix: [u8; 4] = rand::rng().random();
-    let kid = format!(
-        "{}-{tag}-{}",
-        jsonwebtoken::get_current_timestamp(),
-        hex(&suffix)
-    );
+    let kid = format!("{}-{tag}-{}", unix_millis(), hex(&suffix));
     write_private(dir, &format!("{kid}.pem"), pem.as_bytes())?;
     tracing::info!(kid, "signing key generated");
     Ok(kid)

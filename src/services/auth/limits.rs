@@ -3,10 +3,8 @@
 use std::time::Duration;
 
 use super::error::AuthError;
+use crate::config::Limit;
 use crate::platform::cache::Cache;
-
-pub const MINUTE: Duration = Duration::from_secs(60);
-pub const HOUR: Duration = Duration::from_secs(3600);
 
 #[derive(Clone)]
 pub struct Limiter {
@@ -18,25 +16,25 @@ impl Limiter {
         Self { cache }
     }
 
-    /// Counts one event against `key`; refuses it once more than `max` fall in one `window`.
-    /// A `max` of 0 turns the limit off.
+    /// Counts one event against `key` under the limit named `name`; refuses it once more than
+    /// `limit.max` fall in one window.
     pub async fn check(
         &self,
-        limit: &'static str,
+        name: &'static str,
         key: &str,
-        max: u64,
-        window: Duration,
+        limit: Limit,
     ) -> Result<(), AuthError> {
-        if max == 0 {
+        if limit.max == 0 {
             return Ok(());
         }
+        let window = Duration::from_secs(limit.window_secs.max(1));
         let count = self
             .cache
-            .increment(&format!("auth:limit:{limit}:{key}"), window)
+            .increment(&format!("auth:limit:{name}:{key}"), window)
             .await?;
-        if count.value > max {
+        if count.value > limit.max {
             return Err(AuthError::RateLimited {
-                limit,
+                limit: name,
                 retry_after: count.resets_in,
             });
         }

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 pub use error::AuthError;
 use keys::KeyRing;
-use limits::{HOUR, Limiter, MINUTE};
+use limits::Limiter;
 use otp::Challenges;
 use senders::Senders;
 use sessions::{Issued, RefreshError, Sessions};
@@ -156,29 +156,21 @@ impl AuthState {
         }
         let limits = &self.config.auth.limits;
         self.limiter
-            .check(
-                "codes-per-ip",
-                client_ip,
-                limits.codes_per_ip_per_hour,
-                HOUR,
-            )
+            .check("codes-per-ip", client_ip, limits.codes_per_ip)
             .await?;
         self.limiter
             .check(
                 "codes-per-destination",
                 login.as_str(),
-                limits.codes_per_destination_per_hour,
-                HOUR,
+                limits.codes_per_destination,
             )
             .await?;
         if !bypass {
-            let (budget, per_minute) = match login {
-                Login::Phone(_) => ("sms-per-minute", limits.sms_per_minute),
-                Login::Email(_) => ("emails-per-minute", limits.emails_per_minute),
+            let (budget, limit) = match login {
+                Login::Phone(_) => ("sms", limits.sms),
+                Login::Email(_) => ("emails", limits.emails),
             };
-            self.limiter
-                .check(budget, "all", per_minute, MINUTE)
-                .await?;
+            self.limiter.check(budget, "all", limit).await?;
         }
         let fixed_code = bypass.then_some(otp::BYPASS_CODE);
         let challenge = self.challenges.create(login, fixed_code).await?;
@@ -230,8 +222,7 @@ impl AuthState {
             .check(
                 "verifies-per-ip",
                 client_ip,
-                self.config.auth.limits.verifies_per_ip_per_minute,
-                MINUTE,
+                self.config.auth.limits.verifies_per_ip,
             )
             .await?;
         self.challenges.redeem(nonce, code).await
@@ -255,8 +246,7 @@ impl AuthState {
             .check(
                 "refreshes-per-ip",
                 client_ip,
-                self.config.auth.limits.refreshes_per_ip_per_minute,
-                MINUTE,
+                self.config.auth.limits.refreshes_per_ip,
             )
             .await?;
         if refresh_token.is_empty() || refresh_token.len() > 128 {
