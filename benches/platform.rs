@@ -6,15 +6,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
-
 use std::time::{Duration, Instant};
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 use beep::app::{self, Hosting};
 use beep::config::Config;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
 
 // The tests' `beep serve` helper; the bench uses only part of it.
 #[allow(dead_code)]
@@ -22,11 +18,11 @@ use tokio::net::TcpStream;
 mod served;
 use served::Served;
 
+#[path = "common/load.rs"]
+mod load;
+use load::{CONNECTIONS, PIPELINE, ROUND, ROUNDS, load, median};
+
 const STARTS: usize = 10;
-const CONNECTIONS: usize = 16;
-const ROUND: Duration = Duration::from_secs(3);
-const ROUNDS: usize = 5;
-const PIPELINE: usize = 16;
 const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: b\r\n\r\n";
 
 fn main() {
@@ -51,11 +47,6 @@ fn main() {
     if wanted("throughput") {
         runtime.block_on(throughput());
     }
-}
-
-fn median(mut samples: Vec<f64>) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
 }
 
 fn cold_start_and_memory() {
@@ -108,75 +99,6 @@ fn resident_mb(pid: u32) -> f64 {
     kb / 1024.0
 }
 
-/// Sends one request on a keep-alive connection and reads the whole response: its status and
-/// its length in bytes.
-async fn request(conn: &mut TcpStream, raw: &[u8]) -> Option<(u16, usize)> {
-    conn.write_all(raw).await.ok()?;
-    let mut buffer = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = conn.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buffer.extend_from_slice(&chunk[..n]);
-        let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
-            continue;
-        };
-        let head = std::str::from_utf8(&buffer[..end]).ok()?;
-        let body: usize = head
-            .lines()
-            .find_map(|l| {
-                l.split_once(':')
-                    .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-            })
-            .and_then(|(_, v)| v.trim().parse().ok())
-            .unwrap_or(0);
-        let total = end + 4 + body;
-        if buffer.len() >= total {
-            return Some((head.get(9..12)?.parse().ok()?, total));
-        }
-    }
-}
-
-/// Requests per second over `ROUND` with `CONNECTIONS` keep-alive connections, each sending
-/// `PIPELINE` requests per write, so the servers, not this client, are the bottleneck. Every
-/// response of one server has the same length (fixed-width date and request id), so the client
-/// checks each one's status line and skips the rest rather than parsing it.
-async fn load(addr: SocketAddr) -> f64 {
-    let response_len = {
-        let mut conn = TcpStream::connect(addr).await.unwrap();
-        let (_, length) = request(&mut conn, HEALTHZ).await.unwrap();
-        length
-    };
-    let batch = HEALTHZ.repeat(PIPELINE);
-    let deadline = Instant::now() + ROUND;
-    let clients = (0..CONNECTIONS).map(|_| {
-        let batch = batch.clone();
-        tokio::spawn(async move {
-            let mut conn = TcpStream::connect(addr).await.unwrap();
-            conn.set_nodelay(true).unwrap();
-            let expected = response_len * PIPELINE;
-            let mut responses = vec![0u8; expected];
-            let mut done = 0u64;
-            while Instant::now() < deadline {
-                conn.write_all(&batch).await.unwrap();
-                conn.read_exact(&mut responses).await.unwrap();
-                for response in responses.chunks_exact(response_len) {
-                    assert!(response.starts_with(b"HTTP/1.1 200 OK\r\n"));
-                }
-                done += PIPELINE as u64;
-            }
-            done
-        })
-    });
-    let mut total = 0;
-    for client in clients {
-        total += client.await.unwrap();
-    }
-    total as f64 / ROUND.as_secs_f64()
-}
-
 async fn throughput() {
     let data_dir = tempfile::tempdir().unwrap();
     let mut config = Config::default();
@@ -211,12 +133,12 @@ async fn throughput() {
     let bare_handle = bare.handle();
     let bare_task = tokio::spawn(bare);
 
-    load(beep_addr).await; // warm-up, both
-    load(bare_addr).await;
+    load(beep_addr, HEALTHZ).await; // warm-up, both
+    load(bare_addr, HEALTHZ).await;
     let (mut beep_rates, mut bare_rates) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
-        bare_rates.push(load(bare_addr).await);
-        beep_rates.push(load(beep_addr).await);
+        bare_rates.push(load(bare_addr, HEALTHZ).await);
+        beep_rates.push(load(beep_addr, HEALTHZ).await);
     }
     let (beep_rps, bare_rps) = (median(beep_rates), median(bare_rates));
     println!(

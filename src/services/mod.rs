@@ -77,6 +77,8 @@ pub enum BuildError {
 
 /// Builds the named services over the platform, wiring the narrow traits one service answers
 /// for another (core's user directory for auth).
+// Services that need nothing from the platform yet leave it unused in some feature sets.
+#[cfg_attr(not(feature = "core"), allow(unused_variables))]
 pub fn build(names: &[&str], platform: &Platform) -> Result<Vec<Arc<dyn Service>>, BuildError> {
     if let Some(unknown) = names.iter().find(|name| !COMPILED.contains(name)) {
         return Err(BuildError::Unknown((*unknown).to_owned()));

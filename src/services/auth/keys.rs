@@ -323,3 +323,41 @@ fn write_private(dir: &Path, name: &str, contents: &[u8]) -> Result<(), KeyError
         .map_err(io_error(&partial))?;
     fs::rename(&partial, &path).map_err(io_error(&path))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A generated key renamed as if it had been created `age_ms` ago.
+    fn key_aged(dir: &Path, age_ms: i64) -> String {
+        let kid = generate(dir, SigningAlgorithm::EdDSA).unwrap_or_default();
+        let (_, rest) = kid.split_once('-').unwrap_or_default();
+        let aged = format!("{}-{rest}", unix_millis() - age_ms);
+        fs::rename(dir.join(format!("{kid}.pem")), dir.join(format!("{aged}.pem")))
+            .unwrap_or_else(|err| panic!("{err}"));
+        aged
+    }
+
+    #[test]
+    fn the_newest_key_signs_and_retired_keys_leave_after_their_tokens() {
+        let data = tempfile::tempdir().unwrap_or_else(|err| panic!("{err}"));
+        let dir = keys_dir(data.path());
+        let oldest = key_aged(&dir, 7_200_000);
+        let previous = key_aged(&dir, 3_600_000);
+        let newest = key_aged(&dir, 1_000);
+        let source = Source::Directory {
+            dir: dir.clone(),
+            algorithm: SigningAlgorithm::EdDSA,
+        };
+        // Tokens live 15 minutes: `previous` was superseded 1 s ago and stays published;
+        // `oldest` was superseded an hour ago, so every token it signed has expired.
+        let keys = load(&source, 900, false).unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(keys.signer.kid(), newest);
+        assert_eq!(kids(&keys), vec![newest.as_str(), previous.as_str()]);
+        assert!(!dir.join(format!("{oldest}.pem")).exists());
+        let token = keys.signer.sign(&serde_json::json!({"exp": 1})).unwrap_or_default();
+        let header = jsonwebtoken::decode_header(&token).unwrap_or_else(|err| panic!("{err}"));
+        assert_eq!(header.kid.as_deref(), Some(newest.as_str()));
+        assert_eq!(header.alg, Algorithm::EdDSA);
+    }
+}

@@ -44,9 +44,7 @@ impl Auth {
     /// Loads (or creates) the signing keys and checks the login settings.
     pub fn new(platform: &Platform, users: SharedDirectory) -> Result<Self, String> {
         let config = Arc::clone(&platform.config);
-        if config.auth.dev_bypass && !cfg!(debug_assertions) && !config.auth.dev_bypass_in_release {
-            return Err("auth.dev_bypass is on in a release build; set auth.dev_bypass_in_release = true if you really mean it".into());
-        }
+        check_dev_bypass(&config.auth, !cfg!(debug_assertions))?;
         let keys = KeyRing::open(&config.auth, &config.server.data_dir)
             .map_err(|err| format!("signing keys: {err}"))?;
         let current = keys.current();
@@ -392,6 +390,14 @@ impl AuthState {
     }
 }
 
+/// The bypass hands out logins for a fixed code: a release build needs a second, explicit yes.
+fn check_dev_bypass(config: &crate::config::AuthConfig, release: bool) -> Result<(), String> {
+    if config.dev_bypass && release && !config.dev_bypass_in_release {
+        return Err("auth.dev_bypass is on in a release build; set auth.dev_bypass_in_release = true if you really mean it".into());
+    }
+    Ok(())
+}
+
 /// The original clients send a device serial; anything printable and short is accepted.
 fn validate_client_id(client_id: &str) -> Result<(), AuthError> {
     if client_id.is_empty() || client_id.len() > 128 || client_id.chars().any(char::is_control) {
@@ -400,4 +406,20 @@ fn validate_client_id(client_id: &str) -> Result<(), AuthError> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_builds_refuse_the_bypass_unless_explicitly_allowed() {
+        let mut config = crate::config::AuthConfig::default();
+        assert!(check_dev_bypass(&config, true).is_ok());
+        config.dev_bypass = true;
+        assert!(check_dev_bypass(&config, false).is_ok());
+        assert!(check_dev_bypass(&config, true).is_err());
+        config.dev_bypass_in_release = true;
+        assert!(check_dev_bypass(&config, true).is_ok());
+    }
 }
