@@ -18,29 +18,21 @@ use beep::config::Config;
 mod served;
 use served::Served;
 
+// The shared load client; this bench uses part of it.
+#[allow(dead_code)]
 #[path = "common/load.rs"]
 mod load;
-use load::{CONNECTIONS, PIPELINE, ROUND, ROUNDS, load, median};
+use load::{CONNECTIONS, PIPELINE, ROUND, ROUNDS, load, median, wanted};
 
 const STARTS: usize = 10;
 const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: b\r\n\r\n";
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = load::client_runtime();
     println!(
         "# beep foundation bench ({} cores)",
         std::thread::available_parallelism().map_or(1, usize::from)
     );
-    // `cargo bench --bench platform -- start` or `-- throughput` runs one part.
-    let only: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let wanted = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
     if wanted("start") {
         cold_start_and_memory();
     }

@@ -12,6 +12,40 @@ pub const ROUND: Duration = Duration::from_secs(3);
 pub const ROUNDS: usize = 5;
 pub const PIPELINE: usize = 16;
 
+/// The bench's runtime: one thread for the client, so the server keeps the other core.
+pub fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Whether `part` was asked for (`cargo bench --bench X -- part ...`; none means all).
+pub fn wanted(part: &str) -> bool {
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    only.is_empty() || only.iter().any(|o| o == part)
+}
+
+/// CPU time, in nanoseconds, that this process's actix-web threads (the server under test)
+/// have used so far: unlike throughput, it does not move with what else the machine does.
+pub fn server_cpu_ns() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.starts_with("actix"))
+        })
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
 pub fn median(mut samples: Vec<f64>) -> f64 {
     samples.sort_by(f64::total_cmp);
     samples[samples.len() / 2]
@@ -53,13 +87,18 @@ pub async fn request(conn: &mut TcpStream, raw: &[u8]) -> Option<(u16, usize)> {
 /// response of one server has the same length (fixed-width date and request id), so the client
 /// checks each one's status line and skips the rest rather than parsing it.
 pub async fn load(addr: SocketAddr, raw: &[u8]) -> f64 {
+    load_for(addr, raw, ROUND).await
+}
+
+/// [`load`] for `round` instead of [`ROUND`].
+pub async fn load_for(addr: SocketAddr, raw: &[u8], round: Duration) -> f64 {
     let response_len = {
         let mut conn = TcpStream::connect(addr).await.unwrap();
         let (_, length) = request(&mut conn, raw).await.unwrap();
         length
     };
     let batch = raw.repeat(PIPELINE);
-    let deadline = Instant::now() + ROUND;
+    let deadline = Instant::now() + round;
     let clients = (0..CONNECTIONS).map(|_| {
         let batch = batch.clone();
         tokio::spawn(async move {
@@ -83,5 +122,5 @@ pub async fn load(addr: SocketAddr, raw: &[u8]) -> f64 {
     for client in clients {
         total += client.await.unwrap();
     }
-    total as f64 / ROUND.as_secs_f64()
+    total as f64 / round.as_secs_f64()
 }

@@ -200,7 +200,19 @@ impl Identity {
     }
 
     pub async fn is_revoked(&self, sid: &str) -> Result<bool, CacheError> {
+        if let Some(revoked) = self.is_revoked_in_process(sid) {
+            return Ok(revoked);
+        }
         Ok(self.0.cache.get(&revocation_key(sid)).await?.is_some())
+    }
+
+    /// The revocation check answered on the spot when the cache is in-process (`None` means
+    /// ask [`Identity::is_revoked`]), so the embedded setup verifies a request synchronously.
+    pub fn is_revoked_in_process(&self, sid: &str) -> Option<bool> {
+        self.0
+            .cache
+            .get_in_process(&revocation_key(sid))
+            .map(|found| found.is_some())
     }
 
     /// Fetches the JWKS at `url` and installs its keys; returns how many were usable.

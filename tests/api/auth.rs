@@ -48,6 +48,15 @@ struct Tokens {
     new_user: bool,
 }
 
+/// `POST /login/init` as the original clients send it.
+async fn init(app: &TestApp, phone: &str) -> reqwest::Response {
+    app.post("/login/init")
+        .json(&json!({ "phone_number": phone }))
+        .send()
+        .await
+        .unwrap()
+}
+
 /// `POST /login/init` asking for JSON; returns the nonce.
 async fn request_code(app: &TestApp, phone: &str) -> String {
     let response = app
@@ -134,12 +143,7 @@ async fn phone_login_end_to_end_in_both_wire_formats() {
 
         // The original client: plain-text nonce, plain-text JWT.
         let display = format!("{} {} {}", &phone[..3], &phone[3..7], &phone[7..]);
-        let response = app
-            .post("/login/init")
-            .json(&json!({ "phone_number": display }))
-            .send()
-            .await
-            .unwrap();
+        let response = init(&app, &display).await;
         assert_eq!(response.status(), 200);
         assert!(
             response.headers()["content-type"]
@@ -275,12 +279,7 @@ async fn twilio_sender_posts_what_the_messages_api_expects() {
             config.auth.sms.twilio.from_number = "+15550001111".into();
         })
         .await;
-        let response = app
-            .post("/login/init")
-            .json(&json!({ "phone_number": unique_phone() }))
-            .send()
-            .await
-            .unwrap();
+        let response = init(&app, &unique_phone()).await;
         assert_eq!(error_code(response, 502).await, "delivery_failed");
         assert_eq!(failing.last().form["From"], "+15550001111");
         app.stop().await;
@@ -367,12 +366,7 @@ async fn known_and_unknown_numbers_get_the_same_answer() {
         login_as(&app, &known, "c").await;
         let mut answers = Vec::new();
         for phone in [known, unique_phone()] {
-            let response = app
-                .post("/login/init")
-                .json(&json!({ "phone_number": phone }))
-                .send()
-                .await
-                .unwrap();
+            let response = init(&app, &phone).await;
             let status = response.status();
             let content_type = response.headers()["content-type"].clone();
             let body = response.text().await.unwrap();
@@ -431,12 +425,7 @@ async fn rate_limits_answer_429_with_retry_after_and_recover() {
         let phone = unique_phone();
         request_code(&app, &phone).await;
         request_code(&app, &phone).await;
-        let response = app
-            .post("/login/init")
-            .json(&json!({ "phone_number": phone }))
-            .send()
-            .await
-            .unwrap();
+        let response = init(&app, &phone).await;
         let wait: u64 = response.headers()["retry-after"]
             .to_str()
             .unwrap()
@@ -469,12 +458,7 @@ async fn the_global_sms_budget_caps_all_numbers() {
         let app = spawn(column, |config| config.auth.limits.sms = Limit::new(2, 60)).await;
         request_code(&app, &unique_phone()).await;
         request_code(&app, &unique_phone()).await;
-        let response = app
-            .post("/login/init")
-            .json(&json!({ "phone_number": unique_phone() }))
-            .send()
-            .await
-            .unwrap();
+        let response = init(&app, &unique_phone()).await;
         assert_eq!(error_code(response, 429).await, "rate_limited");
         app.stop().await;
     }

@@ -3,8 +3,10 @@
 //! `Authorization`, the `?token=` query parameter or `X-User-Claim`.
 
 use std::borrow::Cow;
-use std::future::Future;
+use std::future::{Future, Ready, ready};
 use std::pin::Pin;
+
+use futures_util::future::Either;
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
@@ -13,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::error_response;
 use crate::platform::Platform;
-use crate::platform::identity::TokenError;
+use crate::platform::identity::{Claims, TokenError};
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,15 +98,20 @@ impl ResponseError for AuthRejection {
 
 /// The bearer token of a request: the `Authorization` header wins over `?token=` (which exists
 /// for EventSource and WebSocket clients that cannot set headers).
-pub fn request_token(req: &HttpRequest) -> Option<String> {
-    bearer_token(req).or_else(|| query_token(req.query_string()))
+pub fn request_token(req: &HttpRequest) -> Option<Cow<'_, str>> {
+    bearer_token(req)
+        .map(Cow::Borrowed)
+        .or_else(|| query_token(req.query_string()).map(Cow::Owned))
 }
 
-pub fn bearer_token(req: &HttpRequest) -> Option<String> {
-    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+/// The token of an `Authorization: Bearer` header, borrowed from the request.
+pub fn bearer_token(req: &HttpRequest) -> Option<&str> {
+    // Plain UTF-8 validation (vectorised) rather than `to_str`'s byte-by-byte check: the JWT
+    // parser rejects anything that is not base64url anyway.
+    let value = std::str::from_utf8(req.headers().get(header::AUTHORIZATION)?.as_bytes()).ok()?;
     let (scheme, token) = value.trim().split_once(' ')?;
     let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// The `token` parameter of a query string.
@@ -115,42 +122,57 @@ pub fn query_token(query: &str) -> Option<String> {
         .filter(|token| !token.is_empty())
 }
 
+type Answer = Result<Caller, AuthRejection>;
+
 impl FromRequest for Caller {
     type Error = AuthRejection;
-    type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
+    /// Ready at once unless revocation must be asked of Redis: every request passes here.
+    type Future = Either<Ready<Answer>, Pin<Box<dyn Future<Output = Answer>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let platform = req.app_data::<web::Data<Platform>>().cloned();
-        let token = request_token(req);
-        let forwarded = req.headers().get(USER_CLAIM_HEADER).cloned();
-        Box::pin(async move {
-            let Some(platform) = platform else {
-                return Err(AuthRejection::Token(TokenError::Unavailable(
-                    "no platform in app data".into(),
-                )));
-            };
-            authenticate(&platform, token.as_deref(), forwarded.as_ref()).await
-        })
+        let Some(platform) = req.app_data::<web::Data<Platform>>() else {
+            return Either::Left(ready(Err(AuthRejection::Token(TokenError::Unavailable(
+                "no platform in app data".into(),
+            )))));
+        };
+        let Some(token) = request_token(req) else {
+            let forwarded = req.headers().get(USER_CLAIM_HEADER);
+            return Either::Left(ready(forwarded_caller(platform, forwarded)));
+        };
+        let identity = &platform.identity;
+        let claims = match identity.verify_signature(&token) {
+            Ok(claims) => claims,
+            Err(err) => return Either::Left(ready(Err(AuthRejection::Token(err)))),
+        };
+        match identity.is_revoked_in_process(&claims.sid) {
+            Some(revoked) => Either::Left(ready(live_caller(&claims, revoked))),
+            None => {
+                let identity = identity.clone();
+                Either::Right(Box::pin(async move {
+                    let revoked = identity
+                        .is_revoked(&claims.sid)
+                        .await
+                        .map_err(|err| AuthRejection::Token(err.into()))?;
+                    live_caller(&claims, revoked)
+                }))
+            }
+        }
     }
 }
 
-async fn authenticate(
-    platform: &Platform,
-    token: Option<&str>,
-    forwarded: Option<&HeaderValue>,
-) -> Result<Caller, AuthRejection> {
-    if let Some(token) = token {
-        let claims = platform
-            .identity
-            .verify(token)
-            .await
-            .map_err(AuthRejection::Token)?;
-        return Ok(Caller {
-            user_id: claims.userid.clone(),
-            client_id: claims.clientid.clone(),
-            session_id: Some(claims.sid.clone()),
-        });
+fn live_caller(claims: &Claims, revoked: bool) -> Answer {
+    if revoked {
+        return Err(AuthRejection::Token(TokenError::Revoked));
     }
+    Ok(Caller {
+        user_id: claims.userid.clone(),
+        client_id: claims.clientid.clone(),
+        session_id: Some(claims.sid.clone()),
+    })
+}
+
+/// A caller vouched for by a forward-auth proxy, when the configuration trusts one.
+fn forwarded_caller(platform: &Platform, forwarded: Option<&HeaderValue>) -> Answer {
     match forwarded {
         Some(value) if platform.config.auth.trust_forwarded_claim => {
             let claim: ForwardedClaim = value

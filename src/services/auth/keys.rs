@@ -333,8 +333,11 @@ mod tests {
         let kid = generate(dir, SigningAlgorithm::EdDSA).unwrap_or_default();
         let (_, rest) = kid.split_once('-').unwrap_or_default();
         let aged = format!("{}-{rest}", unix_millis() - age_ms);
-        fs::rename(dir.join(format!("{kid}.pem")), dir.join(format!("{aged}.pem")))
-            .unwrap_or_else(|err| panic!("{err}"));
+        fs::rename(
+            dir.join(format!("{kid}.pem")),
+            dir.join(format!("{aged}.pem")),
+        )
+        .unwrap_or_else(|err| panic!("{err}"));
         aged
     }
 
@@ -355,7 +358,10 @@ mod tests {
         assert_eq!(keys.signer.kid(), newest);
         assert_eq!(kids(&keys), vec![newest.as_str(), previous.as_str()]);
         assert!(!dir.join(format!("{oldest}.pem")).exists());
-        let token = keys.signer.sign(&serde_json::json!({"exp": 1})).unwrap_or_default();
+        let token = keys
+            .signer
+            .sign(&serde_json::json!({"exp": 1}))
+            .unwrap_or_default();
         let header = jsonwebtoken::decode_header(&token).unwrap_or_else(|err| panic!("{err}"));
         assert_eq!(header.kid.as_deref(), Some(newest.as_str()));
         assert_eq!(header.alg, Algorithm::EdDSA);

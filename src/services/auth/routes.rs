@@ -204,7 +204,7 @@ async fn forward_auth(req: HttpRequest, state: State) -> HttpResponse {
         .and_then(|uri| uri.to_str().ok())
         .and_then(|uri| uri.split_once('?'))
         .and_then(|(_, query)| query_token(query));
-    let Some(token) = bearer_token(&req).or(forwarded_query) else {
+    let Some(token) = bearer_token(&req).map(str::to_owned).or(forwarded_query) else {
         return ApiError::new(
             StatusCode::BAD_REQUEST,
             "missing_token",
