@@ -64,6 +64,17 @@ impl Users {
     }
 
     async fn ensure(&self, login: &Login) -> DirectoryResult<KnownUser> {
+        // Most logins are returning users: one read, no write.
+        if let Some(found) = self
+            .find_by_login(login)
+            .await
+            .context("looking up a user by login")?
+        {
+            return Ok(KnownUser {
+                id: found.id,
+                created: false,
+            });
+        }
         let mut row = empty_user(login);
         row.id = Set(new_user_id());
         // Insert-if-absent on the login's unique column, as the original's upsert did, so two
