@@ -85,6 +85,12 @@ pub async fn start(
         }
     }
     let mut services = services::build(service_names, &platform)?;
+    if !platform.identity.has_keys() && platform.config.auth.jwks_url.is_empty() {
+        tracing::warn!(
+            "no token signing keys: this process hosts no auth service and auth.jwks_url is \
+             empty, so every authenticated request will be refused"
+        );
+    }
     services.extend(hosting.extra_services);
 
     let config = Arc::clone(&platform.config);

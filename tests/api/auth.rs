@@ -112,6 +112,24 @@ async fn whoami(app: &TestApp, token: &str) -> reqwest::Response {
         .unwrap()
 }
 
+async fn refresh(app: &TestApp, refresh_token: &str) -> reqwest::Response {
+    app.post("/login/refresh")
+        .json(&json!({ "refresh_token": refresh_token }))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `/whoami` as a forward-auth proxy would call it: no token, an `X-User-Claim`.
+async fn whoami_as_proxy(app: &TestApp, claim: &str) -> reqwest::Response {
+    app.client
+        .get(app.url("/whoami"))
+        .header("x-user-claim", claim)
+        .send()
+        .await
+        .unwrap()
+}
+
 fn header(token: &str) -> Value {
     let part = token.split('.').next().unwrap();
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
@@ -469,12 +487,7 @@ async fn refresh_rotates_and_reuse_revokes_the_whole_session() {
     for column in columns() {
         let app = spawn(column, |_| {}).await;
         let first = login(&app).await;
-        let refresh = |token: String| {
-            app.post("/login/refresh")
-                .json(&json!({ "refresh_token": token }))
-                .send()
-        };
-        let response = refresh(first.refresh.clone()).await.unwrap();
+        let response = refresh(&app, &first.refresh).await;
         assert_eq!(response.status(), 200);
         let second: Value = response.json().await.unwrap();
         let second_access = second["access_token"].as_str().unwrap().to_owned();
@@ -488,9 +501,9 @@ async fn refresh_rotates_and_reuse_revokes_the_whole_session() {
         assert_eq!(whoami(&app, &second_access).await.status(), 200);
 
         // The spent token comes back: the session ends, every token of it is refused.
-        let response = refresh(first.refresh.clone()).await.unwrap();
+        let response = refresh(&app, &first.refresh).await;
         assert_eq!(error_code(response, 401).await, "refresh_token_reused");
-        let response = refresh(second_refresh).await.unwrap();
+        let response = refresh(&app, &second_refresh).await;
         assert_eq!(error_code(response, 401).await, "invalid_refresh_token");
         for token in [&first.access, &second_access] {
             let response = whoami(&app, token).await;
@@ -559,12 +572,7 @@ async fn sessions_are_listed_and_ended_one_by_one() {
         assert_eq!(response.status(), 204);
         let response = whoami(&app, &web_session.access).await;
         assert_eq!(error_code(response, 401).await, "token_revoked");
-        let response = app
-            .post("/login/refresh")
-            .json(&json!({ "refresh_token": web_session.refresh }))
-            .send()
-            .await
-            .unwrap();
+        let response = refresh(&app, &web_session.refresh).await;
         assert_eq!(error_code(response, 401).await, "invalid_refresh_token");
         assert_eq!(whoami(&app, &stranger.access).await.status(), 200);
         app.stop().await;
@@ -702,12 +710,7 @@ async fn access_tokens_expire() {
         let response = whoami(&app, &tokens.access).await;
         assert_eq!(error_code(response, 401).await, "token_expired");
         // The refresh token still gets a new one.
-        let response = app
-            .post("/login/refresh")
-            .json(&json!({ "refresh_token": tokens.refresh }))
-            .send()
-            .await
-            .unwrap();
+        let response = refresh(&app, &tokens.refresh).await;
         assert_eq!(response.status(), 200);
         app.stop().await;
     }
@@ -793,35 +796,17 @@ async fn a_forwarded_claim_is_trusted_only_when_configured() {
     for column in columns() {
         let claim = r#"{"userid":"u-11111111111111111111111111111111","clientid":"proxy"}"#;
         let app = spawn(column, |_| {}).await;
-        let response = app
-            .client
-            .get(app.url("/whoami"))
-            .header("x-user-claim", claim)
-            .send()
-            .await
-            .unwrap();
+        let response = whoami_as_proxy(&app, claim).await;
         assert_eq!(error_code(response, 401).await, "missing_token");
         app.stop().await;
 
         let app = spawn(column, |config| config.auth.trust_forwarded_claim = true).await;
-        let response = app
-            .client
-            .get(app.url("/whoami"))
-            .header("x-user-claim", claim)
-            .send()
-            .await
-            .unwrap();
+        let response = whoami_as_proxy(&app, claim).await;
         assert_eq!(response.status(), 200);
         let me: Value = response.json().await.unwrap();
         assert_eq!(me["user_id"], "u-11111111111111111111111111111111");
         assert_eq!(me["session_id"], Value::Null);
-        let response = app
-            .client
-            .get(app.url("/whoami"))
-            .header("x-user-claim", "{not json")
-            .send()
-            .await
-            .unwrap();
+        let response = whoami_as_proxy(&app, "{not json").await;
         assert_eq!(error_code(response, 400).await, "invalid_claim");
         app.stop().await;
     }
