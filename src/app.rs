@@ -67,12 +67,8 @@ pub async fn start(
         .map_err(StartError::Config)?;
     let tls = tls_config(&config)?;
 
-    if let Some(unknown) = service_names
-        .iter()
-        .find(|name| !services::COMPILED.contains(name))
-    {
-        return Err(services::BuildError::Unknown((*unknown).to_owned()).into());
-    }
+    // Checked again by `services::build`; here so a wrong name touches nothing.
+    services::check_compiled(service_names)?;
     let platform = Platform::open(config).await?;
     for name in service_names {
         let applied = platform

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 /// A phone number in E.164 form (`+6591234567`), parsed and validated against the numbering
 /// plan of its country, not matched by a pattern.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct PhoneNumber(String);
 
 impl PhoneNumber {
@@ -36,7 +37,8 @@ impl PhoneNumber {
 }
 
 /// An email address, lowercased so one mailbox is one account.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Email(String);
 
 impl Email {
@@ -85,24 +87,33 @@ impl fmt::Display for Login {
     }
 }
 
-/// Logins travel as their text and are validated again when read back.
-macro_rules! serde_as_parsed_text {
-    ($type:ty) => {
-        impl Serialize for $type {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(self.as_str())
-            }
-        }
-        impl<'de> Deserialize<'de> for $type {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let text = String::deserialize(d)?;
-                Self::parse(&text).map_err(serde::de::Error::custom)
-            }
-        }
-    };
+/// Logins travel as their text and are validated again when read back (serde's
+/// `try_from`/`into` on the two types).
+impl TryFrom<String> for PhoneNumber {
+    type Error = InvalidLogin;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        Self::parse(&text)
+    }
 }
-serde_as_parsed_text!(PhoneNumber);
-serde_as_parsed_text!(Email);
+
+impl From<PhoneNumber> for String {
+    fn from(phone: PhoneNumber) -> Self {
+        phone.0
+    }
+}
+
+impl TryFrom<String> for Email {
+    type Error = InvalidLogin;
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        Self::parse(&text)
+    }
+}
+
+impl From<Email> for String {
+    fn from(email: Email) -> Self {
+        email.0
+    }
+}
 
 /// The user a login resolved to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,6 +195,16 @@ mod tests {
         ] {
             assert_eq!(PhoneNumber::parse(bad), Err(InvalidLogin::Phone), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn logins_round_trip_as_text_and_are_checked_when_read() {
+        let login =
+            Login::Phone(PhoneNumber::parse("+65 9123 4567").unwrap_or_else(|e| panic!("{e}")));
+        let json = serde_json::to_string(&login).unwrap_or_default();
+        assert_eq!(json, r#"{"kind":"phone","value":"+6591234567"}"#);
+        assert_eq!(serde_json::from_str::<Login>(&json).ok(), Some(login));
+        assert!(serde_json::from_str::<Login>(r#"{"kind":"email","value":"nope"}"#).is_err());
     }
 
     #[test]

@@ -75,14 +75,20 @@ pub enum BuildError {
     },
 }
 
+/// Refuses a service name that is not compiled into this binary.
+pub fn check_compiled(names: &[&str]) -> Result<(), BuildError> {
+    match names.iter().find(|name| !COMPILED.contains(name)) {
+        Some(unknown) => Err(BuildError::Unknown((*unknown).to_owned())),
+        None => Ok(()),
+    }
+}
+
 /// Builds the named services over the platform, wiring the narrow traits one service answers
 /// for another (core's user directory for auth).
 // Services that need nothing from the platform yet leave it unused in some feature sets.
 #[cfg_attr(not(feature = "core"), allow(unused_variables))]
 pub fn build(names: &[&str], platform: &Platform) -> Result<Vec<Arc<dyn Service>>, BuildError> {
-    if let Some(unknown) = names.iter().find(|name| !COMPILED.contains(name)) {
-        return Err(BuildError::Unknown((*unknown).to_owned()));
-    }
+    check_compiled(names)?;
     let hosted = |name: &str| names.contains(&name);
     #[cfg(feature = "core")]
     let core = hosted("core").then(|| Arc::new(core::Core::new(platform)));

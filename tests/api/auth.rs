@@ -140,6 +140,16 @@ fn payload(token: &str) -> Value {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
 }
 
+/// The `beep` command line as an operator runs it beside `app`: same data dir, same database.
+fn beep_cli(app: &TestApp, args: &[&str]) -> String {
+    crate::served::run_ok(
+        crate::served::beep(app.data_dir())
+            .args(["--data-dir", app.data_dir().to_str().unwrap()])
+            .args(args)
+            .env("BEEP_DATABASE__URL", &app.platform.config.database.url),
+    )
+}
+
 /// Polls `check` every 50 ms for up to 10 s (for background workers, never for readiness).
 async fn eventually<F, Fut>(what: &str, mut check: F)
 where
@@ -486,7 +496,9 @@ async fn the_global_sms_budget_caps_all_numbers() {
 async fn refresh_rotates_and_reuse_revokes_the_whole_session() {
     for column in columns() {
         let app = spawn(column, |_| {}).await;
-        let first = login(&app).await;
+        let phone = unique_phone();
+        let first = login_as(&app, &phone, "phone-1").await;
+        let other = login_as(&app, &phone, "tablet").await;
         let response = refresh(&app, &first.refresh).await;
         assert_eq!(response.status(), 200);
         let second: Value = response.json().await.unwrap();
@@ -511,6 +523,8 @@ async fn refresh_rotates_and_reuse_revokes_the_whole_session() {
             assert_eq!(error_code(response, 401).await, "token_revoked");
         }
         // Other sessions of the same user live on.
+        assert_eq!(whoami(&app, &other.access).await.status(), 200);
+        assert_eq!(refresh(&app, &other.refresh).await.status(), 200);
         app.stop().await;
     }
 }
@@ -833,21 +847,7 @@ async fn jwks_publishes_the_key_and_rotation_keeps_old_tokens_valid() {
         assert!(keys[0].get("d").is_none(), "private part published");
 
         // `beep keys rotate` as an operator runs it, against the running server's data dir.
-        let output = crate::served::beep(app.data_dir())
-            .args([
-                "--data-dir",
-                app.data_dir().to_str().unwrap(),
-                "keys",
-                "rotate",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let new_kid = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+        let new_kid = beep_cli(&app, &["keys", "rotate"]).trim().to_owned();
         eventually("the rotated key to be published", || async {
             let jwks: Value = app
                 .get("/.well-known/jwks.json")
@@ -950,20 +950,7 @@ async fn blocked_users_lose_their_sessions_and_cannot_log_in() {
         let app = spawn(column, |config| config.auth.revocation_sync_secs = 1).await;
         let phone = unique_phone();
         let tokens = login_as(&app, &phone, "c").await;
-        let cli = |args: &[&str]| {
-            let mut command = crate::served::beep(app.data_dir());
-            command.args(["--data-dir", app.data_dir().to_str().unwrap()]);
-            command.args(args);
-            command.env("BEEP_DATABASE__URL", &app.platform.config.database.url);
-            let output = command.output().unwrap();
-            assert!(
-                output.status.success(),
-                "{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            String::from_utf8(output.stdout).unwrap()
-        };
-        let printed = cli(&["users", "block", &tokens.user_id]);
+        let printed = beep_cli(&app, &["users", "block", &tokens.user_id]);
         assert!(printed.contains("1 session(s) ended"), "{printed}");
         eventually("the blocked user's token to be refused", || async {
             whoami(&app, &tokens.access).await.status() == 401
@@ -972,7 +959,7 @@ async fn blocked_users_lose_their_sessions_and_cannot_log_in() {
         let nonce = request_code(&app, &phone).await;
         let response = verify(&app, &nonce, &sent_code(&phone), "c").await;
         assert_eq!(error_code(response, 403).await, "user_blocked");
-        cli(&["users", "unblock", &tokens.user_id]);
+        beep_cli(&app, &["users", "unblock", &tokens.user_id]);
         login_as(&app, &phone, "c").await;
         app.stop().await;
     }

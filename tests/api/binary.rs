@@ -161,18 +161,12 @@ fn json_logs_carry_the_request_id_on_the_request_lines() {
 #[test]
 fn a_split_binary_migrates_only_its_own_service() {
     let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_beep-core"))
-        .current_dir(dir.path())
-        .args(["migrate", "--data-dir", "data"])
-        .env_remove("BEEP_DATABASE__URL")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let printed = crate::served::run_ok(
+        Command::new(env!("CARGO_BIN_EXE_beep-core"))
+            .current_dir(dir.path())
+            .args(["migrate", "--data-dir", "data"])
+            .env_remove("BEEP_DATABASE__URL"),
     );
-    let printed = String::from_utf8(output.stdout).unwrap();
     assert_eq!(printed.trim(), "core: 1 migration(s) applied");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -20,6 +20,17 @@ pub fn beep(dir: &std::path::Path) -> Command {
     command
 }
 
+/// Runs a one-shot command, asserts it succeeded (showing its stderr if not), returns stdout.
+pub fn run_ok(command: &mut Command) -> String {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -93,11 +93,23 @@ pub fn client_ip(req: &actix_web::HttpRequest, trust_forwarded_for: bool) -> Str
     }
 }
 
-/// Whether the client asked for JSON (`Accept: application/json`) where the original answered
-/// plain text.
-pub fn wants_json(req: &actix_web::HttpRequest) -> bool {
-    req.headers()
+/// Where the original answered plain text (a nonce, a token, an id): plain text for its
+/// clients, `json` when the request says `Accept: application/json`.
+pub fn text_or_json<T: serde::Serialize>(
+    req: &actix_web::HttpRequest,
+    text: &str,
+    json: &T,
+) -> actix_web::HttpResponse {
+    let wants_json = req
+        .headers()
         .get(actix_web::http::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| accept.contains("application/json"))
+        .is_some_and(|accept| accept.contains("application/json"));
+    if wants_json {
+        actix_web::HttpResponse::Ok().json(json)
+    } else {
+        actix_web::HttpResponse::Ok()
+            .content_type("text/plain; charset=utf-8")
+            .body(text.to_owned())
+    }
 }

@@ -8,6 +8,7 @@ use actix_web::{HttpResponse, ResponseError};
 
 use crate::platform::cache::CacheError;
 use crate::platform::http::ApiError;
+use crate::platform::http::error::ErrorChain;
 use crate::platform::users::{DirectoryError, InvalidLogin};
 
 #[derive(Debug, thiserror::Error)]
@@ -108,14 +109,12 @@ impl ResponseError for AuthError {
     fn error_response(&self) -> HttpResponse {
         let api = match self {
             Self::Internal(cause) => ApiError::internal(cause.as_ref()),
-            Self::Delivery(cause) => {
-                tracing::error!(error = %crate::platform::http::error::ErrorChain(cause.as_ref()), "OTP delivery failed");
-                let (status, code) = self.status_and_code();
-                ApiError::new(status, code, self.to_string())
-            }
-            _ => {
-                let (status, code) = self.status_and_code();
-                ApiError::new(status, code, self.to_string())
+            other => {
+                if let Self::Delivery(cause) = other {
+                    tracing::error!(error = %ErrorChain(cause.as_ref()), "OTP delivery failed");
+                }
+                let (status, code) = other.status_and_code();
+                ApiError::new(status, code, other.to_string())
             }
         };
         let mut response = api.error_response();

@@ -150,8 +150,16 @@ impl KeyRing {
 
     /// Re-reads the key directory; returns whether the published set changed.
     pub fn reload(&self) -> Result<bool, KeyError> {
-        let keys = load(&self.source, self.retain_secs, false)?;
         let before = self.current();
+        // The common case, nothing rotated or retired, costs one directory listing.
+        if let Source::Directory { dir, .. } = &self.source {
+            let stored = list(dir)?;
+            let (live, retired) = partition(&stored, unix_millis(), self.retain_secs);
+            if retired.is_empty() && live == kids(&before) {
+                return Ok(false);
+            }
+        }
+        let keys = load(&self.source, self.retain_secs, false)?;
         let changed = kids(&before) != kids(&keys);
         if changed {
             *self.state.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
@@ -200,9 +208,7 @@ const OTP_SECRET_FILE: &str = "otp.secret";
 
 /// Adds a new signing key to `<data_dir>/keys` (`beep keys rotate`); returns its kid.
 pub fn rotate(data_dir: &Path, algorithm: SigningAlgorithm) -> Result<String, KeyError> {
-    let dir = keys_dir(data_dir);
-    let kid = generate(&dir, algorithm)?;
-    Ok(kid)
+    generate(&keys_dir(data_dir), algorithm)
 }
 
 fn load(source: &Source, retain_secs: u64, may_generate: bool) -> Result<Keys, KeyError> {
@@ -223,26 +229,20 @@ fn load(source: &Source, retain_secs: u64, may_generate: bool) -> Result<Keys, K
                 generate(dir, *algorithm)?;
                 stored = list(dir)?;
             }
-            let now = unix_millis();
-            let retain_ms = i64::try_from(retain_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+            let (live, retired) = partition(&stored, unix_millis(), retain_secs);
+            for kid in retired {
+                // Its tokens are all expired; a failed removal only leaves a stale file.
+                let path = dir.join(format!("{kid}.pem"));
+                if let Err(err) = fs::remove_file(&path) {
+                    tracing::warn!(error = %err, path = %path.display(), "cannot remove a retired key");
+                }
+            }
             let mut published = Vec::new();
             let mut signer = None;
-            // Newest first: the first signs; each older one is kept while its successor is
-            // younger than the longest token lifetime.
-            let mut successor_created: Option<i64> = None;
-            for (created, kid) in stored.iter().rev() {
+            for kid in live {
                 let path = dir.join(format!("{kid}.pem"));
-                let expired = successor_created.is_some_and(|s| now >= s.saturating_add(retain_ms));
-                successor_created = Some(*created);
-                if expired {
-                    // Its tokens are all expired; a failed removal only leaves a stale file.
-                    if let Err(err) = fs::remove_file(&path) {
-                        tracing::warn!(error = %err, path = %path.display(), "cannot remove a retired key");
-                    }
-                    continue;
-                }
                 let pem = fs::read_to_string(&path).map_err(io_error(&path))?;
-                let key = SigningKey::from_pem(kid.clone(), &pem, &path)?;
+                let key = SigningKey::from_pem(kid.to_owned(), &pem, &path)?;
                 published.push(key.public.clone());
                 if signer.is_none() {
                     signer = Some(Arc::new(key));
@@ -255,6 +255,24 @@ fn load(source: &Source, retain_secs: u64, may_generate: bool) -> Result<Keys, K
             Ok(Keys { signer, published })
         }
     }
+}
+
+/// Splits stored keys into those still published, newest (the signer) first, and those whose
+/// tokens have all expired: an older key stays while its successor is younger than the
+/// longest token lifetime.
+fn partition(stored: &[(i64, String)], now: i64, retain_secs: u64) -> (Vec<&str>, Vec<&str>) {
+    let retain_ms = i64::try_from(retain_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let (mut live, mut retired) = (Vec::new(), Vec::new());
+    let mut successor_created: Option<i64> = None;
+    for (created, kid) in stored.iter().rev() {
+        if successor_created.is_some_and(|s| now >= s.saturating_add(retain_ms)) {
+            retired.push(kid.as_str());
+        } else {
+            live.push(kid.as_str());
+        }
+        successor_created = Some(*created);
+    }
+    (live, retired)
 }
 
 /// `(created, kid)` of every key file, oldest first.

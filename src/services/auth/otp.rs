@@ -8,6 +8,7 @@ use hmac::{Hmac, Mac as _};
 use rand::RngExt as _;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
+use subtle::ConstantTimeEq as _;
 
 use super::error::AuthError;
 use crate::platform::cache::Cache;
@@ -98,7 +99,7 @@ impl Challenges {
         if attempt.value > self.max_attempts {
             return Err(self.kill(&key, attempt.resets_in).await);
         }
-        if constant_time_eq(&mac, &self.mac(nonce, code)) {
+        if same_mac(&mac, &self.mac(nonce, code)) {
             // Single use: of two concurrent correct attempts only the one that deletes wins.
             return if self.cache.delete(&key).await? {
                 Ok(login)
@@ -147,11 +148,7 @@ fn attempts_key(nonce: &str) -> String {
     format!("auth:otp-attempts:{nonce}")
 }
 
-fn constant_time_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && !a.is_empty()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+/// MACs are compared in constant time, so response timing says nothing about a guess.
+fn same_mac(stored: &str, computed: &str) -> bool {
+    !stored.is_empty() && bool::from(stored.as_bytes().ct_eq(computed.as_bytes()))
 }

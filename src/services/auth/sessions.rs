@@ -4,7 +4,7 @@
 //! refresh token is single use: spending it issues the next one of the same session. Presenting
 //! a spent one means two parties hold the session's tokens, so the whole session is revoked.
 
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, SimpleExpr};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect, TransactionTrait,
@@ -215,14 +215,9 @@ impl Sessions {
 
     /// Marks a session revoked; returns whether it was live.
     pub async fn revoke(&self, session_id: &str, reason: &str) -> Result<bool, DbErr> {
-        let changed = session::Entity::update_many()
-            .col_expr(session::Column::RevokedAt, Expr::value(unix_millis()))
-            .col_expr(session::Column::RevokedReason, Expr::value(reason))
-            .filter(session::Column::Id.eq(session_id))
-            .filter(session::Column::RevokedAt.is_null())
-            .exec(&self.db)
-            .await?
-            .rows_affected;
+        let changed = self
+            .revoke_where(session::Column::Id.eq(session_id), reason)
+            .await?;
         Ok(changed == 1)
     }
 
@@ -236,10 +231,26 @@ impl Sessions {
             .into_tuple()
             .all(&self.db)
             .await?;
-        for session_id in &live {
-            self.revoke(session_id, reason).await?;
+        if !live.is_empty() {
+            self.revoke_where(
+                session::Column::Id.is_in(live.iter().map(String::as_str)),
+                reason,
+            )
+            .await?;
         }
         Ok(live)
+    }
+
+    /// Marks the still-live sessions matching `which` revoked; returns how many.
+    async fn revoke_where(&self, which: SimpleExpr, reason: &str) -> Result<u64, DbErr> {
+        Ok(session::Entity::update_many()
+            .col_expr(session::Column::RevokedAt, Expr::value(unix_millis()))
+            .col_expr(session::Column::RevokedReason, Expr::value(reason))
+            .filter(which)
+            .filter(session::Column::RevokedAt.is_null())
+            .exec(&self.db)
+            .await?
+            .rows_affected)
     }
 
     /// The live sessions of `user_id`, most recently used first.
