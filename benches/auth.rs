@@ -23,7 +23,12 @@ use serde_json::{Value, json};
 #[allow(dead_code)]
 #[path = "common/load.rs"]
 mod load;
-use load::{CONNECTIONS, PIPELINE, load, load_for, median, server_cpu_ns, wanted};
+use load::{CONNECTIONS, PIPELINE, compare, wanted};
+
+// Logging in through the development bypass.
+#[path = "common/login.rs"]
+mod login;
+use login::{access_token, nonce, phone, verify};
 
 /// Two routes that differ only in the extractor: the same body length, the same work.
 struct Routes;
@@ -95,126 +100,26 @@ async fn start(workers: usize) -> (RunningApp, tempfile::TempDir) {
     (running, data_dir)
 }
 
-/// A valid, distinct Singapore mobile number for each `n`.
-fn phone(n: u32) -> String {
-    let mut candidate = n;
-    loop {
-        let phone = format!("+659{:07}", candidate % 10_000_000);
-        if beep::platform::users::PhoneNumber::parse(&phone).is_ok() {
-            return phone;
-        }
-        candidate = candidate.wrapping_add(7_919);
-    }
-}
-
-async fn nonce(client: &reqwest::Client, base: &str, phone: &str) -> String {
-    client
-        .post(format!("{base}/login/init/bypass"))
-        .json(&json!({ "phone_number": phone }))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-async fn verify(client: &reqwest::Client, base: &str, nonce: &str) -> reqwest::Response {
-    client
-        .post(format!("{base}/login/verify"))
-        .json(&json!({ "code": "000000", "nonce": nonce, "clientid": "bench" }))
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn access_token(base: &str) -> String {
-    let client = reqwest::Client::new();
-    let nonce = nonce(&client, base, &phone(1)).await;
-    let response = verify(&client, base, &nonce).await;
-    assert_eq!(response.status(), 200);
-    response.text().await.unwrap()
-}
-
 async fn throughput() {
     let (running, _dir) = start(1).await;
     let addr = running.addr();
     let handle = running.handle();
     let task = tokio::spawn(running.run());
-    let token = access_token(&format!("http://{addr}")).await;
+    let token = access_token(&format!("http://{addr}"), 1).await;
     // Both requests carry the token, so they cost the same to send and parse.
     let open =
         format!("GET /bench/open HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer {token}\r\n\r\n");
     let me = format!("GET /bench/me HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer {token}\r\n\r\n");
-    load(addr, open.as_bytes()).await;
-    load(addr, me.as_bytes()).await;
-    // Many short rounds: this machine's neighbours come and go in bursts, and a median over
-    // many pairs measured side by side shrugs them off.
     const ROUNDS: usize = 21;
     const ROUND: Duration = Duration::from_secs(1);
-    // Each round measures the open route twice and the authenticated one once, in a rotating
-    // order, so drift between rounds cancels; open/open is the noise floor. Besides requests per
-    // second, the server threads' CPU time per request is read, which the client and the rest
-    // of the machine do not disturb.
-    let (mut ratios, mut controls, mut cpu_ratios, mut cpu_controls) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut open_rates, mut me_rates, mut open_cpu, mut me_cpu) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for round in 0..ROUNDS {
-        let mut rates = [0.0; 3];
-        let mut cpu_us = [0.0; 3];
-        for slot in 0..3 {
-            let which = (slot + round) % 3;
-            let raw = if which == 1 { &me } else { &open };
-            let cpu_before = server_cpu_ns();
-            rates[which] = load_for(addr, raw.as_bytes(), ROUND).await;
-            let requests = rates[which] * ROUND.as_secs_f64();
-            cpu_us[which] = (server_cpu_ns() - cpu_before) as f64 / 1e3 / requests;
-        }
-        ratios.push(rates[1] / rates[0]);
-        controls.push(rates[2] / rates[0]);
-        // CPU per request inverted: the throughput ratio a saturated core would show.
-        cpu_ratios.push(cpu_us[0] / cpu_us[1]);
-        cpu_controls.push(cpu_us[0] / cpu_us[2]);
-        open_rates.push(rates[0]);
-        me_rates.push(rates[1]);
-        open_cpu.push(cpu_us[0]);
-        me_cpu.push(cpu_us[1]);
-    }
-    let spread = |values: &[f64]| {
-        format!(
-            "median {:.3} (min {:.3}, max {:.3})",
-            median(values.to_vec()),
-            values.iter().copied().fold(f64::MAX, f64::min),
-            values.iter().copied().fold(0.0, f64::max)
-        )
-    };
+    let comparison = compare(addr, open.as_bytes(), me.as_bytes(), ROUNDS, ROUND).await;
     println!(
         "GET with and without token verification, 1 server worker, {CONNECTIONS} connections x {PIPELINE} pipelined, {ROUNDS} rounds of {ROUND:?} each:"
     );
-    println!(
-        "  same route without auth: median {:.0} req/s, {:.2} us server CPU per request",
-        median(open_rates),
-        median(open_cpu.clone())
-    );
-    println!(
-        "  authenticated (Caller: verify, revocation check): median {:.0} req/s, {:.2} us server CPU per request",
-        median(me_rates),
-        median(me_cpu.clone())
-    );
-    println!(
-        "  throughput ratio authenticated / open: {}",
-        spread(&ratios)
-    );
-    println!("  control, open / open: {}", spread(&controls));
-    println!(
-        "  server CPU ratio open / authenticated: {}",
-        spread(&cpu_ratios)
-    );
-    println!("  control, CPU open / open: {}", spread(&cpu_controls));
+    comparison.print("open (same route without auth)", "authenticated (Caller: verify, revocation check)");
     println!(
         "  verification cost per request: {:.2} us of server CPU (median authenticated - median open)",
-        median(me_cpu) - median(open_cpu)
+        comparison.added_cpu_us()
     );
     handle.stop(true).await;
     let _ = task.await;
@@ -228,7 +133,7 @@ async fn verify_cost() {
     let addr = running.addr();
     let handle = running.handle();
     let task = tokio::spawn(running.run());
-    let token = access_token(&format!("http://{addr}")).await;
+    let token = access_token(&format!("http://{addr}"), 1).await;
     // Distinct tokens signed like the server's (same key, same claims, other iat).
     let key_path = std::fs::read_dir(dir.path().join("keys"))
         .unwrap()

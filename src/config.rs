@@ -23,6 +23,8 @@ pub struct Config {
     pub blobs: BlobsConfig,
     pub http: HttpConfig,
     pub auth: AuthConfig,
+    pub core: CoreConfig,
+    pub permissions: PermissionsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -284,6 +286,57 @@ impl Default for AuthConfig {
             email: EmailConfig::default(),
         }
     }
+}
+
+/// Users, contacts, conversations and members.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoreConfig {
+    /// Items per page of a list when the request gives no `limit`, and the largest `limit`.
+    pub page_size: u64,
+    pub max_page_size: u64,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            page_size: 100,
+            max_page_size: 1000,
+        }
+    }
+}
+
+/// Membership checks and their cache.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PermissionsConfig {
+    /// How long an answer stays cached. Membership events clear it at once; this bounds the
+    /// damage of an event lost while the bus was down.
+    pub cache_ttl_secs: u64,
+    /// Who may call `GET /permissions/user/{user}/conversation/{conversation}`.
+    pub route: PermissionsRoute,
+}
+
+impl Default for PermissionsConfig {
+    fn default() -> Self {
+        Self {
+            cache_ttl_secs: 300,
+            route: PermissionsRoute::Off,
+        }
+    }
+}
+
+/// Exposure of the original internal permissions route.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PermissionsRoute {
+    /// Not served (404); services in this process ask in-process.
+    #[default]
+    Off,
+    /// Served to peers on loopback or private networks only (split deployments).
+    Private,
+    /// Served to anyone who can reach it.
+    Public,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

@@ -124,3 +124,98 @@ pub async fn load_for(addr: SocketAddr, raw: &[u8], round: Duration) -> f64 {
     }
     total as f64 / round.as_secs_f64()
 }
+
+/// Two requests to one server measured side by side: the `reference` twice and the
+/// `candidate` once per round, in a rotating order, over many short rounds. This machine's
+/// neighbours come and go in bursts; a median over many pairs shrugs them off, and
+/// reference/reference is the noise floor. Besides requests per second, the server threads'
+/// CPU time per request is read, which the client and the rest of the machine do not disturb.
+pub struct Comparison {
+    pub reference_rates: Vec<f64>,
+    pub candidate_rates: Vec<f64>,
+    pub reference_cpu_us: Vec<f64>,
+    pub candidate_cpu_us: Vec<f64>,
+    /// candidate / reference throughput, per round.
+    pub ratios: Vec<f64>,
+    /// reference / reference throughput, per round.
+    pub controls: Vec<f64>,
+    /// reference / candidate CPU per request (the throughput ratio a saturated core would show).
+    pub cpu_ratios: Vec<f64>,
+    pub cpu_controls: Vec<f64>,
+}
+
+pub async fn compare(
+    addr: SocketAddr,
+    reference: &[u8],
+    candidate: &[u8],
+    rounds: usize,
+    round: Duration,
+) -> Comparison {
+    load_for(addr, reference, round).await;
+    load_for(addr, candidate, round).await;
+    let mut result = Comparison {
+        reference_rates: Vec::new(),
+        candidate_rates: Vec::new(),
+        reference_cpu_us: Vec::new(),
+        candidate_cpu_us: Vec::new(),
+        ratios: Vec::new(),
+        controls: Vec::new(),
+        cpu_ratios: Vec::new(),
+        cpu_controls: Vec::new(),
+    };
+    for n in 0..rounds {
+        let mut rates = [0.0; 3];
+        let mut cpu_us = [0.0; 3];
+        for slot in 0..3 {
+            let which = (slot + n) % 3;
+            let raw = if which == 1 { candidate } else { reference };
+            let cpu_before = server_cpu_ns();
+            rates[which] = load_for(addr, raw, round).await;
+            let requests = rates[which] * round.as_secs_f64();
+            cpu_us[which] = (server_cpu_ns() - cpu_before) as f64 / 1e3 / requests;
+        }
+        result.ratios.push(rates[1] / rates[0]);
+        result.controls.push(rates[2] / rates[0]);
+        result.cpu_ratios.push(cpu_us[0] / cpu_us[1]);
+        result.cpu_controls.push(cpu_us[0] / cpu_us[2]);
+        result.reference_rates.push(rates[0]);
+        result.candidate_rates.push(rates[1]);
+        result.reference_cpu_us.push(cpu_us[0]);
+        result.candidate_cpu_us.push(cpu_us[1]);
+    }
+    result
+}
+
+/// "median m (min a, max b)".
+pub fn spread(values: &[f64]) -> String {
+    format!(
+        "median {:.3} (min {:.3}, max {:.3})",
+        median(values.to_vec()),
+        values.iter().copied().fold(f64::MAX, f64::min),
+        values.iter().copied().fold(0.0, f64::max)
+    )
+}
+
+impl Comparison {
+    pub fn print(&self, reference: &str, candidate: &str) {
+        for (name, rates, cpu) in [
+            (reference, &self.reference_rates, &self.reference_cpu_us),
+            (candidate, &self.candidate_rates, &self.candidate_cpu_us),
+        ] {
+            println!(
+                "  {name}: median {:.0} req/s, {:.2} us server CPU per request",
+                median(rates.clone()),
+                median(cpu.clone())
+            );
+        }
+        println!("  throughput ratio {candidate} / {reference}: {}", spread(&self.ratios));
+        println!("  control, {reference} / {reference}: {}", spread(&self.controls));
+        println!("  server CPU ratio {reference} / {candidate}: {}", spread(&self.cpu_ratios));
+        println!("  control, CPU {reference} / {reference}: {}", spread(&self.cpu_controls));
+    }
+
+    /// Server CPU per request the candidate adds, in microseconds (medians).
+    pub fn added_cpu_us(&self) -> f64 {
+        median(self.candidate_cpu_us.clone()) - median(self.reference_cpu_us.clone())
+    }
+}

@@ -9,6 +9,7 @@ mod fanout;
 pub mod health;
 pub mod http;
 pub mod identity;
+pub mod membership;
 pub mod ids;
 pub mod telemetry;
 pub mod users;

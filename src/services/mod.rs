@@ -84,7 +84,7 @@ pub fn check_compiled(names: &[&str]) -> Result<(), BuildError> {
 }
 
 /// Builds the named services over the platform, wiring the narrow traits one service answers
-/// for another (core's user directory for auth).
+/// for another (core's user directory for auth, core's memberships for permissions).
 // Services that need nothing from the platform yet leave it unused in some feature sets.
 #[cfg_attr(not(feature = "core"), allow(unused_variables))]
 pub fn build(names: &[&str], platform: &Platform) -> Result<Vec<Arc<dyn Service>>, BuildError> {
@@ -120,7 +120,18 @@ pub fn build(names: &[&str], platform: &Platform) -> Result<Vec<Arc<dyn Service>
                 None => continue,
             },
             #[cfg(feature = "permissions")]
-            "permissions" => Arc::new(permissions::Permissions),
+            "permissions" => {
+                #[cfg(feature = "core")]
+                let source: Option<crate::platform::membership::SharedMembership> =
+                    core.as_ref().map(|core| Arc::clone(&core.conversations) as _);
+                #[cfg(not(feature = "core"))]
+                let source: Option<crate::platform::membership::SharedMembership> = None;
+                let source = source.ok_or(BuildError::Service {
+                    service: "permissions",
+                    reason: "needs core in the same process to read memberships".into(),
+                })?;
+                Arc::new(permissions::Permissions::new(platform, source))
+            }
             #[cfg(feature = "heartbeat")]
             "heartbeat" => Arc::new(heartbeat::Heartbeat),
             #[cfg(feature = "pictures")]

@@ -41,11 +41,11 @@ async fn spawn(column: Column, adjust: impl FnOnce(&mut beep::config::Config)) -
 }
 
 #[derive(Debug, Clone)]
-struct Tokens {
-    access: String,
-    refresh: String,
-    user_id: String,
-    new_user: bool,
+pub struct Tokens {
+    pub access: String,
+    pub refresh: String,
+    pub user_id: String,
+    pub new_user: bool,
 }
 
 /// `POST /login/init` as the original clients send it.
@@ -80,7 +80,7 @@ async fn verify(app: &TestApp, nonce: &str, code: &str, client: &str) -> reqwest
         .unwrap()
 }
 
-async fn login_as(app: &TestApp, phone: &str, client: &str) -> Tokens {
+pub async fn login_as(app: &TestApp, phone: &str, client: &str) -> Tokens {
     let nonce = request_code(app, phone).await;
     let code = sent_code(phone);
     let response = verify(app, &nonce, &code, client).await;

@@ -9,6 +9,7 @@ mod binary;
 mod blobs;
 mod bus;
 mod cache;
+mod core;
 mod helpers;
 mod http;
 mod readiness;

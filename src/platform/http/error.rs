@@ -44,6 +44,13 @@ impl ApiError {
     }
 }
 
+/// A database failure the handler has no better answer for: a 500, cause logged.
+impl From<sea_orm::DbErr> for ApiError {
+    fn from(err: sea_orm::DbErr) -> Self {
+        Self::internal(&err)
+    }
+}
+
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} ({}): {}", self.code, self.status, self.message)

@@ -1,11 +1,12 @@
-//! The `user` table and the [`UserDirectory`] auth logs users in through.
+//! The `user` table, the profile rules, and the [`UserDirectory`] auth logs users in through.
 
 use anyhow::Context as _;
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, SqlErr,
+    ActiveModelTrait as _, ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait,
+    IntoActiveModel as _, QueryFilter, SqlErr,
 };
 
 use crate::platform::bus::unix_millis;
@@ -45,6 +46,28 @@ pub struct Users {
     db: DatabaseConnection,
 }
 
+/// A partial profile update: absent fields keep their value (the original overwrote them all).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfilePatch {
+    /// `null` clears the username; absent keeps it.
+    #[serde(default, deserialize_with = "present")]
+    pub username: Option<Option<String>>,
+    pub bio: Option<String>,
+    pub profile_pic: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+}
+
+/// Tells a field sent as `null` (`Some(None)`) from one not sent (`None`).
+pub fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    serde::Deserialize::deserialize(deserializer).map(Some)
+}
+
 /// `u-` + 128 random bits, the original's user id form.
 pub fn new_user_id() -> String {
     format!("u-{}", random_hex128())
@@ -55,6 +78,64 @@ impl Users {
         Self { db }
     }
 
+    pub async fn by_id(&self, id: &str) -> Result<Option<user::Model>, DbErr> {
+        user::Entity::find_by_id(id).one(&self.db).await
+    }
+
+    pub async fn by_username(&self, username: &str) -> Result<Option<user::Model>, DbErr> {
+        user::Entity::find()
+            .filter(user::Column::Username.eq(username.to_ascii_lowercase()))
+            .one(&self.db)
+            .await
+    }
+
+    pub async fn by_login(&self, login: &Login) -> Result<Option<user::Model>, DbErr> {
+        self.find_by_login(login).await
+    }
+
+    /// Applies the fields `patch` carries to `id`'s profile and answers the result.
+    pub async fn update_profile(
+        &self,
+        id: &str,
+        patch: ProfilePatch,
+    ) -> DirectoryResult<user::Model> {
+        let found = self
+            .by_id(id)
+            .await
+            .context("reading a profile")?
+            .ok_or_else(|| DirectoryError::Invalid("no such user".into()))?;
+        let mut profile = NewProfile {
+            username: found.username.clone(),
+            bio: found.bio.clone(),
+            profile_pic: found.profile_pic.clone(),
+            first_name: found.first_name.clone(),
+            last_name: found.last_name.clone(),
+        };
+        if let Some(username) = patch.username {
+            profile.username = username;
+        }
+        let fields = [
+            (patch.bio, &mut profile.bio),
+            (patch.profile_pic, &mut profile.profile_pic),
+            (patch.first_name, &mut profile.first_name),
+            (patch.last_name, &mut profile.last_name),
+        ];
+        for (sent, field) in fields {
+            if let Some(value) = sent {
+                *field = value;
+            }
+        }
+        normalise(&mut profile);
+        validate_profile(&profile, false)?;
+        let mut row = found.into_active_model();
+        row.username = Set(profile.username);
+        row.bio = Set(profile.bio);
+        row.profile_pic = Set(profile.profile_pic);
+        row.first_name = Set(profile.first_name);
+        row.last_name = Set(profile.last_name);
+        row.update(&self.db).await.map_err(conflict_or_backend)
+    }
+
     async fn find_by_login(&self, login: &Login) -> Result<Option<user::Model>, sea_orm::DbErr> {
         let column = login_column(login);
         user::Entity::find()
@@ -63,17 +144,15 @@ impl Users {
             .await
     }
 
-    async fn ensure(&self, login: &Login) -> DirectoryResult<KnownUser> {
+    /// The user holding `login`, created blank if there is none; says whether it was created.
+    pub async fn ensure(&self, login: &Login) -> DirectoryResult<(user::Model, bool)> {
         // Most logins are returning users: one read, no write.
         if let Some(found) = self
             .find_by_login(login)
             .await
             .context("looking up a user by login")?
         {
-            return Ok(KnownUser {
-                id: found.id,
-                created: false,
-            });
+            return Ok((found, false));
         }
         let mut row = empty_user(login);
         row.id = Set(new_user_id());
@@ -93,14 +172,16 @@ impl Users {
             .await
             .context("looking up a user by login")?
             .ok_or_else(|| anyhow::anyhow!("user for {login} vanished after insert"))?;
-        Ok(KnownUser {
-            id: found.id,
-            created: inserted == 1,
-        })
+        Ok((found, inserted == 1))
     }
 
-    async fn register(&self, login: &Login, profile: NewProfile) -> DirectoryResult<UserRecord> {
-        validate_profile(&profile)?;
+    async fn register(
+        &self,
+        login: &Login,
+        mut profile: NewProfile,
+    ) -> DirectoryResult<UserRecord> {
+        normalise(&mut profile);
+        validate_profile(&profile, true)?;
         let mut row = empty_user(login);
         let id = new_user_id();
         row.id = Set(id.clone());
@@ -109,20 +190,10 @@ impl Users {
         row.profile_pic = Set(profile.profile_pic);
         row.first_name = Set(profile.first_name);
         row.last_name = Set(profile.last_name);
-        match user::Entity::insert(row)
+        user::Entity::insert(row)
             .exec_without_returning(&self.db)
             .await
-        {
-            Ok(_) => {}
-            Err(err) => {
-                return Err(match err.sql_err() {
-                    Some(SqlErr::UniqueConstraintViolation(_)) => DirectoryError::Conflict(
-                        "a user with this login or username already exists".into(),
-                    ),
-                    _ => DirectoryError::Backend(anyhow::Error::new(err).context("registering")),
-                });
-            }
-        }
+            .map_err(conflict_or_backend)?;
         let created = user::Entity::find_by_id(id)
             .one(&self.db)
             .await
@@ -130,6 +201,25 @@ impl Users {
             .ok_or_else(|| anyhow::anyhow!("registered user vanished"))?;
         Ok(record(created))
     }
+}
+
+fn conflict_or_backend(err: DbErr) -> DirectoryError {
+    match err.sql_err() {
+        Some(SqlErr::UniqueConstraintViolation(_)) => {
+            DirectoryError::Conflict("a user with this login or username already exists".into())
+        }
+        _ => DirectoryError::Backend(anyhow::Error::new(err).context("writing a profile")),
+    }
+}
+
+/// Usernames are unique regardless of case because they are stored lowercased; an empty one
+/// means none.
+fn normalise(profile: &mut NewProfile) {
+    profile.username = profile
+        .username
+        .take()
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty());
 }
 
 fn login_column(login: &Login) -> user::Column {
@@ -157,9 +247,12 @@ fn empty_user(login: &Login) -> user::ActiveModel {
     }
 }
 
-/// The original required both names; usernames follow the rule core applies everywhere.
-fn validate_profile(profile: &NewProfile) -> DirectoryResult<()> {
-    if profile.first_name.trim().is_empty() || profile.last_name.trim().is_empty() {
+/// Lengths and the username rule always; both names when registering, as the original did
+/// (a user made by a first login has none yet, and may fill them in later).
+fn validate_profile(profile: &NewProfile, names_required: bool) -> DirectoryResult<()> {
+    if names_required
+        && (profile.first_name.trim().is_empty() || profile.last_name.trim().is_empty())
+    {
         return Err(DirectoryError::Invalid(
             "first_name and last_name are required".into(),
         ));
@@ -193,7 +286,7 @@ pub fn is_valid_username(username: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
 }
 
-fn record(user: user::Model) -> UserRecord {
+pub fn record(user: user::Model) -> UserRecord {
     UserRecord {
         id: user.id,
         username: user.username,
@@ -207,7 +300,14 @@ fn record(user: user::Model) -> UserRecord {
 
 impl UserDirectory for Users {
     fn ensure_user<'a>(&'a self, login: &'a Login) -> BoxFuture<'a, DirectoryResult<KnownUser>> {
-        self.ensure(login).boxed()
+        async move {
+            let (user, created) = self.ensure(login).await?;
+            Ok(KnownUser {
+                id: user.id,
+                created,
+            })
+        }
+        .boxed()
     }
 
     fn register_user<'a>(

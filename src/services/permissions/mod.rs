@@ -1,14 +1,244 @@
-//! permissions: "may user U touch conversation C?", cached and invalidated by core's events (`/permissions`).
+//! permissions: "may user U touch conversation C?" (`/permissions`), the original
+//! `permissions` service.
 //!
-//! Its routes, tables and workers arrive with its own issue; until then it is hosted (its
-//! migration table exists, it is listed in `beep`'s service set) and serves nothing.
+//! Answers come from the cache (in-process or Redis), filled on a miss from core's memberships
+//! and cleared by core's membership events, so a removed member loses access as soon as the
+//! event arrives. Other services ask through [`AccessCheck`]; split deployments can ask the
+//! original internal route.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
 
 use super::Service;
+use crate::config::PermissionsRoute;
+use crate::platform::Platform;
+use crate::platform::bus::{Bus, BusError};
+use crate::platform::cache::Cache;
+use crate::platform::http::ApiError;
+use crate::platform::ids::is_hex128;
+use crate::platform::membership::{
+    AccessCheck, AccessError, ConversationDeleted, MemberAdded, MemberRemoved, SharedMembership,
+};
+use crate::platform::workers::Workers;
 
-pub struct Permissions;
+const MEMBER: &[u8] = b"1";
+const NOT_MEMBER: &[u8] = b"0";
+/// How long to wait before subscribing again after the bus refused.
+const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
+
+pub struct Permissions {
+    pub checker: Arc<Checker>,
+    route: PermissionsRoute,
+    bus: Bus,
+}
+
+impl Permissions {
+    pub fn new(platform: &Platform, source: SharedMembership) -> Self {
+        let config = &platform.config.permissions;
+        Self {
+            checker: Arc::new(Checker {
+                cache: platform.cache.clone(),
+                source,
+                ttl: Duration::from_secs(config.cache_ttl_secs.max(1)),
+                invalidations: AtomicU64::new(0),
+            }),
+            route: config.route,
+            bus: platform.bus.clone(),
+        }
+    }
+}
+
+pub struct Checker {
+    cache: Cache,
+    source: SharedMembership,
+    ttl: Duration,
+    /// Bumped by every membership event this process hears, before it clears the cache. A
+    /// lookup that straddles one does not cache its answer, which may predate the change; one
+    /// that does not is cleared by the event after it. So no stale answer outlives an event.
+    invalidations: AtomicU64,
+}
+
+fn cache_key(user: &str, conversation: &str) -> String {
+    format!("permissions:{user}+{conversation}")
+}
+
+/// Only well-formed ids are looked up (and cached): junk cannot fill the cache.
+fn well_formed(user: &str, conversation: &str) -> bool {
+    let shaped = |id: &str, prefix: &str| id.strip_prefix(prefix).is_some_and(is_hex128);
+    shaped(user, "u-") && shaped(conversation, "c-")
+}
+
+impl Checker {
+    pub async fn check(&self, user: &str, conversation: &str) -> Result<bool, AccessError> {
+        if !well_formed(user, conversation) {
+            return Ok(false);
+        }
+        let key = cache_key(user, conversation);
+        let cached = match self.cache.get_in_process(&key) {
+            Some(hit) => hit,
+            None => self
+                .cache
+                .get(&key)
+                .await
+                .map_err(|err| AccessError(err.into()))?,
+        };
+        if let Some(answer) = cached {
+            return Ok(answer.as_ref() == MEMBER);
+        }
+        let seen = self.invalidations.load(Ordering::SeqCst);
+        let member = self
+            .source
+            .is_member(user, conversation)
+            .await
+            .map_err(AccessError)?;
+        if self.invalidations.load(Ordering::SeqCst) == seen {
+            let answer = if member { MEMBER } else { NOT_MEMBER };
+            if let Err(err) = self.cache.set(&key, answer, self.ttl).await {
+                tracing::warn!(error = %err, "a membership answer was not cached");
+            }
+        }
+        Ok(member)
+    }
+
+    async fn forget(&self, user: &str, conversation: &str) {
+        self.invalidations.fetch_add(1, Ordering::SeqCst);
+        if let Err(err) = self.cache.delete(&cache_key(user, conversation)).await {
+            // Left to its TTL: the only way a stale answer can live on.
+            tracing::error!(error = %err, user, conversation, "a membership answer could not be cleared");
+        }
+    }
+
+    /// Clears answers on core's membership events until `stop`.
+    async fn follow(self: Arc<Self>, bus: Bus, stop: CancellationToken) {
+        loop {
+            match self.listen(&bus, &stop).await {
+                Ok(()) => return,
+                Err(err) => tracing::warn!(error = %err, "permissions cannot subscribe to the bus"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(RESUBSCRIBE_AFTER) => {}
+            }
+        }
+    }
+
+    async fn listen(&self, bus: &Bus, stop: &CancellationToken) -> Result<(), BusError> {
+        let mut added = bus.subscribe::<MemberAdded>().await?;
+        let mut removed = bus.subscribe::<MemberRemoved>().await?;
+        let mut deleted = bus.subscribe::<ConversationDeleted>().await?;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                Some(event) = added.next() => {
+                    self.forget(&event.data.user, &event.data.conversation).await;
+                }
+                Some(event) = removed.next() => {
+                    self.forget(&event.data.user, &event.data.conversation).await;
+                }
+                Some(event) = deleted.next() => {
+                    for member in &event.data.members {
+                        self.forget(member, &event.data.conversation).await;
+                    }
+                }
+                else => return Ok(()),
+            }
+        }
+    }
+}
+
+impl AccessCheck for Checker {
+    fn may_access<'a>(
+        &'a self,
+        user: &'a str,
+        conversation: &'a str,
+    ) -> BoxFuture<'a, Result<bool, AccessError>> {
+        self.check(user, conversation).boxed()
+    }
+}
 
 impl Service for Permissions {
     fn name(&self) -> &'static str {
         "permissions"
+    }
+
+    fn routes(&self, cfg: &mut web::ServiceConfig) {
+        if self.route == PermissionsRoute::Off {
+            return;
+        }
+        cfg.service(
+            web::resource("/permissions/user/{user}/conversation/{conversation}")
+                .app_data(web::Data::new(RouteState {
+                    checker: Arc::clone(&self.checker),
+                    route: self.route,
+                }))
+                .get(may_access),
+        );
+    }
+
+    fn start(&self, workers: &mut Workers) {
+        let checker = Arc::clone(&self.checker);
+        let bus = self.bus.clone();
+        workers.spawn("permissions-invalidation", move |stop| {
+            checker.follow(bus, stop)
+        });
+    }
+}
+
+struct RouteState {
+    checker: Arc<Checker>,
+    route: PermissionsRoute,
+}
+
+/// Loopback, private (RFC 1918, unique local) and link-local peers: an internal network.
+fn is_internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_internal(IpAddr::V4(v4)),
+            None => v6.is_loopback() || v6.is_unique_local() || v6.is_unicast_link_local(),
+        },
+    }
+}
+
+/// The original answered 200 or 401 (from a cache that never matched); here 200 or 403.
+async fn may_access(
+    state: web::Data<RouteState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    // The peer itself, never a forwarded address: this is about which network asks.
+    if state.route == PermissionsRoute::Private
+        && !req.peer_addr().is_some_and(|peer| is_internal(peer.ip()))
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "internal_only",
+            "this route answers internal networks only",
+        ));
+    }
+    let (user, conversation) = path.into_inner();
+    match state.checker.check(&user, &conversation).await {
+        Ok(true) => Ok(HttpResponse::Ok().finish()),
+        Ok(false) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_a_member",
+            "not a member of this conversation",
+        )),
+        Err(err) => {
+            tracing::error!(error = %err, "membership check failed");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "permissions_unavailable",
+                "membership cannot be checked right now",
+            ))
+        }
     }
 }

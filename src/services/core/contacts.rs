@@ -1,0 +1,116 @@
+//! Contacts: one-directional, as in the original (Alice having Bob says nothing of Bob).
+
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, SqlErr,
+};
+use serde::{Deserialize, Serialize};
+
+use super::users::user;
+use crate::platform::bus::unix_millis;
+
+pub mod contact {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "contact")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub user: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub contact: String,
+        pub created_at: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {
+        #[sea_orm(
+            belongs_to = "crate::services::core::users::user::Entity",
+            from = "Column::Contact",
+            to = "crate::services::core::users::user::Column::Id"
+        )]
+        Contact,
+    }
+
+    impl Related<crate::services::core::users::user::Entity> for Entity {
+        fn to() -> RelationDef {
+            Relation::Contact.def()
+        }
+    }
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// A contact as the original's events carried it: `usera` has `userb`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactView {
+    pub usera: String,
+    pub userb: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContactError {
+    #[error("already a contact")]
+    Duplicate,
+    #[error(transparent)]
+    Db(#[from] DbErr),
+}
+
+pub struct Contacts {
+    db: DatabaseConnection,
+}
+
+impl Contacts {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
+    pub async fn add(&self, user: &str, contact: &str) -> Result<(), ContactError> {
+        let row = contact::ActiveModel {
+            user: Set(user.to_owned()),
+            contact: Set(contact.to_owned()),
+            created_at: Set(unix_millis()),
+        };
+        match contact::Entity::insert(row)
+            .exec_without_returning(&self.db)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                Err(ContactError::Duplicate)
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// `user`'s contacts, ordered by id, after the cursor `after`.
+    pub async fn list(
+        &self,
+        user: &str,
+        after: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<user::Model>, DbErr> {
+        let mut query = contact::Entity::find().filter(contact::Column::User.eq(user));
+        if let Some(after) = after {
+            query = query.filter(contact::Column::Contact.gt(after));
+        }
+        let rows = query
+            .order_by_asc(contact::Column::Contact)
+            .limit(limit)
+            .find_also_related(user::Entity)
+            .all(&self.db)
+            .await?;
+        Ok(rows.into_iter().filter_map(|(_, found)| found).collect())
+    }
+
+    /// Who has `user` as a contact: they hear of `user`'s profile changes.
+    pub async fn holders_of(&self, user: &str) -> Result<Vec<String>, DbErr> {
+        contact::Entity::find()
+            .select_only()
+            .column(contact::Column::User)
+            .filter(contact::Column::Contact.eq(user))
+            .into_tuple::<String>()
+            .all(&self.db)
+            .await
+    }
+}

@@ -1,0 +1,295 @@
+//! The four SSE streams of the original core. They are fed from the bus, so a change made
+//! through any replica reaches subscribers on every replica, and filtered per subscriber, so
+//! each user hears only what they may see (the original sent everything to everyone, on
+//! subjects nobody published).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use actix_web_lab::sse;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::contacts::Contacts;
+use super::conversations::{ConversationView, Conversations, MemberView};
+use super::events::{ContactAdded, ConversationUpdated, MemberUpdated, UserUpdated};
+use crate::platform::bus::{Bus, BusError};
+use crate::platform::membership::{ConversationDeleted, MemberAdded, MemberRemoved};
+
+/// The original's keep-alive period.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(25);
+/// Events buffered per stream; a client this far behind is dropped (it reconnects) rather
+/// than slowing delivery to everyone else.
+const STREAM_BUFFER: usize = 64;
+/// How long to wait before subscribing again after the bus refused.
+const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
+
+/// Which stream a subscriber opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Topic {
+    /// `GET /user/subscribe`: profile changes of the user and of their contacts.
+    Users,
+    /// `GET /user/subscribe/contact`: contacts the user adds.
+    Contacts,
+    /// `GET /user/subscribe/conversation`: the user's conversations appearing, changing, going.
+    Conversations,
+    /// `GET /user/subscribe/conversation/:id/member`: that conversation's members.
+    Members(String),
+}
+
+struct Subscriber {
+    topic: Topic,
+    sender: mpsc::Sender<sse::Event>,
+}
+
+/// The original's `UpdateMsg`: `data` is the JSON of the changed thing, as a string.
+#[derive(Serialize)]
+struct UpdateMsg<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    data: String,
+}
+
+#[derive(Serialize)]
+struct Deleted<'a> {
+    id: &'a str,
+}
+
+fn update_msg(kind: &str, data: &impl Serialize) -> Option<String> {
+    let data = serde_json::to_string(data).ok()?;
+    serde_json::to_string(&UpdateMsg { kind, data }).ok()
+}
+
+pub struct Hub {
+    subscribers: Mutex<HashMap<String, Vec<Subscriber>>>,
+    conversations: Arc<Conversations>,
+    contacts: Arc<Contacts>,
+}
+
+impl Hub {
+    pub fn new(conversations: Arc<Conversations>, contacts: Arc<Contacts>) -> Self {
+        Self {
+            subscribers: Mutex::new(HashMap::new()),
+            conversations,
+            contacts,
+        }
+    }
+
+    fn subscribers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Subscriber>>> {
+        self.subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Opens a stream of `topic` for `user`; it ends when the client goes away.
+    pub fn subscribe(&self, user: &str, topic: Topic) -> impl actix_web::Responder + use<> {
+        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+        let mut subscribers = self.subscribers();
+        let streams = subscribers.entry(user.to_owned()).or_default();
+        streams.retain(|stream| !stream.sender.is_closed());
+        streams.push(Subscriber { topic, sender });
+        sse::Sse::from_infallible_receiver(receiver).with_keep_alive(KEEP_ALIVE)
+    }
+
+    fn is_idle(&self) -> bool {
+        let mut subscribers = self.subscribers();
+        subscribers.retain(|_, streams| {
+            streams.retain(|stream| !stream.sender.is_closed());
+            !streams.is_empty()
+        });
+        subscribers.is_empty()
+    }
+
+    /// Sends `message` to `user`'s streams of `topic`; a stream that is gone or too far behind
+    /// is dropped.
+    fn send(&self, user: &str, topic: &Topic, message: &str) {
+        let mut subscribers = self.subscribers();
+        let Some(streams) = subscribers.get_mut(user) else {
+            return;
+        };
+        streams.retain(|stream| {
+            stream.topic != *topic
+                || stream
+                    .sender
+                    .try_send(sse::Data::new(message.to_owned()).into())
+                    .is_ok()
+        });
+        if streams.is_empty() {
+            subscribers.remove(user);
+        }
+    }
+
+    /// Ends `user`'s streams of `topic` (they lost the right to it).
+    fn close(&self, user: &str, topic: &Topic) {
+        if let Some(streams) = self.subscribers().get_mut(user) {
+            streams.retain(|stream| stream.topic != *topic);
+        }
+    }
+
+    /// Routes core's events to the streams until `stop`.
+    pub async fn run(self: Arc<Self>, bus: Bus, stop: CancellationToken) {
+        loop {
+            match self.listen(&bus, &stop).await {
+                Ok(()) => return,
+                Err(err) => tracing::warn!(error = %err, "core streams cannot subscribe to the bus"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(RESUBSCRIBE_AFTER) => {}
+            }
+        }
+    }
+
+    async fn listen(&self, bus: &Bus, stop: &CancellationToken) -> Result<(), BusError> {
+        let mut users = bus.subscribe::<UserUpdated>().await?;
+        let mut contacts = bus.subscribe::<ContactAdded>().await?;
+        let mut updated = bus.subscribe::<ConversationUpdated>().await?;
+        let mut deleted = bus.subscribe::<ConversationDeleted>().await?;
+        let mut added = bus.subscribe::<MemberAdded>().await?;
+        let mut removed = bus.subscribe::<MemberRemoved>().await?;
+        let mut pins = bus.subscribe::<MemberUpdated>().await?;
+        // Creation reaches the streams through the creator's `MemberAdded`.
+        loop {
+            let result = tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                Some(event) = users.next() => self.user_updated(event.data).await,
+                Some(event) = contacts.next() => {
+                    self.contact_added(&event.data);
+                    Ok(())
+                }
+                Some(event) = updated.next() => self.conversation_updated(event.data).await,
+                Some(event) = deleted.next() => {
+                    self.conversation_deleted(&event.data);
+                    Ok(())
+                }
+                Some(event) = added.next() => self.member_added(event.data).await,
+                Some(event) = removed.next() => self.member_removed(event.data).await,
+                Some(event) = pins.next() => self.member_updated(event.data).await,
+                else => return Ok(()),
+            };
+            if let Err(err) = result {
+                tracing::warn!(error = %err, "an event could not be routed to core's streams");
+            }
+        }
+    }
+
+    async fn user_updated(&self, event: UserUpdated) -> Result<(), sea_orm::DbErr> {
+        if self.is_idle() {
+            return Ok(());
+        }
+        let Some(message) = update_msg("update", &event.user) else {
+            return Ok(());
+        };
+        self.send(&event.user.id, &Topic::Users, &message);
+        for holder in self.contacts.holders_of(&event.user.id).await? {
+            self.send(&holder, &Topic::Users, &message);
+        }
+        Ok(())
+    }
+
+    fn contact_added(&self, event: &ContactAdded) {
+        if let Some(message) = update_msg("add", &event.contact) {
+            self.send(&event.contact.usera, &Topic::Contacts, &message);
+        }
+    }
+
+    async fn conversation_updated(&self, event: ConversationUpdated) -> Result<(), sea_orm::DbErr> {
+        if self.is_idle() {
+            return Ok(());
+        }
+        for membership in self.conversations.memberships(&event.conversation.id).await? {
+            let view = ConversationView {
+                pinned: membership.pinned,
+                ..event.conversation.clone()
+            };
+            if let Some(message) = update_msg("update", &view) {
+                self.send(&membership.user, &Topic::Conversations, &message);
+            }
+        }
+        Ok(())
+    }
+
+    fn conversation_deleted(&self, event: &ConversationDeleted) {
+        let Some(message) = update_msg("delete", &Deleted { id: &event.conversation }) else {
+            return;
+        };
+        let members = Topic::Members(event.conversation.clone());
+        for member in &event.members {
+            self.send(member, &Topic::Conversations, &message);
+            self.close(member, &members);
+        }
+    }
+
+    async fn member_added(&self, event: MemberAdded) -> Result<(), sea_orm::DbErr> {
+        if self.is_idle() {
+            return Ok(());
+        }
+        let Some(conversation) = self.conversations.find(&event.conversation).await? else {
+            return Ok(());
+        };
+        if let Some(message) = update_msg("add", &ConversationView::new(conversation, false)) {
+            self.send(&event.user, &Topic::Conversations, &message);
+        }
+        let view = MemberView {
+            user: event.user,
+            conversation: event.conversation,
+            pinned: false,
+        };
+        self.to_members(&view, "add").await
+    }
+
+    async fn member_removed(&self, event: MemberRemoved) -> Result<(), sea_orm::DbErr> {
+        if self.is_idle() {
+            return Ok(());
+        }
+        let view = MemberView {
+            user: event.user,
+            conversation: event.conversation,
+            pinned: false,
+        };
+        let topic = Topic::Members(view.conversation.clone());
+        if let Some(message) = update_msg("delete", &view) {
+            self.send(&view.user, &topic, &message);
+        }
+        self.close(&view.user, &topic);
+        if let Some(message) = update_msg("delete", &Deleted { id: &view.conversation }) {
+            self.send(&view.user, &Topic::Conversations, &message);
+        }
+        self.to_members(&view, "delete").await
+    }
+
+    async fn member_updated(&self, event: MemberUpdated) -> Result<(), sea_orm::DbErr> {
+        if self.is_idle() {
+            return Ok(());
+        }
+        let view = MemberView {
+            user: event.user,
+            conversation: event.conversation,
+            pinned: event.pinned,
+        };
+        if let Some(message) = update_msg("update", &view) {
+            self.send(&view.user, &Topic::Members(view.conversation.clone()), &message);
+        }
+        if let Some(conversation) = self.conversations.find(&view.conversation).await?
+            && let Some(message) =
+                update_msg("update", &ConversationView::new(conversation, view.pinned))
+        {
+            self.send(&view.user, &Topic::Conversations, &message);
+        }
+        Ok(())
+    }
+
+    /// Tells the conversation's current members about a membership change.
+    async fn to_members(&self, view: &MemberView, kind: &str) -> Result<(), sea_orm::DbErr> {
+        let Some(message) = update_msg(kind, view) else {
+            return Ok(());
+        };
+        let topic = Topic::Members(view.conversation.clone());
+        for membership in self.conversations.memberships(&view.conversation).await? {
+            self.send(&membership.user, &topic, &message);
+        }
+        Ok(())
+    }
+}
