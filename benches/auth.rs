@@ -116,7 +116,10 @@ async fn throughput() {
     println!(
         "GET with and without token verification, 1 server worker, {CONNECTIONS} connections x {PIPELINE} pipelined, {ROUNDS} rounds of {ROUND:?} each:"
     );
-    comparison.print("open (same route without auth)", "authenticated (Caller: verify, revocation check)");
+    comparison.print(
+        "open (same route without auth)",
+        "authenticated (Caller: verify, revocation check)",
+    );
     println!(
         "  verification cost per request: {:.2} us of server CPU (median authenticated - median open)",
         comparison.added_cpu_us()

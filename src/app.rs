@@ -119,6 +119,9 @@ pub async fn start(
     let listen = config.server.listen;
     let mut server = HttpServer::new(factory)
         .workers(workers_count)
+        // Responses and stream events are written as soon as they are ready; with Nagle's
+        // algorithm a second small write waits for the client's delayed ACK (40 ms).
+        .tcp_nodelay(true)
         .shutdown_timeout(config.server.shutdown_timeout_secs);
     if !hosting.handle_signals {
         server = server.disable_signals();

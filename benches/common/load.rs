@@ -208,10 +208,22 @@ impl Comparison {
                 median(cpu.clone())
             );
         }
-        println!("  throughput ratio {candidate} / {reference}: {}", spread(&self.ratios));
-        println!("  control, {reference} / {reference}: {}", spread(&self.controls));
-        println!("  server CPU ratio {reference} / {candidate}: {}", spread(&self.cpu_ratios));
-        println!("  control, CPU {reference} / {reference}: {}", spread(&self.cpu_controls));
+        println!(
+            "  throughput ratio {candidate} / {reference}: {}",
+            spread(&self.ratios)
+        );
+        println!(
+            "  control, {reference} / {reference}: {}",
+            spread(&self.controls)
+        );
+        println!(
+            "  server CPU ratio {reference} / {candidate}: {}",
+            spread(&self.cpu_ratios)
+        );
+        println!(
+            "  control, CPU {reference} / {reference}: {}",
+            spread(&self.cpu_controls)
+        );
     }
 
     /// Server CPU per request the candidate adds, in microseconds (medians).

@@ -43,4 +43,3 @@ pub async fn access_token(base: &str, n: u32) -> String {
     assert_eq!(response.status(), 200);
     response.text().await.unwrap()
 }
-

@@ -122,8 +122,9 @@ pub fn build(names: &[&str], platform: &Platform) -> Result<Vec<Arc<dyn Service>
             #[cfg(feature = "permissions")]
             "permissions" => {
                 #[cfg(feature = "core")]
-                let source: Option<crate::platform::membership::SharedMembership> =
-                    core.as_ref().map(|core| Arc::clone(&core.conversations) as _);
+                let source: Option<crate::platform::membership::SharedMembership> = core
+                    .as_ref()
+                    .map(|core| Arc::clone(&core.conversations) as _);
                 #[cfg(not(feature = "core"))]
                 let source: Option<crate::platform::membership::SharedMembership> = None;
                 let source = source.ok_or(BuildError::Service {

@@ -40,13 +40,18 @@ async fn new_conversation(app: &TestApp, who: &Tokens, title: &str) -> String {
 }
 
 async fn add_member(app: &TestApp, by: &Tokens, conversation: &str, user: &str) -> u16 {
-    call(app, "POST", &format!("/core/user/conversation/{conversation}/member"), by)
-        .json(&json!({ "id": user }))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    call(
+        app,
+        "POST",
+        &format!("/core/user/conversation/{conversation}/member"),
+        by,
+    )
+    .json(&json!({ "id": user }))
+    .send()
+    .await
+    .unwrap()
+    .status()
+    .as_u16()
 }
 
 async fn status(request: reqwest::RequestBuilder) -> u16 {
@@ -82,9 +87,15 @@ async fn users_are_looked_up_and_updated_partially() {
         assert_eq!(created["phone_number"], alice_phone.as_str());
         let other_number = call(&app, "POST", "/core/user", &alice)
             .json(&json!({ "phone_number": bob_phone, "first_name": "X", "last_name": "Y" }));
-        assert_eq!(error_code(other_number.send().await.unwrap(), 403).await, "phone_not_verified");
+        assert_eq!(
+            error_code(other_number.send().await.unwrap(), 403).await,
+            "phone_not_verified"
+        );
         let nameless = call(&app, "POST", "/core/user", &alice).json(&json!({ "first_name": "" }));
-        assert_eq!(error_code(nameless.send().await.unwrap(), 400).await, "invalid_profile");
+        assert_eq!(
+            error_code(nameless.send().await.unwrap(), 400).await,
+            "invalid_profile"
+        );
 
         // By phone: found, not found (the original answered 500), invalid.
         let found = call(&app, "GET", &by_phone(&alice_phone), &bob)
@@ -93,17 +104,39 @@ async fn users_are_looked_up_and_updated_partially() {
             .unwrap();
         assert_eq!(json_of(found, 200).await["id"], alice.user_id.as_str());
         let nobody = call(&app, "GET", &by_phone(&unique_phone()), &bob);
-        assert_eq!(error_code(nobody.send().await.unwrap(), 404).await, "user_not_found");
+        assert_eq!(
+            error_code(nobody.send().await.unwrap(), 404).await,
+            "user_not_found"
+        );
         let invalid = call(&app, "GET", &by_phone("12"), &bob);
-        assert_eq!(error_code(invalid.send().await.unwrap(), 400).await, "invalid_phone_number");
+        assert_eq!(
+            error_code(invalid.send().await.unwrap(), 400).await,
+            "invalid_phone_number"
+        );
 
         // By id.
-        let by_id = call(&app, "GET", &format!("/core/user/id/{}", alice.user_id), &bob);
+        let by_id = call(
+            &app,
+            "GET",
+            &format!("/core/user/id/{}", alice.user_id),
+            &bob,
+        );
         assert_eq!(json_of(by_id.send().await.unwrap(), 200).await["bio"], "hi");
-        let unknown = call(&app, "GET", &format!("/core/user/id/{}", missing_id("u")), &bob);
-        assert_eq!(error_code(unknown.send().await.unwrap(), 404).await, "user_not_found");
+        let unknown = call(
+            &app,
+            "GET",
+            &format!("/core/user/id/{}", missing_id("u")),
+            &bob,
+        );
+        assert_eq!(
+            error_code(unknown.send().await.unwrap(), 404).await,
+            "user_not_found"
+        );
         let malformed = call(&app, "GET", "/core/user/id/u-xyz", &bob);
-        assert_eq!(error_code(malformed.send().await.unwrap(), 400).await, "invalid_id");
+        assert_eq!(
+            error_code(malformed.send().await.unwrap(), 400).await,
+            "invalid_id"
+        );
         let anonymous = app.get(&format!("/core/user/id/{}", alice.user_id)).await;
         assert_eq!(error_code(anonymous, 401).await, "missing_token");
 
@@ -118,22 +151,51 @@ async fn users_are_looked_up_and_updated_partially() {
         assert_eq!(patched["first_name"], "Alice");
         assert_eq!(patched["bio"], "hi");
         let by_name = call(&app, "GET", "/core/user/username/ALICE_1.X", &bob);
-        assert_eq!(json_of(by_name.send().await.unwrap(), 200).await["id"], alice.user_id.as_str());
-        let taken = call(&app, "PATCH", "/core/user", &bob).json(&json!({ "username": "alice_1.X" }));
-        assert_eq!(error_code(taken.send().await.unwrap(), 409).await, "username_taken");
-        for bad in [json!({ "username": "a!" }), json!({ "username": "ab" }), json!({ "bio": "b".repeat(257) })] {
-            let response = call(&app, "PATCH", "/core/user", &bob).json(&bad).send().await.unwrap();
+        assert_eq!(
+            json_of(by_name.send().await.unwrap(), 200).await["id"],
+            alice.user_id.as_str()
+        );
+        let taken =
+            call(&app, "PATCH", "/core/user", &bob).json(&json!({ "username": "alice_1.X" }));
+        assert_eq!(
+            error_code(taken.send().await.unwrap(), 409).await,
+            "username_taken"
+        );
+        for bad in [
+            json!({ "username": "a!" }),
+            json!({ "username": "ab" }),
+            json!({ "bio": "b".repeat(257) }),
+        ] {
+            let response = call(&app, "PATCH", "/core/user", &bob)
+                .json(&bad)
+                .send()
+                .await
+                .unwrap();
             assert_eq!(error_code(response, 400).await, "invalid_profile", "{bad}");
         }
-        let unknown_field = call(&app, "PATCH", "/core/user", &bob).json(&json!({ "nickname": "b" }));
-        assert_eq!(error_code(unknown_field.send().await.unwrap(), 400).await, "invalid_json");
+        let unknown_field =
+            call(&app, "PATCH", "/core/user", &bob).json(&json!({ "nickname": "b" }));
+        assert_eq!(
+            error_code(unknown_field.send().await.unwrap(), 400).await,
+            "invalid_json"
+        );
         let cleared = call(&app, "PATCH", "/core/user", &alice).json(&json!({ "username": null }));
-        assert_eq!(json_of(cleared.send().await.unwrap(), 200).await["username"], Value::Null);
+        assert_eq!(
+            json_of(cleared.send().await.unwrap(), 200).await["username"],
+            Value::Null
+        );
         let gone = call(&app, "GET", "/core/user/username/alice_1.x", &bob);
-        assert_eq!(error_code(gone.send().await.unwrap(), 404).await, "user_not_found");
+        assert_eq!(
+            error_code(gone.send().await.unwrap(), 404).await,
+            "user_not_found"
+        );
 
         // The internal permissions route is off unless configured.
-        let route = format!("/permissions/user/{}/conversation/{}", alice.user_id, missing_id("c"));
+        let route = format!(
+            "/permissions/user/{}/conversation/{}",
+            alice.user_id,
+            missing_id("c")
+        );
         assert_eq!(app.get(&route).await.status(), 404);
         app.stop().await;
     }
@@ -158,7 +220,11 @@ async fn only_members_reach_a_conversation() {
             ("DELETE", path.clone(), None),
             ("POST", format!("{path}/pin"), None),
             ("GET", members.clone(), None),
-            ("POST", members.clone(), Some(json!({ "id": mallory.user_id }))),
+            (
+                "POST",
+                members.clone(),
+                Some(json!({ "id": mallory.user_id })),
+            ),
         ] {
             let mut request = call(&app, method, &route, &mallory);
             if let Some(body) = body {
@@ -167,8 +233,16 @@ async fn only_members_reach_a_conversation() {
             let code = error_code(request.send().await.unwrap(), 403).await;
             assert_eq!(code, "not_a_member", "{method} {route}");
         }
-        let nowhere = call(&app, "GET", &format!("/core/user/conversation/{}", missing_id("c")), &alice);
-        assert_eq!(error_code(nowhere.send().await.unwrap(), 404).await, "conversation_not_found");
+        let nowhere = call(
+            &app,
+            "GET",
+            &format!("/core/user/conversation/{}", missing_id("c")),
+            &alice,
+        );
+        assert_eq!(
+            error_code(nowhere.send().await.unwrap(), 404).await,
+            "conversation_not_found"
+        );
 
         // PATCH keeps what it is not sent (the original needed a title to change anything).
         let patched = call(&app, "PATCH", &path, &alice)
@@ -177,13 +251,32 @@ async fn only_members_reach_a_conversation() {
             .await
             .unwrap();
         let patched = json_of(patched, 200).await;
-        assert_eq!((patched["title"].as_str(), patched["picture"].as_str()), (Some("Team"), Some("p.png")));
+        assert_eq!(
+            (patched["title"].as_str(), patched["picture"].as_str()),
+            (Some("Team"), Some("p.png"))
+        );
 
         // Pins are per member and show in the list.
-        assert_eq!(status(call(&app, "POST", &format!("{path}/pin"), &alice)).await, 200);
-        let listed = json_of(call(&app, "GET", "/core/user/conversation", &alice).send().await.unwrap(), 200).await;
-        assert_eq!(listed, json!([{ "id": id, "title": "Team", "picture": "p.png", "pinned": true }]));
-        assert_eq!(status(call(&app, "DELETE", &format!("{path}/pin"), &alice)).await, 200);
+        assert_eq!(
+            status(call(&app, "POST", &format!("{path}/pin"), &alice)).await,
+            200
+        );
+        let listed = json_of(
+            call(&app, "GET", "/core/user/conversation", &alice)
+                .send()
+                .await
+                .unwrap(),
+            200,
+        )
+        .await;
+        assert_eq!(
+            listed,
+            json!([{ "id": id, "title": "Team", "picture": "p.png", "pinned": true }])
+        );
+        assert_eq!(
+            status(call(&app, "DELETE", &format!("{path}/pin"), &alice)).await,
+            200
+        );
         let got = json_of(call(&app, "GET", &path, &alice).send().await.unwrap(), 200).await;
         assert_eq!(got["pinned"], false);
 
@@ -196,11 +289,21 @@ async fn only_members_reach_a_conversation() {
         assert_eq!(added.status(), 200);
         assert_eq!(added.text().await.unwrap(), id);
         let again = call(&app, "POST", &members, &alice).json(&json!({ "id": bob.user_id }));
-        assert_eq!(error_code(again.send().await.unwrap(), 409).await, "already_a_member");
+        assert_eq!(
+            error_code(again.send().await.unwrap(), 409).await,
+            "already_a_member"
+        );
         let ghost = call(&app, "POST", &members, &alice).json(&json!({ "id": missing_id("u") }));
-        assert_eq!(error_code(ghost.send().await.unwrap(), 404).await, "user_not_found");
+        assert_eq!(
+            error_code(ghost.send().await.unwrap(), 404).await,
+            "user_not_found"
+        );
         let listed = json_of(call(&app, "GET", &members, &bob).send().await.unwrap(), 200).await;
-        assert_eq!(listed.as_array().unwrap().len(), 1, "the caller is left out: {listed}");
+        assert_eq!(
+            listed.as_array().unwrap().len(),
+            1,
+            "the caller is left out: {listed}"
+        );
         assert_eq!(listed[0]["id"], alice.user_id.as_str());
         assert_eq!(status(call(&app, "GET", &path, &bob)).await, 200);
 
@@ -209,7 +312,10 @@ async fn only_members_reach_a_conversation() {
         assert_eq!(status(call(&app, "DELETE", &remove_bob, &alice)).await, 200);
         assert_eq!(status(call(&app, "GET", &path, &bob)).await, 403);
         let twice = call(&app, "DELETE", &remove_bob, &alice);
-        assert_eq!(error_code(twice.send().await.unwrap(), 404).await, "member_not_found");
+        assert_eq!(
+            error_code(twice.send().await.unwrap(), 404).await,
+            "member_not_found"
+        );
         let leave = format!("{members}/{}", alice.user_id);
         assert_eq!(status(call(&app, "DELETE", &leave, &alice)).await, 200);
         assert_eq!(status(call(&app, "GET", &path, &alice)).await, 404);
@@ -233,7 +339,11 @@ async fn rows(app: &TestApp, table: &str, column: &str, value: &str) -> i64 {
     use sea_orm::{ConnectionTrait as _, Statement};
     let db = app.platform.db.connection();
     let backend = db.get_database_backend();
-    let placeholder = if backend == sea_orm::DatabaseBackend::Postgres { "$1" } else { "?" };
+    let placeholder = if backend == sea_orm::DatabaseBackend::Postgres {
+        "$1"
+    } else {
+        "?"
+    };
     let sql = format!("SELECT COUNT(*) AS n FROM \"{table}\" WHERE \"{column}\" = {placeholder}");
     let row = db
         .query_one_raw(Statement::from_sql_and_values(backend, sql, [value.into()]))
@@ -254,26 +364,57 @@ async fn contacts_are_added_by_phone() {
         };
         let added = json_of(add(&bob_phone).send().await.unwrap(), 200).await;
         assert_eq!(added["id"], bob.user_id.as_str());
-        assert_eq!(error_code(add(&bob_phone).send().await.unwrap(), 409).await, "already_a_contact");
-        assert_eq!(error_code(add(&alice_phone).send().await.unwrap(), 400).await, "invalid_contact");
-        assert_eq!(error_code(add("555").send().await.unwrap(), 400).await, "invalid_phone_number");
+        assert_eq!(
+            error_code(add(&bob_phone).send().await.unwrap(), 409).await,
+            "already_a_contact"
+        );
+        assert_eq!(
+            error_code(add(&alice_phone).send().await.unwrap(), 400).await,
+            "invalid_contact"
+        );
+        assert_eq!(
+            error_code(add("555").send().await.unwrap(), 400).await,
+            "invalid_phone_number"
+        );
         // A number nobody logged in with yet gets a blank user, as in the original.
         let newcomer = unique_phone();
         let blank = json_of(add(&newcomer).send().await.unwrap(), 200).await;
         assert!(blank["id"].as_str().unwrap().starts_with("u-"));
-        assert_eq!((blank["phone_number"].as_str(), blank["first_name"].as_str()), (Some(newcomer.as_str()), Some("")));
+        assert_eq!(
+            (blank["phone_number"].as_str(), blank["first_name"].as_str()),
+            (Some(newcomer.as_str()), Some(""))
+        );
         // That user is the one the number logs in as later.
         let later = login_as(&app, &newcomer, "phone-2").await;
         assert_eq!(later.user_id, blank["id"].as_str().unwrap());
 
-        let listed = json_of(call(&app, "GET", "/core/user/contact", &alice).send().await.unwrap(), 200).await;
-        let mut ids: Vec<&str> = listed.as_array().unwrap().iter().map(|u| u["id"].as_str().unwrap()).collect();
+        let listed = json_of(
+            call(&app, "GET", "/core/user/contact", &alice)
+                .send()
+                .await
+                .unwrap(),
+            200,
+        )
+        .await;
+        let mut ids: Vec<&str> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["id"].as_str().unwrap())
+            .collect();
         ids.sort_unstable();
         let mut expected = vec![bob.user_id.as_str(), later.user_id.as_str()];
         expected.sort_unstable();
         assert_eq!(ids, expected);
         // One-directional: Bob has no contacts.
-        let bobs = json_of(call(&app, "GET", "/core/user/contact", &bob).send().await.unwrap(), 200).await;
+        let bobs = json_of(
+            call(&app, "GET", "/core/user/contact", &bob)
+                .send()
+                .await
+                .unwrap(),
+            200,
+        )
+        .await;
         assert_eq!(bobs, json!([]));
         app.stop().await;
     }
@@ -295,14 +436,11 @@ async fn lists_page_with_a_cursor() {
         while let Some(path) = next.take() {
             pages += 1;
             let response = call(&app, "GET", &path, &alice).send().await.unwrap();
-            next = response
-                .headers()
-                .get("link")
-                .map(|link| {
-                    let link = link.to_str().unwrap();
-                    assert!(link.ends_with(">; rel=\"next\""), "{link}");
-                    link[1..link.find('>').unwrap()].to_owned()
-                });
+            next = response.headers().get("link").map(|link| {
+                let link = link.to_str().unwrap();
+                assert!(link.ends_with(">; rel=\"next\""), "{link}");
+                link[1..link.find('>').unwrap()].to_owned()
+            });
             let page = json_of(response, 200).await;
             let page = page.as_array().unwrap();
             assert!(page.len() <= 2);
@@ -312,9 +450,17 @@ async fn lists_page_with_a_cursor() {
         assert_eq!(pages, 3);
         assert_eq!(seen, created);
         for bad in ["0", "100000", "x"] {
-            let response = call(&app, "GET", &format!("/core/user/conversation?limit={bad}"), &alice);
+            let response = call(
+                &app,
+                "GET",
+                &format!("/core/user/conversation?limit={bad}"),
+                &alice,
+            );
             let code = error_code(response.send().await.unwrap(), 400).await;
-            assert!(code == "invalid_limit" || code == "invalid_query", "{bad}: {code}");
+            assert!(
+                code == "invalid_limit" || code == "invalid_query",
+                "{bad}: {code}"
+            );
         }
         app.stop().await;
     }
@@ -328,19 +474,65 @@ async fn bad_input_is_a_clear_4xx() {
         let id = new_conversation(&app, &alice, "t").await;
         let path = format!("/core/user/conversation/{id}");
         let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
-            (call(&app, "POST", "/core/user/conversation", &alice).header("content-type", "application/json").body("{"), 400, "invalid_json"),
-            (call(&app, "POST", "/core/user/conversation", &alice).body("title=x"), 415, "unsupported_media_type"),
-            (call(&app, "POST", "/core/user/conversation", &alice).json(&json!({ "title": "t".repeat(257) })), 400, "invalid_conversation"),
-            (call(&app, "PATCH", &path, &alice).json(&json!({ "title": 5 })), 400, "invalid_json"),
-            (call(&app, "POST", "/core/user/conversation", &alice).json(&json!({ "title": "x".repeat(70_000) })), 413, "payload_too_large"),
-            (call(&app, "GET", "/core/user/conversation/c-1", &alice), 400, "invalid_id"),
-            (call(&app, "POST", &format!("{path}/member"), &alice).json(&json!({ "id": "nobody" })), 400, "invalid_id"),
-            (call(&app, "POST", &format!("{path}/member"), &alice).json(&json!({})), 400, "invalid_json"),
-            (call(&app, "POST", "/core/user/contact", &alice).json(&json!({ "phone": "+6591234567" })), 400, "invalid_json"),
+            (
+                call(&app, "POST", "/core/user/conversation", &alice)
+                    .header("content-type", "application/json")
+                    .body("{"),
+                400,
+                "invalid_json",
+            ),
+            (
+                call(&app, "POST", "/core/user/conversation", &alice).body("title=x"),
+                415,
+                "unsupported_media_type",
+            ),
+            (
+                call(&app, "POST", "/core/user/conversation", &alice)
+                    .json(&json!({ "title": "t".repeat(257) })),
+                400,
+                "invalid_conversation",
+            ),
+            (
+                call(&app, "PATCH", &path, &alice).json(&json!({ "title": 5 })),
+                400,
+                "invalid_json",
+            ),
+            (
+                call(&app, "POST", "/core/user/conversation", &alice)
+                    .json(&json!({ "title": "x".repeat(70_000) })),
+                413,
+                "payload_too_large",
+            ),
+            (
+                call(&app, "GET", "/core/user/conversation/c-1", &alice),
+                400,
+                "invalid_id",
+            ),
+            (
+                call(&app, "POST", &format!("{path}/member"), &alice)
+                    .json(&json!({ "id": "nobody" })),
+                400,
+                "invalid_id",
+            ),
+            (
+                call(&app, "POST", &format!("{path}/member"), &alice).json(&json!({})),
+                400,
+                "invalid_json",
+            ),
+            (
+                call(&app, "POST", "/core/user/contact", &alice)
+                    .json(&json!({ "phone": "+6591234567" })),
+                400,
+                "invalid_json",
+            ),
             (call(&app, "PUT", &path, &alice), 405, "method_not_allowed"),
         ];
         for (n, (request, status, code)) in cases.into_iter().enumerate() {
-            assert_eq!(error_code(request.send().await.unwrap(), status).await, code, "case {n}");
+            assert_eq!(
+                error_code(request.send().await.unwrap(), status).await,
+                code,
+                "case {n}"
+            );
         }
         app.stop().await;
     }
@@ -364,7 +556,10 @@ impl Events {
         assert_eq!(response.status(), 200, "{path}");
         let content_type = response.headers()["content-type"].to_str().unwrap();
         assert_eq!(content_type, "text/event-stream");
-        Self { response, buffer: String::new() }
+        Self {
+            response,
+            buffer: String::new(),
+        }
     }
 
     /// The next event as the original sent it: `{"type": …, "data": <decoded JSON>}`.
@@ -375,6 +570,14 @@ impl Events {
         let kind = event["type"].as_str().unwrap().to_owned();
         let data = serde_json::from_str(event["data"].as_str().unwrap()).unwrap();
         (kind, data)
+    }
+
+    /// Waits for the server to end the stream, skipping anything still in it.
+    async fn ends(mut self) {
+        let drained = async { while self.response.chunk().await.unwrap().is_some() {} };
+        tokio::time::timeout(Duration::from_secs(10), drained)
+            .await
+            .expect("the stream did not end within 10 s");
     }
 
     async fn next_data(&mut self) -> Value {
@@ -400,52 +603,119 @@ async fn streams_carry_core_events_to_those_allowed_to_see_them() {
         let (alice, _) = user(&app).await;
         let (bob, bob_phone) = user(&app).await;
         let (carol, _) = user(&app).await;
-        let mut alice_conversations = Events::open(&app, "/core/user/subscribe/conversation", &alice).await;
-        let mut bob_conversations = Events::open(&app, "/core/user/subscribe/conversation", &bob).await;
-        let mut carol_conversations = Events::open(&app, "/core/user/subscribe/conversation", &carol).await;
+        let mut alice_conversations =
+            Events::open(&app, "/core/user/subscribe/conversation", &alice).await;
+        let mut bob_conversations =
+            Events::open(&app, "/core/user/subscribe/conversation", &bob).await;
+        let mut carol_conversations =
+            Events::open(&app, "/core/user/subscribe/conversation", &carol).await;
         let mut alice_contacts = Events::open(&app, "/core/user/subscribe/contact", &alice).await;
         let mut alice_users = Events::open(&app, "/core/user/subscribe", &alice).await;
         let mut carol_users = Events::open(&app, "/core/user/subscribe/user", &carol).await;
 
         let id = new_conversation(&app, &alice, "Team").await;
-        assert_eq!(alice_conversations.next().await, ("add".into(), json!({ "id": id, "title": "Team", "picture": null, "pinned": false })));
+        assert_eq!(
+            alice_conversations.next().await,
+            (
+                "add".into(),
+                json!({ "id": id, "title": "Team", "picture": null, "pinned": false })
+            )
+        );
         let member_stream = format!("/core/user/subscribe/conversation/{id}/member");
         let mut alice_members = Events::open(&app, &member_stream, &alice).await;
-        let refused = app.client.get(app.url(&member_stream)).bearer_auth(&carol.access).send().await.unwrap();
+        let refused = app
+            .client
+            .get(app.url(&member_stream))
+            .bearer_auth(&carol.access)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(error_code(refused, 403).await, "not_a_member");
 
         assert_eq!(add_member(&app, &alice, &id, &bob.user_id).await, 200);
         let (kind, data) = bob_conversations.next().await;
-        assert_eq!((kind.as_str(), data["id"].as_str()), ("add", Some(id.as_str())));
-        assert_eq!(alice_members.next().await, ("add".into(), json!({ "user": bob.user_id, "conversation": id, "pinned": false })));
+        assert_eq!(
+            (kind.as_str(), data["id"].as_str()),
+            ("add", Some(id.as_str()))
+        );
+        assert_eq!(
+            alice_members.next().await,
+            (
+                "add".into(),
+                json!({ "user": bob.user_id, "conversation": id, "pinned": false })
+            )
+        );
+        let mut bob_members = Events::open(&app, &member_stream, &bob).await;
 
-        let renamed = call(&app, "PATCH", &format!("/core/user/conversation/{id}"), &bob).json(&json!({ "title": "Renamed" }));
+        let renamed = call(
+            &app,
+            "PATCH",
+            &format!("/core/user/conversation/{id}"),
+            &bob,
+        )
+        .json(&json!({ "title": "Renamed" }));
         assert_eq!(renamed.send().await.unwrap().status(), 200);
         for stream in [&mut alice_conversations, &mut bob_conversations] {
             let (kind, data) = stream.next().await;
-            assert_eq!((kind.as_str(), data["title"].as_str()), ("update", Some("Renamed")));
+            assert_eq!(
+                (kind.as_str(), data["title"].as_str()),
+                ("update", Some("Renamed"))
+            );
         }
 
-        let contact = call(&app, "POST", "/core/user/contact", &alice).json(&json!({ "phone_number": bob_phone }));
+        let contact = call(&app, "POST", "/core/user/contact", &alice)
+            .json(&json!({ "phone_number": bob_phone }));
         assert_eq!(contact.send().await.unwrap().status(), 200);
-        assert_eq!(alice_contacts.next().await, ("add".into(), json!({ "usera": alice.user_id, "userb": bob.user_id })));
+        assert_eq!(
+            alice_contacts.next().await,
+            (
+                "add".into(),
+                json!({ "usera": alice.user_id, "userb": bob.user_id })
+            )
+        );
 
         // Bob's profile reaches Alice (he is her contact), not Carol.
         let profile = call(&app, "PATCH", "/core/user", &bob).json(&json!({ "first_name": "Bob" }));
         assert_eq!(profile.send().await.unwrap().status(), 200);
         let (kind, data) = alice_users.next().await;
-        assert_eq!((kind.as_str(), data["id"].as_str(), data["first_name"].as_str()), ("update", Some(bob.user_id.as_str()), Some("Bob")));
+        assert_eq!(
+            (
+                kind.as_str(),
+                data["id"].as_str(),
+                data["first_name"].as_str()
+            ),
+            ("update", Some(bob.user_id.as_str()), Some("Bob"))
+        );
 
         // Removal: Bob hears the conversation go; Alice's member stream hears him leave.
         let remove = format!("/core/user/conversation/{id}/member/{}", bob.user_id);
         assert_eq!(status(call(&app, "DELETE", &remove, &alice)).await, 200);
-        assert_eq!(bob_conversations.next().await, ("delete".into(), json!({ "id": id })));
-        assert_eq!(alice_members.next().await, ("delete".into(), json!({ "user": bob.user_id, "conversation": id, "pinned": false })));
+        assert_eq!(
+            bob_conversations.next().await,
+            ("delete".into(), json!({ "id": id }))
+        );
+        assert_eq!(
+            alice_members.next().await,
+            (
+                "delete".into(),
+                json!({ "user": bob.user_id, "conversation": id, "pinned": false })
+            )
+        );
+        // Bob's member stream tells him, then ends: he may no longer follow it.
+        let (kind, data) = bob_members.next().await;
+        assert_eq!(
+            (kind.as_str(), data["user"].as_str()),
+            ("delete", Some(bob.user_id.as_str()))
+        );
+        bob_members.ends().await;
 
         // Carol heard none of it: her first events are her own.
         let carols = new_conversation(&app, &carol, "Carol's").await;
         let (kind, data) = carol_conversations.next().await;
-        assert_eq!((kind.as_str(), data["id"].as_str()), ("add", Some(carols.as_str())));
+        assert_eq!(
+            (kind.as_str(), data["id"].as_str()),
+            ("add", Some(carols.as_str()))
+        );
         let own = call(&app, "PATCH", "/core/user", &carol).json(&json!({ "bio": "me" }));
         assert_eq!(own.send().await.unwrap().status(), 200);
         let (_, data) = carol_users.next().await;
@@ -457,19 +727,31 @@ async fn streams_carry_core_events_to_those_allowed_to_see_them() {
 #[tokio::test]
 async fn a_removed_member_loses_access_within_100_ms() {
     for column in columns() {
-        let app = TestApp::spawn_with(column, |config| config.permissions.route = PermissionsRoute::Private, Vec::new()).await;
+        let app = TestApp::spawn_with(
+            column,
+            |config| config.permissions.route = PermissionsRoute::Private,
+            Vec::new(),
+        )
+        .await;
         let (alice, _) = user(&app).await;
         let (bob, _) = user(&app).await;
         let (mallory, _) = user(&app).await;
         let id = new_conversation(&app, &alice, "t").await;
         assert_eq!(add_member(&app, &alice, &id, &bob.user_id).await, 200);
         let check = |who: &str, conversation: &str| {
-            app.client.get(app.url(&format!("/permissions/user/{who}/conversation/{conversation}"))).send()
+            app.client
+                .get(app.url(&format!(
+                    "/permissions/user/{who}/conversation/{conversation}"
+                )))
+                .send()
         };
         // Asked twice, so the second answer comes from the cache.
         for _ in 0..2 {
             assert_eq!(check(&bob.user_id, &id).await.unwrap().status(), 200);
-            assert_eq!(error_code(check(&mallory.user_id, &id).await.unwrap(), 403).await, "not_a_member");
+            assert_eq!(
+                error_code(check(&mallory.user_id, &id).await.unwrap(), 403).await,
+                "not_a_member"
+            );
         }
         assert_eq!(check("u-junk", &id).await.unwrap().status(), 403);
 
@@ -482,15 +764,30 @@ async fn a_removed_member_loses_access_within_100_ms() {
         let removed_at = Instant::now();
         eventually_status(|| check(&bob.user_id, &id), 403).await;
         let took = removed_at.elapsed();
-        assert!(took < Duration::from_millis(100), "access lasted {took:?} after removal on {column:?}");
+        assert!(
+            took < Duration::from_millis(100),
+            "access lasted {took:?} after removal on {column:?}"
+        );
 
         // A deleted conversation is never a "yes", for anyone who was in it.
         assert_eq!(check(&alice.user_id, &id).await.unwrap().status(), 200);
-        assert_eq!(status(call(&app, "DELETE", &format!("/core/user/conversation/{id}"), &alice)).await, 200);
+        assert_eq!(
+            status(call(
+                &app,
+                "DELETE",
+                &format!("/core/user/conversation/{id}"),
+                &alice
+            ))
+            .await,
+            200
+        );
         let deleted_at = Instant::now();
         eventually_status(|| check(&alice.user_id, &id), 403).await;
         eventually_status(|| check(&mallory.user_id, &id), 403).await;
-        assert!(deleted_at.elapsed() < Duration::from_millis(100), "{column:?}");
+        assert!(
+            deleted_at.elapsed() < Duration::from_millis(100),
+            "{column:?}"
+        );
         app.stop().await;
     }
 }

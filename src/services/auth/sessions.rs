@@ -12,6 +12,7 @@ use sea_orm::{
 use sha2::{Digest as _, Sha256};
 
 use crate::platform::bus::unix_millis;
+use crate::platform::db::by_key;
 use crate::platform::ids::{hex, random_hex128};
 
 pub mod session {
@@ -166,8 +167,7 @@ impl Sessions {
             .exec(&self.db)
             .await?
             .rows_affected;
-        let token = refresh_token::Entity::find_by_id(hash)
-            .one(&self.db)
+        let token = by_key(refresh_token::Entity::find_by_id(hash).all(&self.db))
             .await?
             .ok_or(RefreshError::Unknown)?;
         let session = self
@@ -210,7 +210,7 @@ impl Sessions {
     }
 
     pub async fn find(&self, session_id: &str) -> Result<Option<session::Model>, DbErr> {
-        session::Entity::find_by_id(session_id).one(&self.db).await
+        by_key(session::Entity::find_by_id(session_id).all(&self.db)).await
     }
 
     /// Marks a session revoked; returns whether it was live.
@@ -303,10 +303,11 @@ impl Sessions {
     }
 
     pub async fn is_blocked(&self, user_id: &str) -> Result<bool, DbErr> {
-        Ok(blocked_user::Entity::find_by_id(user_id)
-            .one(&self.db)
-            .await?
-            .is_some())
+        Ok(
+            by_key(blocked_user::Entity::find_by_id(user_id).all(&self.db))
+                .await?
+                .is_some(),
+        )
     }
 }
 

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::users::user;
 use crate::platform::bus::unix_millis;
+use crate::platform::db::by_key;
 use crate::platform::ids::random_hex128;
 use crate::platform::membership::MembershipSource;
 
@@ -215,10 +216,12 @@ impl Conversations {
 
     /// The conversation as `user` sees it, if `user` is a member.
     pub async fn get_for(&self, user: &str, id: &str) -> Result<ConversationView, Refusal> {
-        let found = member::Entity::find_by_id((user.to_owned(), id.to_owned()))
-            .find_also_related(conversation::Entity)
-            .one(&self.db)
-            .await?;
+        let found = by_key(
+            member::Entity::find_by_id((user.to_owned(), id.to_owned()))
+                .find_also_related(conversation::Entity)
+                .all(&self.db),
+        )
+        .await?;
         match found {
             Some((membership, Some(conversation))) => {
                 Ok(ConversationView::new(conversation, membership.pinned))
@@ -264,7 +267,8 @@ impl Conversations {
         if patch.title.is_none() && patch.picture.is_none() {
             return Ok(current);
         }
-        let mut update = conversation::Entity::update_many().filter(conversation::Column::Id.eq(id));
+        let mut update =
+            conversation::Entity::update_many().filter(conversation::Column::Id.eq(id));
         if let Some(title) = &patch.title {
             update = update.col_expr(conversation::Column::Title, Expr::value(title.clone()));
         }
@@ -353,7 +357,12 @@ impl Conversations {
 
     /// Removes `member` from a conversation `by` belongs to (`by == member` is leaving). The
     /// last member leaving deletes the conversation, so nothing is left without members.
-    pub async fn remove_member(&self, by: &str, id: &str, member: &str) -> Result<Removal, Refusal> {
+    pub async fn remove_member(
+        &self,
+        by: &str,
+        id: &str,
+        member: &str,
+    ) -> Result<Removal, Refusal> {
         self.check_member(by, id).await?;
         let txn = self.db.begin().await?;
         let removed = member::Entity::delete_many()
@@ -388,7 +397,7 @@ impl Conversations {
     }
 
     pub async fn find(&self, id: &str) -> Result<Option<conversation::Model>, DbErr> {
-        conversation::Entity::find_by_id(id).one(&self.db).await
+        by_key(conversation::Entity::find_by_id(id).all(&self.db)).await
     }
 }
 

@@ -9,7 +9,6 @@ use actix_web::{HttpRequest, HttpResponse, Responder, web};
 use serde::{Deserialize, Serialize};
 
 use super::CoreState;
-use crate::config::CoreConfig;
 use super::contacts::{ContactError, ContactView};
 use super::conversations::{ConversationPatch, MAX_TITLE_CHARS, Refusal, Removal};
 use super::events::{
@@ -17,6 +16,7 @@ use super::events::{
 };
 use super::streams::Topic;
 use super::users::{ProfilePatch, record};
+use crate::config::CoreConfig;
 use crate::platform::http::{ApiError, Caller, text_or_json};
 use crate::platform::ids::is_hex128;
 use crate::platform::membership::{ConversationDeleted, MemberAdded, MemberRemoved};
@@ -99,7 +99,9 @@ impl From<Refusal> for ApiError {
             Refusal::NoSuchMember => {
                 ApiError::new(StatusCode::NOT_FOUND, "member_not_found", message)
             }
-            Refusal::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "already_a_member", message),
+            Refusal::Conflict(_) => {
+                ApiError::new(StatusCode::CONFLICT, "already_a_member", message)
+            }
             Refusal::Db(err) => ApiError::internal(&err),
         }
     }
@@ -194,7 +196,10 @@ fn page<T: Serialize>(
         let cursor: String = form_urlencoded::byte_serialize(last_id(last).as_bytes()).collect();
         response.insert_header((
             header::LINK,
-            format!("<{}?limit={limit}&after={cursor}>; rel=\"next\"", req.path()),
+            format!(
+                "<{}?limit={limit}&after={cursor}>; rel=\"next\"",
+                req.path()
+            ),
         ));
     }
     response.json(items)
@@ -456,7 +461,11 @@ async fn set_pinned(
     Ok(HttpResponse::Ok().finish())
 }
 
-async fn pin(state: State, caller: Caller, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn pin(
+    state: State,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     set_pinned(state, caller, path, true).await
 }
 
@@ -631,7 +640,10 @@ async fn subscribe_members(
     path: web::Path<String>,
 ) -> Result<impl Responder, ApiError> {
     let id = conversation_id(&path)?;
-    state.conversations.check_member(&caller.user_id, id).await?;
+    state
+        .conversations
+        .check_member(&caller.user_id, id)
+        .await?;
     Ok(state
         .hub
         .subscribe(&caller.user_id, Topic::Members(id.to_owned())))

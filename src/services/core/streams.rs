@@ -133,7 +133,9 @@ impl Hub {
         loop {
             match self.listen(&bus, &stop).await {
                 Ok(()) => return,
-                Err(err) => tracing::warn!(error = %err, "core streams cannot subscribe to the bus"),
+                Err(err) => {
+                    tracing::warn!(error = %err, "core streams cannot subscribe to the bus")
+                }
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -199,7 +201,11 @@ impl Hub {
         if self.is_idle() {
             return Ok(());
         }
-        for membership in self.conversations.memberships(&event.conversation.id).await? {
+        for membership in self
+            .conversations
+            .memberships(&event.conversation.id)
+            .await?
+        {
             let view = ConversationView {
                 pinned: membership.pinned,
                 ..event.conversation.clone()
@@ -212,7 +218,12 @@ impl Hub {
     }
 
     fn conversation_deleted(&self, event: &ConversationDeleted) {
-        let Some(message) = update_msg("delete", &Deleted { id: &event.conversation }) else {
+        let Some(message) = update_msg(
+            "delete",
+            &Deleted {
+                id: &event.conversation,
+            },
+        ) else {
             return;
         };
         let members = Topic::Members(event.conversation.clone());
@@ -254,7 +265,12 @@ impl Hub {
             self.send(&view.user, &topic, &message);
         }
         self.close(&view.user, &topic);
-        if let Some(message) = update_msg("delete", &Deleted { id: &view.conversation }) {
+        if let Some(message) = update_msg(
+            "delete",
+            &Deleted {
+                id: &view.conversation,
+            },
+        ) {
             self.send(&view.user, &Topic::Conversations, &message);
         }
         self.to_members(&view, "delete").await
@@ -270,7 +286,11 @@ impl Hub {
             pinned: event.pinned,
         };
         if let Some(message) = update_msg("update", &view) {
-            self.send(&view.user, &Topic::Members(view.conversation.clone()), &message);
+            self.send(
+                &view.user,
+                &Topic::Members(view.conversation.clone()),
+                &message,
+            );
         }
         if let Some(conversation) = self.conversations.find(&view.conversation).await?
             && let Some(message) =

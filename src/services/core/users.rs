@@ -10,6 +10,7 @@ use sea_orm::{
 };
 
 use crate::platform::bus::unix_millis;
+use crate::platform::db::by_key;
 use crate::platform::ids::random_hex128;
 use crate::platform::users::{
     DirectoryError, DirectoryResult, KnownUser, Login, NewProfile, UserDirectory, UserRecord,
@@ -79,14 +80,16 @@ impl Users {
     }
 
     pub async fn by_id(&self, id: &str) -> Result<Option<user::Model>, DbErr> {
-        user::Entity::find_by_id(id).one(&self.db).await
+        by_key(user::Entity::find_by_id(id).all(&self.db)).await
     }
 
     pub async fn by_username(&self, username: &str) -> Result<Option<user::Model>, DbErr> {
-        user::Entity::find()
-            .filter(user::Column::Username.eq(username.to_ascii_lowercase()))
-            .one(&self.db)
-            .await
+        by_key(
+            user::Entity::find()
+                .filter(user::Column::Username.eq(username.to_ascii_lowercase()))
+                .all(&self.db),
+        )
+        .await
     }
 
     pub async fn by_login(&self, login: &Login) -> Result<Option<user::Model>, DbErr> {
@@ -138,10 +141,12 @@ impl Users {
 
     async fn find_by_login(&self, login: &Login) -> Result<Option<user::Model>, sea_orm::DbErr> {
         let column = login_column(login);
-        user::Entity::find()
-            .filter(column.eq(login.as_str()))
-            .one(&self.db)
-            .await
+        by_key(
+            user::Entity::find()
+                .filter(column.eq(login.as_str()))
+                .all(&self.db),
+        )
+        .await
     }
 
     /// The user holding `login`, created blank if there is none; says whether it was created.
@@ -194,8 +199,7 @@ impl Users {
             .exec_without_returning(&self.db)
             .await
             .map_err(conflict_or_backend)?;
-        let created = user::Entity::find_by_id(id)
-            .one(&self.db)
+        let created = by_key(user::Entity::find_by_id(id).all(&self.db))
             .await
             .context("reading a registered user")?
             .ok_or_else(|| anyhow::anyhow!("registered user vanished"))?;

@@ -1,10 +1,11 @@
 //! permissions: "may user U touch conversation C?" (`/permissions`), the original
 //! `permissions` service.
 //!
-//! Answers come from the cache (in-process or Redis), filled on a miss from core's memberships
-//! and cleared by core's membership events, so a removed member loses access as soon as the
-//! event arrives. Other services ask through [`AccessCheck`]; split deployments can ask the
-//! original internal route.
+//! Answers come from a cache filled on a miss from core's memberships and cleared by core's
+//! membership events, so a removed member loses access as soon as the event arrives. Every
+//! replica hears every event, so each keeps its answers in-process; with Redis they are also
+//! shared, so one replica's read serves the others. Other services ask through
+//! [`AccessCheck`]; split deployments can ask the original internal route.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use super::Service;
-use crate::config::PermissionsRoute;
+use crate::config::{CacheConfig, PermissionsRoute};
 use crate::platform::Platform;
 use crate::platform::bus::{Bus, BusError};
 use crate::platform::cache::Cache;
@@ -43,9 +44,20 @@ pub struct Permissions {
 impl Permissions {
     pub fn new(platform: &Platform, source: SharedMembership) -> Self {
         let config = &platform.config.permissions;
+        let in_process = CacheConfig {
+            url: "memory".into(),
+            ..CacheConfig::default()
+        };
+        let (local, shared) = match Cache::open(&in_process) {
+            Ok(local) if platform.cache.backend() != "memory" => {
+                (local, Some(platform.cache.clone()))
+            }
+            _ => (platform.cache.clone(), None),
+        };
         Self {
             checker: Arc::new(Checker {
-                cache: platform.cache.clone(),
+                local,
+                shared,
                 source,
                 ttl: Duration::from_secs(config.cache_ttl_secs.max(1)),
                 invalidations: AtomicU64::new(0),
@@ -57,7 +69,10 @@ impl Permissions {
 }
 
 pub struct Checker {
-    cache: Cache,
+    /// This process's answers.
+    local: Cache,
+    /// Answers shared with the other replicas (Redis), when the platform cache is not local.
+    shared: Option<Cache>,
     source: SharedMembership,
     ttl: Duration,
     /// Bumped by every membership event this process hears, before it clears the cache. A
@@ -82,18 +97,21 @@ impl Checker {
             return Ok(false);
         }
         let key = cache_key(user, conversation);
-        let cached = match self.cache.get_in_process(&key) {
-            Some(hit) => hit,
-            None => self
-                .cache
-                .get(&key)
-                .await
-                .map_err(|err| AccessError(err.into()))?,
-        };
-        if let Some(answer) = cached {
+        if let Some(answer) = self.local.get(&key).await.ok().flatten() {
             return Ok(answer.as_ref() == MEMBER);
         }
         let seen = self.invalidations.load(Ordering::SeqCst);
+        if let Some(shared) = &self.shared
+            && let Some(answer) = shared
+                .get(&key)
+                .await
+                .map_err(|err| AccessError(err.into()))?
+        {
+            if self.invalidations.load(Ordering::SeqCst) == seen {
+                self.remember(&self.local, &key, &answer).await;
+            }
+            return Ok(answer.as_ref() == MEMBER);
+        }
         let member = self
             .source
             .is_member(user, conversation)
@@ -101,18 +119,28 @@ impl Checker {
             .map_err(AccessError)?;
         if self.invalidations.load(Ordering::SeqCst) == seen {
             let answer = if member { MEMBER } else { NOT_MEMBER };
-            if let Err(err) = self.cache.set(&key, answer, self.ttl).await {
-                tracing::warn!(error = %err, "a membership answer was not cached");
+            self.remember(&self.local, &key, answer).await;
+            if let Some(shared) = &self.shared {
+                self.remember(shared, &key, answer).await;
             }
         }
         Ok(member)
     }
 
+    async fn remember(&self, cache: &Cache, key: &str, answer: &[u8]) {
+        if let Err(err) = cache.set(key, answer, self.ttl).await {
+            tracing::warn!(error = %err, "a membership answer was not cached");
+        }
+    }
+
     async fn forget(&self, user: &str, conversation: &str) {
         self.invalidations.fetch_add(1, Ordering::SeqCst);
-        if let Err(err) = self.cache.delete(&cache_key(user, conversation)).await {
-            // Left to its TTL: the only way a stale answer can live on.
-            tracing::error!(error = %err, user, conversation, "a membership answer could not be cleared");
+        let key = cache_key(user, conversation);
+        for cache in std::iter::once(&self.local).chain(&self.shared) {
+            if let Err(err) = cache.delete(&key).await {
+                // Left to its TTL: the only way a stale answer can live on.
+                tracing::error!(error = %err, user, conversation, "a membership answer could not be cleared");
+            }
         }
     }
 
@@ -240,5 +268,46 @@ async fn may_access(
                 "membership cannot be checked right now",
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_networks_are_loopback_private_and_link_local() {
+        for internal in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.9",
+            "192.168.1.1",
+            "169.254.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(
+                is_internal(internal.parse().unwrap_or_else(|e| panic!("{e}"))),
+                "{internal}"
+            );
+        }
+        for public in ["8.8.8.8", "172.32.0.1", "2001:db8::1", "::ffff:8.8.8.8"] {
+            assert!(
+                !is_internal(public.parse().unwrap_or_else(|e| panic!("{e}"))),
+                "{public}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_well_formed_ids_are_looked_up() {
+        let user = "u-0123456789abcdef0123456789abcdef";
+        let conversation = "c-0123456789abcdef0123456789abcdef";
+        assert!(well_formed(user, conversation));
+        assert!(!well_formed(conversation, user));
+        assert!(!well_formed("u-junk", conversation));
+        assert!(!well_formed(user, "c-0123456789ABCDEF0123456789ABCDEF"));
     }
 }
