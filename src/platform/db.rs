@@ -28,15 +28,22 @@ pub struct Db {
     backend: &'static str,
 }
 
-/// The row a primary or unique key selects: `by_key(Entity::find_by_id(id).all(db)).await`.
+/// The row a primary or unique key selects: `by_key(Entity::find_by_id(id), db)`.
 ///
-/// sea-orm's `one()` adds a bound `LIMIT ?`, and a bound LIMIT makes SQLite prepare the
-/// statement again on every run: measured 35-45 µs of a 90 µs lookup (`cargo bench --bench core
-/// -- orm`). A key matches at most one row, so the limit buys nothing.
-pub async fn by_key<T>(
-    rows: impl Future<Output = Result<Vec<T>, sea_orm::DbErr>>,
-) -> Result<Option<T>, sea_orm::DbErr> {
-    Ok(rows.await?.into_iter().next())
+/// sea-orm's `one()` binds a `LIMIT ?`, and a bound LIMIT makes SQLite prepare the statement
+/// again on every run: 35-45 µs of a 90 µs lookup (`cargo bench --bench core -- orm`). A key
+/// matches at most one row, so the statement is run as built, still asking for one row.
+pub async fn by_key<E>(
+    select: sea_orm::Select<E>,
+    db: &impl sea_orm::ConnectionTrait,
+) -> Result<Option<E::Model>, sea_orm::DbErr>
+where
+    E: sea_orm::EntityTrait,
+    E::Model: sea_orm::FromQueryResult,
+{
+    use sea_orm::{FromQueryResult as _, QueryTrait as _};
+    let statement = select.build(db.get_database_backend());
+    E::Model::find_by_statement(statement).one(db).await
 }
 
 /// A pooled connection idle this long is pinged before use (the server may have dropped it).

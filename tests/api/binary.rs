@@ -190,7 +190,13 @@ fn a_split_binary_migrates_only_its_own_service() {
     // core's tables and tracking table, none of auth's.
     assert_eq!(
         tables,
-        ["contact", "conversation", "core_migrations", "member", "user"]
+        [
+            "contact",
+            "conversation",
+            "core_migrations",
+            "member",
+            "user"
+        ]
     );
 }
 

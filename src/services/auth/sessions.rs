@@ -167,7 +167,7 @@ impl Sessions {
             .exec(&self.db)
             .await?
             .rows_affected;
-        let token = by_key(refresh_token::Entity::find_by_id(hash).all(&self.db))
+        let token = by_key(refresh_token::Entity::find_by_id(hash), &self.db)
             .await?
             .ok_or(RefreshError::Unknown)?;
         let session = self
@@ -210,7 +210,7 @@ impl Sessions {
     }
 
     pub async fn find(&self, session_id: &str) -> Result<Option<session::Model>, DbErr> {
-        by_key(session::Entity::find_by_id(session_id).all(&self.db)).await
+        by_key(session::Entity::find_by_id(session_id), &self.db).await
     }
 
     /// Marks a session revoked; returns whether it was live.
@@ -303,11 +303,9 @@ impl Sessions {
     }
 
     pub async fn is_blocked(&self, user_id: &str) -> Result<bool, DbErr> {
-        Ok(
-            by_key(blocked_user::Entity::find_by_id(user_id).all(&self.db))
-                .await?
-                .is_some(),
-        )
+        Ok(by_key(blocked_user::Entity::find_by_id(user_id), &self.db)
+            .await?
+            .is_some())
     }
 }
 

@@ -216,12 +216,12 @@ impl Conversations {
 
     /// The conversation as `user` sees it, if `user` is a member.
     pub async fn get_for(&self, user: &str, id: &str) -> Result<ConversationView, Refusal> {
-        let found = by_key(
-            member::Entity::find_by_id((user.to_owned(), id.to_owned()))
-                .find_also_related(conversation::Entity)
-                .all(&self.db),
-        )
-        .await?;
+        // At most one row, read without `one()`'s bound LIMIT (see `by_key`).
+        let found = member::Entity::find_by_id((user.to_owned(), id.to_owned()))
+            .find_also_related(conversation::Entity)
+            .all(&self.db)
+            .await?
+            .pop();
         match found {
             Some((membership, Some(conversation))) => {
                 Ok(ConversationView::new(conversation, membership.pinned))
@@ -397,7 +397,7 @@ impl Conversations {
     }
 
     pub async fn find(&self, id: &str) -> Result<Option<conversation::Model>, DbErr> {
-        by_key(conversation::Entity::find_by_id(id).all(&self.db)).await
+        by_key(conversation::Entity::find_by_id(id), &self.db).await
     }
 }
 

@@ -80,14 +80,13 @@ impl Users {
     }
 
     pub async fn by_id(&self, id: &str) -> Result<Option<user::Model>, DbErr> {
-        by_key(user::Entity::find_by_id(id).all(&self.db)).await
+        by_key(user::Entity::find_by_id(id), &self.db).await
     }
 
     pub async fn by_username(&self, username: &str) -> Result<Option<user::Model>, DbErr> {
         by_key(
-            user::Entity::find()
-                .filter(user::Column::Username.eq(username.to_ascii_lowercase()))
-                .all(&self.db),
+            user::Entity::find().filter(user::Column::Username.eq(username.to_ascii_lowercase())),
+            &self.db,
         )
         .await
     }
@@ -142,9 +141,8 @@ impl Users {
     async fn find_by_login(&self, login: &Login) -> Result<Option<user::Model>, sea_orm::DbErr> {
         let column = login_column(login);
         by_key(
-            user::Entity::find()
-                .filter(column.eq(login.as_str()))
-                .all(&self.db),
+            user::Entity::find().filter(column.eq(login.as_str())),
+            &self.db,
         )
         .await
     }
@@ -199,7 +197,7 @@ impl Users {
             .exec_without_returning(&self.db)
             .await
             .map_err(conflict_or_backend)?;
-        let created = by_key(user::Entity::find_by_id(id).all(&self.db))
+        let created = by_key(user::Entity::find_by_id(id), &self.db)
             .await
             .context("reading a registered user")?
             .ok_or_else(|| anyhow::anyhow!("registered user vanished"))?;
