@@ -14,6 +14,7 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 use super::fanout::{Fanout, FanoutReceiver};
 use super::ids::random_hex128;
@@ -182,6 +183,28 @@ impl<E: Event> Subscription<E> {
                     tracing::warn!(subject = E::SUBJECT, error = %err, "undecodable event skipped");
                 }
             }
+        }
+    }
+}
+
+/// How long to wait before subscribing again after the bus refused.
+const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
+
+/// Runs `listen` (subscribe, then handle events until `stop`) and, when the bus refuses a
+/// subscription (NATS down), tries again every second until it succeeds or `stop`.
+pub async fn keep_listening<F, Fut>(what: &str, stop: &CancellationToken, mut listen: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), BusError>>,
+{
+    loop {
+        match listen().await {
+            Ok(()) => return,
+            Err(err) => tracing::warn!(error = %err, "{what} cannot subscribe to the bus"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(RESUBSCRIBE_AFTER) => {}
         }
     }
 }

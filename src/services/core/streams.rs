@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::contacts::Contacts;
 use super::conversations::{ConversationView, Conversations, MemberView};
 use super::events::{ContactAdded, ConversationUpdated, MemberUpdated, UserUpdated};
-use crate::platform::bus::{Bus, BusError};
+use crate::platform::bus::{Bus, BusError, keep_listening};
 use crate::platform::membership::{ConversationDeleted, MemberAdded, MemberRemoved};
 
 /// The original's keep-alive period.
@@ -23,8 +23,6 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(25);
 /// Events buffered per stream; a client this far behind is dropped (it reconnects) rather
 /// than slowing delivery to everyone else.
 const STREAM_BUFFER: usize = 64;
-/// How long to wait before subscribing again after the bus refused.
-const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
 
 /// Which stream a subscriber opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,18 +128,7 @@ impl Hub {
 
     /// Routes core's events to the streams until `stop`.
     pub async fn run(self: Arc<Self>, bus: Bus, stop: CancellationToken) {
-        loop {
-            match self.listen(&bus, &stop).await {
-                Ok(()) => return,
-                Err(err) => {
-                    tracing::warn!(error = %err, "core streams cannot subscribe to the bus")
-                }
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(RESUBSCRIBE_AFTER) => {}
-            }
-        }
+        keep_listening("core streams", &stop, || self.listen(&bus, &stop)).await;
     }
 
     async fn listen(&self, bus: &Bus, stop: &CancellationToken) -> Result<(), BusError> {

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::Service;
 use crate::config::{CacheConfig, PermissionsRoute};
 use crate::platform::Platform;
-use crate::platform::bus::{Bus, BusError};
+use crate::platform::bus::{Bus, BusError, keep_listening};
 use crate::platform::cache::Cache;
 use crate::platform::http::ApiError;
 use crate::platform::ids::is_hex128;
@@ -32,8 +32,6 @@ use crate::platform::workers::Workers;
 
 const MEMBER: &[u8] = b"1";
 const NOT_MEMBER: &[u8] = b"0";
-/// How long to wait before subscribing again after the bus refused.
-const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
 
 pub struct Permissions {
     pub checker: Arc<Checker>,
@@ -146,16 +144,7 @@ impl Checker {
 
     /// Clears answers on core's membership events until `stop`.
     async fn follow(self: Arc<Self>, bus: Bus, stop: CancellationToken) {
-        loop {
-            match self.listen(&bus, &stop).await {
-                Ok(()) => return,
-                Err(err) => tracing::warn!(error = %err, "permissions cannot subscribe to the bus"),
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(RESUBSCRIBE_AFTER) => {}
-            }
-        }
+        keep_listening("permissions", &stop, || self.listen(&bus, &stop)).await;
     }
 
     async fn listen(&self, bus: &Bus, stop: &CancellationToken) -> Result<(), BusError> {
