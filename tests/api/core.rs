@@ -173,6 +173,22 @@ async fn users_are_looked_up_and_updated_partially() {
                 .unwrap();
             assert_eq!(error_code(response, 400).await, "invalid_profile", "{bad}");
         }
+        // The whole user sent back, as original clients do: id and number are left alone.
+        let whole = call(&app, "PATCH", "/core/user", &bob)
+            .json(&json!({ "id": alice.user_id, "phone_number": alice_phone, "bio": "bob's" }));
+        let whole = json_of(whole.send().await.unwrap(), 200).await;
+        assert_eq!(
+            (
+                whole["id"].as_str(),
+                whole["phone_number"].as_str(),
+                whole["bio"].as_str()
+            ),
+            (
+                Some(bob.user_id.as_str()),
+                Some(bob_phone.as_str()),
+                Some("bob's")
+            )
+        );
         let unknown_field =
             call(&app, "PATCH", "/core/user", &bob).json(&json!({ "nickname": "b" }));
         assert_eq!(

@@ -317,6 +317,7 @@ async fn create_user(
         profile_pic: Some(body.profile_pic),
         first_name: Some(body.first_name),
         last_name: Some(body.last_name),
+        ..ProfilePatch::default()
     };
     let user = record(state.users.update_profile(&me.id, patch).await?);
     state.announce(UserUpdated { user: user.clone() }).await;

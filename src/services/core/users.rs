@@ -58,6 +58,11 @@ pub struct ProfilePatch {
     pub profile_pic: Option<String>,
     pub first_name: Option<String>,
     pub last_name: Option<String>,
+    /// Original clients send the whole user back; its id and number are not changed this way.
+    #[serde(default, rename = "id")]
+    pub _id: Option<serde::de::IgnoredAny>,
+    #[serde(default, rename = "phone_number")]
+    pub _phone_number: Option<serde::de::IgnoredAny>,
 }
 
 /// Tells a field sent as `null` (`Some(None)`) from one not sent (`None`).
