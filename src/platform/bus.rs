@@ -147,6 +147,18 @@ impl Bus {
         }
     }
 
+    /// Returns once the subscriptions made so far have been written to NATS, so an event this
+    /// process publishes afterwards reaches them (the server reads one connection in order).
+    pub async fn confirm_subscriptions(&self) -> Result<(), BusError> {
+        match &self.transport {
+            Transport::Memory(_) => Ok(()),
+            Transport::Nats(client) => client
+                .flush()
+                .await
+                .map_err(|err| BusError::Nats(err.to_string())),
+        }
+    }
+
     /// Pushes out anything still buffered; called on shutdown.
     pub async fn flush(&self) {
         if let Transport::Nats(client) = &self.transport

@@ -441,30 +441,40 @@ async fn lists_page_with_a_cursor() {
     for column in columns() {
         let app = TestApp::spawn(column).await;
         let (alice, _) = user(&app).await;
-        let mut created = Vec::new();
+        let mut conversations = Vec::new();
         for n in 0..5 {
-            created.push(new_conversation(&app, &alice, &format!("c{n}")).await);
+            conversations.push(new_conversation(&app, &alice, &format!("c{n}")).await);
         }
-        created.sort();
-        let mut seen = Vec::new();
-        let mut next = Some("/core/user/conversation?limit=2".to_owned());
-        let mut pages = 0;
-        while let Some(path) = next.take() {
-            pages += 1;
-            let response = call(&app, "GET", &path, &alice).send().await.unwrap();
-            next = response.headers().get("link").map(|link| {
-                let link = link.to_str().unwrap();
-                assert!(link.ends_with(">; rel=\"next\""), "{link}");
-                link[1..link.find('>').unwrap()].to_owned()
-            });
-            let page = json_of(response, 200).await;
-            let page = page.as_array().unwrap();
-            assert!(page.len() <= 2);
-            seen.extend(page.iter().map(|c| c["id"].as_str().unwrap().to_owned()));
-        }
+        conversations.sort();
         // 2 + 2 + 1: the short last page carries no link.
-        assert_eq!(pages, 3);
-        assert_eq!(seen, created);
+        let (seen, pages) = every_page(&app, &alice, "/core/user/conversation?limit=2").await;
+        assert_eq!((seen, pages), (conversations.clone(), 3));
+
+        // Members (the caller left out) and contacts page the same way.
+        let mut others = Vec::new();
+        for _ in 0..3 {
+            let (other, phone) = user(&app).await;
+            assert_eq!(
+                add_member(&app, &alice, &conversations[0], &other.user_id).await,
+                200
+            );
+            let contact = call(&app, "POST", "/core/user/contact", &alice)
+                .json(&json!({ "phone_number": phone }));
+            assert_eq!(contact.send().await.unwrap().status(), 200);
+            others.push(other.user_id);
+        }
+        others.sort();
+        let members = format!(
+            "/core/user/conversation/{}/member?limit=2",
+            conversations[0]
+        );
+        assert_eq!(
+            every_page(&app, &alice, &members).await,
+            (others.clone(), 2)
+        );
+        let contacts = every_page(&app, &alice, "/core/user/contact?limit=2").await;
+        assert_eq!(contacts, (others, 2));
+
         for bad in ["0", "100000", "x"] {
             let response = call(
                 &app,
@@ -480,6 +490,31 @@ async fn lists_page_with_a_cursor() {
         }
         app.stop().await;
     }
+}
+
+/// Follows `Link: <…>; rel="next"` from `first`: the ids seen in order, and how many pages.
+async fn every_page(app: &TestApp, who: &Tokens, first: &str) -> (Vec<String>, usize) {
+    let limit: usize = first.rsplit_once("limit=").unwrap().1.parse().unwrap();
+    let mut seen = Vec::new();
+    let mut next = Some(first.to_owned());
+    let mut pages = 0;
+    while let Some(path) = next.take() {
+        pages += 1;
+        let response = call(app, "GET", &path, who).send().await.unwrap();
+        next = response.headers().get("link").map(|link| {
+            let link = link.to_str().unwrap();
+            assert!(link.ends_with(">; rel=\"next\""), "{link}");
+            link[1..link.find('>').unwrap()].to_owned()
+        });
+        let page = json_of(response, 200).await;
+        let page = page.as_array().unwrap();
+        assert!(page.len() <= limit);
+        seen.extend(
+            page.iter()
+                .map(|item| item["id"].as_str().unwrap().to_owned()),
+        );
+    }
+    (seen, pages)
 }
 
 #[tokio::test]
@@ -775,6 +810,21 @@ async fn a_removed_member_loses_access_within_100_ms() {
         assert_eq!(add_member(&app, &alice, &id, &mallory.user_id).await, 200);
         eventually_status(|| check(&mallory.user_id, &id), 200).await;
 
+        // Questions keep coming while Bob is removed, so lookups race the event.
+        let hammer = {
+            let (client, url) = (
+                app.client.clone(),
+                app.url(&format!(
+                    "/permissions/user/{}/conversation/{id}",
+                    bob.user_id
+                )),
+            );
+            tokio::spawn(async move {
+                loop {
+                    let _ = client.get(&url).send().await;
+                }
+            })
+        };
         let remove = format!("/core/user/conversation/{id}/member/{}", bob.user_id);
         assert_eq!(status(call(&app, "DELETE", &remove, &alice)).await, 200);
         let removed_at = Instant::now();
@@ -784,6 +834,10 @@ async fn a_removed_member_loses_access_within_100_ms() {
             took < Duration::from_millis(100),
             "access lasted {took:?} after removal on {column:?}"
         );
+        // And it stays refused: no lookup that raced the event left a "yes" behind.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        hammer.abort();
+        assert_eq!(check(&bob.user_id, &id).await.unwrap().status(), 403);
 
         // A deleted conversation is never a "yes", for anyone who was in it.
         assert_eq!(check(&alice.user_id, &id).await.unwrap().status(), 200);

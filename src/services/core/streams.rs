@@ -23,6 +23,8 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(25);
 /// Events buffered per stream; a client this far behind is dropped (it reconnects) rather
 /// than slowing delivery to everyone else.
 const STREAM_BUFFER: usize = 64;
+/// How often streams closed by their clients are forgotten.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// Which stream a subscriber opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,13 +93,17 @@ impl Hub {
         sse::Sse::from_infallible_receiver(receiver).with_keep_alive(KEEP_ALIVE)
     }
 
+    /// No stream open: events need no lookup to be routed nowhere.
     fn is_idle(&self) -> bool {
-        let mut subscribers = self.subscribers();
-        subscribers.retain(|_, streams| {
+        self.subscribers().is_empty()
+    }
+
+    /// Forgets streams whose clients went away without an event to notice it.
+    fn sweep(&self) {
+        self.subscribers().retain(|_, streams| {
             streams.retain(|stream| !stream.sender.is_closed());
             !streams.is_empty()
         });
-        subscribers.is_empty()
     }
 
     /// Sends `message` to `user`'s streams of `topic`; a stream that is gone or too far behind
@@ -140,9 +146,14 @@ impl Hub {
         let mut removed = bus.subscribe::<MemberRemoved>().await?;
         let mut pins = bus.subscribe::<MemberUpdated>().await?;
         // Creation reaches the streams through the creator's `MemberAdded`.
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
         loop {
             let result = tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
+                _ = sweep.tick() => {
+                    self.sweep();
+                    Ok(())
+                }
                 Some(event) = users.next() => self.user_updated(event.data).await,
                 Some(event) = contacts.next() => {
                     self.contact_added(&event.data);

@@ -9,7 +9,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
@@ -59,6 +59,7 @@ impl Permissions {
                 source,
                 ttl: Duration::from_secs(config.cache_ttl_secs.max(1)),
                 invalidations: AtomicU64::new(0),
+                listening: AtomicBool::new(false),
             }),
             route: config.route,
             bus: platform.bus.clone(),
@@ -73,10 +74,14 @@ pub struct Checker {
     shared: Option<Cache>,
     source: SharedMembership,
     ttl: Duration,
-    /// Bumped by every membership event this process hears, before it clears the cache. A
-    /// lookup that straddles one does not cache its answer, which may predate the change; one
+    /// Counts the membership events this process has heard (twice each, see `forget`). A
+    /// lookup that straddles one does not keep its answer, which may predate the change; one
     /// that does not is cleared by the event after it. So no stale answer outlives an event.
     invalidations: AtomicU64,
+    /// Whether membership events are being heard. Answers are cached only then: one cached
+    /// before the subscription (at start, or while NATS was away) could outlive an event this
+    /// process never saw.
+    listening: AtomicBool,
 }
 
 fn cache_key(user: &str, conversation: &str) -> String {
@@ -105,52 +110,83 @@ impl Checker {
                 .await
                 .map_err(|err| AccessError(err.into()))?
         {
-            if self.invalidations.load(Ordering::SeqCst) == seen {
-                self.remember(&self.local, &key, &answer).await;
-            }
-            return Ok(answer.as_ref() == MEMBER);
+            let member = answer.as_ref() == MEMBER;
+            self.remember(&key, member, &[&self.local], seen).await;
+            return Ok(member);
         }
         let member = self
             .source
             .is_member(user, conversation)
             .await
             .map_err(AccessError)?;
-        if self.invalidations.load(Ordering::SeqCst) == seen {
-            let answer = if member { MEMBER } else { NOT_MEMBER };
-            self.remember(&self.local, &key, answer).await;
-            if let Some(shared) = &self.shared {
-                self.remember(shared, &key, answer).await;
+        match &self.shared {
+            Some(shared) => {
+                self.remember(&key, member, &[&self.local, shared], seen)
+                    .await
             }
+            None => self.remember(&key, member, &[&self.local], seen).await,
         }
         Ok(member)
     }
 
-    async fn remember(&self, cache: &Cache, key: &str, answer: &[u8]) {
-        if let Err(err) = cache.set(key, answer, self.ttl).await {
-            tracing::warn!(error = %err, "a membership answer was not cached");
+    /// Caches an answer read while the event counter stood at `seen`. If an event came in
+    /// since, the answer may predate it: it is not written, or, when the event came during the
+    /// write, written and removed again.
+    async fn remember(&self, key: &str, member: bool, caches: &[&Cache], seen: u64) {
+        let unchanged = || self.invalidations.load(Ordering::SeqCst) == seen;
+        if !self.listening.load(Ordering::SeqCst) || !unchanged() {
+            return;
+        }
+        let answer = if member { MEMBER } else { NOT_MEMBER };
+        for cache in caches {
+            if let Err(err) = cache.set(key, answer, self.ttl).await {
+                tracing::warn!(error = %err, "a membership answer was not cached");
+            }
+        }
+        if !unchanged() {
+            for cache in caches {
+                self.clear(cache, key).await;
+            }
         }
     }
 
+    /// An event's clear: count, clear the shared answer, count again, clear the local one. A
+    /// lookup that read the shared answer before it was cleared saw neither count or only the
+    /// first, so its local write lands before the local clear or sees the second count; one
+    /// that read the database before the change (which precedes its event) sees the first.
     async fn forget(&self, user: &str, conversation: &str) {
-        self.invalidations.fetch_add(1, Ordering::SeqCst);
         let key = cache_key(user, conversation);
-        for cache in std::iter::once(&self.local).chain(&self.shared) {
-            if let Err(err) = cache.delete(&key).await {
-                // Left to its TTL: the only way a stale answer can live on.
-                tracing::error!(error = %err, user, conversation, "a membership answer could not be cleared");
-            }
+        self.invalidations.fetch_add(1, Ordering::SeqCst);
+        if let Some(shared) = &self.shared {
+            self.clear(shared, &key).await;
+        }
+        self.invalidations.fetch_add(1, Ordering::SeqCst);
+        self.clear(&self.local, &key).await;
+    }
+
+    async fn clear(&self, cache: &Cache, key: &str) {
+        if let Err(err) = cache.delete(key).await {
+            // Left to its TTL: the only way a stale answer can live on.
+            tracing::error!(error = %err, key, "a membership answer could not be cleared");
         }
     }
 
     /// Clears answers on core's membership events until `stop`.
     async fn follow(self: Arc<Self>, bus: Bus, stop: CancellationToken) {
-        keep_listening("permissions", &stop, || self.listen(&bus, &stop)).await;
+        keep_listening("permissions", &stop, || async {
+            let result = self.listen(&bus, &stop).await;
+            self.listening.store(false, Ordering::SeqCst);
+            result
+        })
+        .await;
     }
 
     async fn listen(&self, bus: &Bus, stop: &CancellationToken) -> Result<(), BusError> {
         let mut added = bus.subscribe::<MemberAdded>().await?;
         let mut removed = bus.subscribe::<MemberRemoved>().await?;
         let mut deleted = bus.subscribe::<ConversationDeleted>().await?;
+        bus.confirm_subscriptions().await?;
+        self.listening.store(true, Ordering::SeqCst);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
