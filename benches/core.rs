@@ -239,6 +239,11 @@ async fn access(redis: Option<&str>) {
     let permissions =
         beep::services::permissions::Permissions::new(&platform, core.conversations.clone());
     let checker = &permissions.checker;
+    let mut workers = beep::platform::workers::Workers::new();
+    permissions.start(&mut workers);
+    while !checker.is_listening() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     assert!(checker.check(&user, &conversation).await.unwrap());
 
     let cached_ns = per_call_ns(200_000, || async {
@@ -279,6 +284,10 @@ async fn access(redis: Option<&str>) {
         // Another replica's first question about those users: answered from Redis.
         let replica =
             beep::services::permissions::Permissions::new(&platform, core.conversations.clone());
+        replica.start(&mut workers);
+        while !replica.checker.is_listening() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let started = Instant::now();
         for stranger in &strangers {
             assert!(
@@ -294,6 +303,7 @@ async fn access(redis: Option<&str>) {
             "  answer cached by another replica (read from Redis): {shared_us:.1} us per call"
         );
     }
+    workers.shutdown(Duration::from_secs(1)).await;
     bench.finish(handle).await;
 }
 

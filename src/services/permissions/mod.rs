@@ -95,6 +95,11 @@ fn well_formed(user: &str, conversation: &str) -> bool {
 }
 
 impl Checker {
+    /// Whether membership events are being heard, so answers are cached.
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::SeqCst)
+    }
+
     pub async fn check(&self, user: &str, conversation: &str) -> Result<bool, AccessError> {
         if !well_formed(user, conversation) {
             return Ok(false);
