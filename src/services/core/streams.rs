@@ -235,18 +235,20 @@ impl Hub {
         if self.is_idle() {
             return Ok(());
         }
-        let Some(conversation) = self.conversations.find(&event.conversation).await? else {
-            return Ok(());
-        };
-        if let Some(message) = update_msg("add", &ConversationView::new(conversation, false)) {
-            self.send(&event.user, &Topic::Conversations, &message);
-        }
         let view = MemberView {
             user: event.user,
             conversation: event.conversation,
             pinned: false,
         };
-        self.to_members(&view, "add").await
+        // Members first: a client that opens the member stream once it sees the conversation
+        // appear does not then receive its own joining.
+        self.to_members(&view, "add").await?;
+        if let Some(conversation) = self.conversations.find(&view.conversation).await?
+            && let Some(message) = update_msg("add", &ConversationView::new(conversation, false))
+        {
+            self.send(&view.user, &Topic::Conversations, &message);
+        }
+        Ok(())
     }
 
     async fn member_removed(&self, event: MemberRemoved) -> Result<(), sea_orm::DbErr> {
