@@ -156,6 +156,28 @@ fn get(path: &str, token: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer {token}\r\n\r\n")
 }
 
+/// Two authenticated GETs side by side (`(name, path)` each), printed under `title`.
+async fn compare_gets(
+    addr: std::net::SocketAddr,
+    token: &str,
+    title: &str,
+    reference: (&str, &str),
+    candidate: (&str, &str),
+) {
+    let comparison = compare(
+        addr,
+        get(reference.1, token).as_bytes(),
+        get(candidate.1, token).as_bytes(),
+        ROUNDS,
+        ROUND,
+    )
+    .await;
+    println!(
+        "{title}, 1 server worker, {CONNECTIONS} connections x {PIPELINE} pipelined, {ROUNDS} rounds of {ROUND:?}:"
+    );
+    comparison.print(reference.0, candidate.0);
+}
+
 /// The caller's user id, from `GET /core/user?phone_number=`.
 async fn user_id(client: &reqwest::Client, base: &str, token: &str, n: u32) -> String {
     let phone: String = form_urlencoded::byte_serialize(login::phone(n).as_bytes()).collect();
@@ -197,21 +219,18 @@ async fn list(postgres: Option<&str>) {
         .await
         .unwrap();
     assert_eq!(listed.len(), CONVERSATIONS);
-    let healthz = get("/healthz", &token);
-    let conversations = get("/core/user/conversation", &token);
-    let comparison = compare(
-        addr,
-        healthz.as_bytes(),
-        conversations.as_bytes(),
-        ROUNDS,
-        ROUND,
-    )
-    .await;
-    println!(
-        "GET /core/user/conversation ({CONVERSATIONS} conversations) on {}, 1 server worker, {CONNECTIONS} connections x {PIPELINE} pipelined, {ROUNDS} rounds of {ROUND:?}:",
+    let title = format!(
+        "GET /core/user/conversation ({CONVERSATIONS} conversations) on {}",
         bench.backend()
     );
-    comparison.print("GET /healthz", "GET /core/user/conversation");
+    compare_gets(
+        addr,
+        &token,
+        &title,
+        ("GET /healthz", "/healthz"),
+        ("GET /core/user/conversation", "/core/user/conversation"),
+    )
+    .await;
     bench.finish(handle).await;
 }
 
@@ -440,19 +459,18 @@ async fn orm(postgres: Option<&str>) {
         }
     };
     assert_eq!(body(core_path.clone()).await, body(sqlx_path.clone()).await);
-    let comparison = compare(
-        addr,
-        get(&sqlx_path, &token).as_bytes(),
-        get(&core_path, &token).as_bytes(),
-        ROUNDS,
-        ROUND,
-    )
-    .await;
-    println!(
-        "GET /core/user/id/{{id}} (sea-orm) against the same query in sqlx, on {}, 1 server worker, {ROUNDS} rounds of {ROUND:?}:",
+    let title = format!(
+        "GET /core/user/id/{{id}} (sea-orm) against the same query in sqlx, on {}",
         bench.backend()
     );
-    comparison.print("sqlx", "sea-orm");
+    compare_gets(
+        addr,
+        &token,
+        &title,
+        ("sqlx", &sqlx_path),
+        ("sea-orm", &core_path),
+    )
+    .await;
 
     // The queries alone, in-process, without HTTP.
     let connection = platform.db.connection().clone();

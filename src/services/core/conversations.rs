@@ -289,10 +289,7 @@ impl Conversations {
         self.check_member(user, id).await?;
         let txn = self.db.begin().await?;
         let members = member_ids(&txn, id).await?;
-        member::Entity::delete_many()
-            .filter(member::Column::Conversation.eq(id))
-            .exec(&txn)
-            .await?;
+        // The memberships go with it (ON DELETE CASCADE).
         conversation::Entity::delete_by_id(id).exec(&txn).await?;
         txn.commit().await?;
         Ok(members)

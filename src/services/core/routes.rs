@@ -254,22 +254,15 @@ async fn user_by_username(
 }
 
 /// The original `POST /user` body.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 struct NewUser {
-    #[serde(default)]
     id: Option<String>,
-    #[serde(default)]
     username: Option<String>,
-    #[serde(default)]
     bio: String,
-    #[serde(default)]
     profile_pic: String,
-    #[serde(default)]
     first_name: String,
-    #[serde(default)]
     last_name: String,
-    #[serde(default)]
     phone_number: Option<String>,
 }
 
@@ -319,7 +312,7 @@ async fn create_user(
         last_name: Some(body.last_name),
         ..ProfilePatch::default()
     };
-    let user = record(state.users.update_profile(&me.id, patch).await?);
+    let user = record(state.users.update_profile(me, patch).await?);
     state.announce(UserUpdated { user: user.clone() }).await;
     Ok(HttpResponse::Ok().json(user))
 }
@@ -329,12 +322,12 @@ async fn update_user(
     caller: Caller,
     body: web::Json<ProfilePatch>,
 ) -> Result<HttpResponse, ApiError> {
-    let user: UserRecord = record(
-        state
-            .users
-            .update_profile(&caller.user_id, body.into_inner())
-            .await?,
-    );
+    let me = state
+        .users
+        .by_id(&caller.user_id)
+        .await?
+        .ok_or_else(user_not_found)?;
+    let user = record(state.users.update_profile(me, body.into_inner()).await?);
     state.announce(UserUpdated { user: user.clone() }).await;
     Ok(HttpResponse::Ok().json(user))
 }

@@ -39,6 +39,17 @@ pub enum Topic {
     Members(String),
 }
 
+/// One of core's events, as the streams route it.
+enum Change {
+    User(UserUpdated),
+    Contact(ContactAdded),
+    Conversation(ConversationUpdated),
+    Deleted(ConversationDeleted),
+    Joined(MemberAdded),
+    Left(MemberRemoved),
+    Pin(MemberUpdated),
+}
+
 struct Subscriber {
     topic: Topic,
     sender: mpsc::Sender<sse::Event>,
@@ -93,7 +104,6 @@ impl Hub {
         sse::Sse::from_infallible_receiver(receiver).with_keep_alive(KEEP_ALIVE)
     }
 
-    /// No stream open: events need no lookup to be routed nowhere.
     fn is_idle(&self) -> bool {
         self.subscribers().is_empty()
     }
@@ -148,37 +158,50 @@ impl Hub {
         // Creation reaches the streams through the creator's `MemberAdded`.
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         loop {
-            let result = tokio::select! {
+            let change = tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
                 _ = sweep.tick() => {
                     self.sweep();
-                    Ok(())
+                    continue;
                 }
-                Some(event) = users.next() => self.user_updated(event.data).await,
-                Some(event) = contacts.next() => {
-                    self.contact_added(&event.data);
-                    Ok(())
-                }
-                Some(event) = updated.next() => self.conversation_updated(event.data).await,
-                Some(event) = deleted.next() => {
-                    self.conversation_deleted(&event.data);
-                    Ok(())
-                }
-                Some(event) = added.next() => self.member_added(event.data).await,
-                Some(event) = removed.next() => self.member_removed(event.data).await,
-                Some(event) = pins.next() => self.member_updated(event.data).await,
+                Some(event) = users.next() => Change::User(event.data),
+                Some(event) = contacts.next() => Change::Contact(event.data),
+                Some(event) = updated.next() => Change::Conversation(event.data),
+                Some(event) = deleted.next() => Change::Deleted(event.data),
+                Some(event) = added.next() => Change::Joined(event.data),
+                Some(event) = removed.next() => Change::Left(event.data),
+                Some(event) = pins.next() => Change::Pin(event.data),
                 else => return Ok(()),
             };
-            if let Err(err) = result {
+            // No stream open: nothing to look up to route it nowhere.
+            if self.is_idle() {
+                continue;
+            }
+            if let Err(err) = self.route(change).await {
                 tracing::warn!(error = %err, "an event could not be routed to core's streams");
             }
         }
     }
 
-    async fn user_updated(&self, event: UserUpdated) -> Result<(), sea_orm::DbErr> {
-        if self.is_idle() {
-            return Ok(());
+    async fn route(&self, change: Change) -> Result<(), sea_orm::DbErr> {
+        match change {
+            Change::User(event) => self.user_updated(event).await,
+            Change::Contact(event) => {
+                self.contact_added(&event);
+                Ok(())
+            }
+            Change::Conversation(event) => self.conversation_updated(event).await,
+            Change::Deleted(event) => {
+                self.conversation_deleted(&event);
+                Ok(())
+            }
+            Change::Joined(event) => self.member_added(event).await,
+            Change::Left(event) => self.member_removed(event).await,
+            Change::Pin(event) => self.member_updated(event).await,
         }
+    }
+
+    async fn user_updated(&self, event: UserUpdated) -> Result<(), sea_orm::DbErr> {
         let Some(message) = update_msg("update", &event.user) else {
             return Ok(());
         };
@@ -196,9 +219,6 @@ impl Hub {
     }
 
     async fn conversation_updated(&self, event: ConversationUpdated) -> Result<(), sea_orm::DbErr> {
-        if self.is_idle() {
-            return Ok(());
-        }
         for membership in self
             .conversations
             .memberships(&event.conversation.id)
@@ -232,9 +252,6 @@ impl Hub {
     }
 
     async fn member_added(&self, event: MemberAdded) -> Result<(), sea_orm::DbErr> {
-        if self.is_idle() {
-            return Ok(());
-        }
         let view = MemberView {
             user: event.user,
             conversation: event.conversation,
@@ -252,9 +269,6 @@ impl Hub {
     }
 
     async fn member_removed(&self, event: MemberRemoved) -> Result<(), sea_orm::DbErr> {
-        if self.is_idle() {
-            return Ok(());
-        }
         let view = MemberView {
             user: event.user,
             conversation: event.conversation,
@@ -277,9 +291,6 @@ impl Hub {
     }
 
     async fn member_updated(&self, event: MemberUpdated) -> Result<(), sea_orm::DbErr> {
-        if self.is_idle() {
-            return Ok(());
-        }
         let view = MemberView {
             user: event.user,
             conversation: event.conversation,

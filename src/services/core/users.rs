@@ -100,17 +100,12 @@ impl Users {
         self.find_by_login(login).await
     }
 
-    /// Applies the fields `patch` carries to `id`'s profile and answers the result.
+    /// Applies the fields `patch` carries to the profile `found` (as just read) and answers the result.
     pub async fn update_profile(
         &self,
-        id: &str,
+        found: user::Model,
         patch: ProfilePatch,
     ) -> DirectoryResult<user::Model> {
-        let found = self
-            .by_id(id)
-            .await
-            .context("reading a profile")?
-            .ok_or_else(|| DirectoryError::Invalid("no such user".into()))?;
         let mut profile = NewProfile {
             username: found.username.clone(),
             bio: found.bio.clone(),
