@@ -6,6 +6,7 @@
 //! falls `bus.capacity` events behind loses the oldest; on NATS, the server and client drop
 //! messages for a slow consumer in the same way.
 
+use std::collections::HashSet;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -51,6 +52,9 @@ pub enum BusError {
 pub struct Bus {
     transport: Transport,
     prefix: Arc<str>,
+    durable_max_age: Duration,
+    /// Subjects whose JetStream stream this process has made sure of.
+    durable_streams: Arc<tokio::sync::Mutex<HashSet<String>>>,
 }
 
 #[derive(Clone)]
@@ -81,6 +85,8 @@ impl Bus {
         Ok(Self {
             transport,
             prefix: config.subject_prefix.as_str().into(),
+            durable_max_age: Duration::from_secs(config.durable_max_age_secs),
+            durable_streams: Arc::default(),
         })
     }
 
@@ -97,12 +103,7 @@ impl Bus {
     }
 
     pub async fn publish<E: Event>(&self, event: E) -> Result<(), BusError> {
-        let envelope = Envelope {
-            id: random_hex128(),
-            ts: unix_millis(),
-            data: event,
-        };
-        let payload = Bytes::from(serde_json::to_vec(&envelope)?);
+        let payload = encode(event)?;
         let subject = self.subject::<E>();
         match &self.transport {
             Transport::Memory(fanout) => {
@@ -114,6 +115,41 @@ impl Bus {
                 .await
                 .map_err(|err| BusError::Nats(err.to_string())),
         }
+    }
+
+    /// Publishes an event that must not be lost: on NATS through a JetStream stream of its
+    /// own (`<prefix>_<service>_<event>`), returning once the server has stored it, so a
+    /// consumer that runs apart, or was down, still gets it. In-process it is [`Self::publish`].
+    pub async fn publish_durable<E: Event>(&self, event: E) -> Result<(), BusError> {
+        let Transport::Nats(client) = &self.transport else {
+            return self.publish(event).await;
+        };
+        let subject = self.subject::<E>();
+        let jetstream = async_nats::jetstream::new(client.clone());
+        {
+            let mut known = self.durable_streams.lock().await;
+            if !known.contains(&subject) {
+                jetstream
+                    .get_or_create_stream(async_nats::jetstream::stream::Config {
+                        name: durable_stream_name(&subject),
+                        subjects: vec![subject.clone()],
+                        storage: async_nats::jetstream::stream::StorageType::File,
+                        max_age: self.durable_max_age,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|err| BusError::Nats(err.to_string()))?;
+                known.insert(subject.clone());
+            }
+        }
+        let payload = encode(event)?;
+        jetstream
+            .publish(subject, payload)
+            .await
+            .map_err(|err| BusError::Nats(err.to_string()))?
+            .await
+            .map_err(|err| BusError::Nats(err.to_string()))?;
+        Ok(())
     }
 
     pub async fn subscribe<E: Event>(&self) -> Result<Subscription<E>, BusError> {
@@ -168,6 +204,29 @@ impl Bus {
             tracing::warn!(error = %err, "flushing the bus on shutdown failed");
         }
     }
+}
+
+fn encode<E: Event>(event: E) -> Result<Bytes, BusError> {
+    let envelope = Envelope {
+        id: random_hex128(),
+        ts: unix_millis(),
+        data: event,
+    };
+    Ok(Bytes::from(serde_json::to_vec(&envelope)?))
+}
+
+/// JetStream stream names may not contain `.`, `*`, `>` or spaces.
+pub fn durable_stream_name(subject: &str) -> String {
+    subject
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 pub struct Subscription<E> {

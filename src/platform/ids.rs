@@ -26,6 +26,12 @@ pub fn is_hex128(text: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// Whether `id` is `prefix` followed by [`random_hex128`] output: the shape of user (`u-`) and
+/// conversation (`c-`) ids, checked before any lookup.
+pub fn is_prefixed_id(id: &str, prefix: &str) -> bool {
+    id.strip_prefix(prefix).is_some_and(is_hex128)
+}
+
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 #[cfg(test)]

@@ -84,7 +84,8 @@ pub fn check_compiled(names: &[&str]) -> Result<(), BuildError> {
 }
 
 /// Builds the named services over the platform, wiring the narrow traits one service answers
-/// for another (core's user directory for auth, core's memberships for permissions).
+/// for another (core's user directory for auth, core's memberships for permissions,
+/// permissions' access check for bites).
 // Services that need nothing from the platform yet leave it unused in some feature sets.
 #[cfg_attr(not(feature = "core"), allow(unused_variables))]
 pub fn build(names: &[&str], platform: &Platform) -> Result<Vec<Arc<dyn Service>>, BuildError> {
@@ -92,6 +93,22 @@ pub fn build(names: &[&str], platform: &Platform) -> Result<Vec<Arc<dyn Service>
     let hosted = |name: &str| names.contains(&name);
     #[cfg(feature = "core")]
     let core = hosted("core").then(|| Arc::new(core::Core::new(platform)));
+    #[cfg(feature = "permissions")]
+    let permissions = if hosted("permissions") {
+        #[cfg(feature = "core")]
+        let source: Option<crate::platform::membership::SharedMembership> = core
+            .as_ref()
+            .map(|core| Arc::clone(&core.conversations) as _);
+        #[cfg(not(feature = "core"))]
+        let source: Option<crate::platform::membership::SharedMembership> = None;
+        let source = source.ok_or(BuildError::Service {
+            service: "permissions",
+            reason: "needs core in the same process to read memberships".into(),
+        })?;
+        Some(Arc::new(permissions::Permissions::new(platform, source)))
+    } else {
+        None
+    };
 
     let mut services: Vec<Arc<dyn Service>> = Vec::with_capacity(names.len());
     for name in COMPILED.iter().filter(|name| hosted(name)) {
@@ -120,25 +137,33 @@ pub fn build(names: &[&str], platform: &Platform) -> Result<Vec<Arc<dyn Service>
                 None => continue,
             },
             #[cfg(feature = "permissions")]
-            "permissions" => {
-                #[cfg(feature = "core")]
-                let source: Option<crate::platform::membership::SharedMembership> = core
-                    .as_ref()
-                    .map(|core| Arc::clone(&core.conversations) as _);
-                #[cfg(not(feature = "core"))]
-                let source: Option<crate::platform::membership::SharedMembership> = None;
-                let source = source.ok_or(BuildError::Service {
-                    service: "permissions",
-                    reason: "needs core in the same process to read memberships".into(),
-                })?;
-                Arc::new(permissions::Permissions::new(platform, source))
-            }
+            "permissions" => match &permissions {
+                Some(permissions) => Arc::clone(permissions) as Arc<dyn Service>,
+                None => continue,
+            },
             #[cfg(feature = "heartbeat")]
             "heartbeat" => Arc::new(heartbeat::Heartbeat),
             #[cfg(feature = "pictures")]
             "pictures" => Arc::new(pictures::Pictures),
             #[cfg(feature = "bites")]
-            "bites" => Arc::new(bites::Bites),
+            "bites" => {
+                #[cfg(feature = "permissions")]
+                let access: Option<crate::platform::membership::SharedAccess> = permissions
+                    .as_ref()
+                    .map(|permissions| Arc::clone(&permissions.checker) as _);
+                #[cfg(not(feature = "permissions"))]
+                let access: Option<crate::platform::membership::SharedAccess> = None;
+                let access = access.ok_or(BuildError::Service {
+                    service: "bites",
+                    reason: "needs permissions in the same process to check memberships".into(),
+                })?;
+                let bites =
+                    bites::Bites::new(platform, access).map_err(|reason| BuildError::Service {
+                        service: "bites",
+                        reason,
+                    })?;
+                Arc::new(bites)
+            }
             other => return Err(BuildError::Unknown(other.to_owned())),
         };
         services.push(service);

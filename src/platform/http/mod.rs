@@ -15,6 +15,10 @@ pub use error::ApiError;
 
 use crate::config::HttpConfig;
 
+/// Keep-alive comment period of every Server-Sent Events stream: the original's 25 s, which
+/// also bounds how long a gone client's stream lingers (actix notices on a failed write).
+pub const SSE_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(25);
+
 /// Body limits, and extractor failures answered with the JSON error body and a precise status.
 pub fn configure_extractors(config: &HttpConfig, cfg: &mut web::ServiceConfig) {
     cfg.app_data(

@@ -18,7 +18,7 @@ use super::streams::Topic;
 use super::users::{ProfilePatch, record};
 use crate::config::CoreConfig;
 use crate::platform::http::{ApiError, Caller, text_or_json};
-use crate::platform::ids::is_hex128;
+use crate::platform::ids::is_prefixed_id;
 use crate::platform::membership::{ConversationDeleted, MemberAdded, MemberRemoved};
 use crate::platform::users::{DirectoryError, Login, PhoneNumber, UserRecord};
 
@@ -134,12 +134,13 @@ impl From<ContactError> for ApiError {
 
 /// Ids are the original's `u-`/`c-` + 32 hex; anything else is refused before a query.
 fn checked_id<'a>(id: &'a str, prefix: &str, what: &str) -> Result<&'a str, ApiError> {
-    match id.strip_prefix(prefix) {
-        Some(hex) if is_hex128(hex) => Ok(id),
-        _ => Err(invalid(
+    if is_prefixed_id(id, prefix) {
+        Ok(id)
+    } else {
+        Err(invalid(
             "invalid_id",
             format!("{what} ids are {prefix} followed by 32 lowercase hex digits"),
-        )),
+        ))
     }
 }
 

@@ -16,10 +16,9 @@ use super::contacts::Contacts;
 use super::conversations::{ConversationView, Conversations, MemberView};
 use super::events::{ContactAdded, ConversationUpdated, MemberUpdated, UserUpdated};
 use crate::platform::bus::{Bus, BusError, keep_listening};
+use crate::platform::http::SSE_KEEP_ALIVE;
 use crate::platform::membership::{ConversationDeleted, MemberAdded, MemberRemoved};
 
-/// The original's keep-alive period.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(25);
 /// Events buffered per stream; a client this far behind is dropped (it reconnects) rather
 /// than slowing delivery to everyone else.
 const STREAM_BUFFER: usize = 64;
@@ -101,7 +100,7 @@ impl Hub {
         let streams = subscribers.entry(user.to_owned()).or_default();
         streams.retain(|stream| !stream.sender.is_closed());
         streams.push(Subscriber { topic, sender });
-        sse::Sse::from_infallible_receiver(receiver).with_keep_alive(KEEP_ALIVE)
+        sse::Sse::from_infallible_receiver(receiver).with_keep_alive(SSE_KEEP_ALIVE)
     }
 
     fn is_idle(&self) -> bool {

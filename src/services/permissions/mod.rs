@@ -24,7 +24,7 @@ use crate::platform::Platform;
 use crate::platform::bus::{Bus, BusError, keep_listening};
 use crate::platform::cache::Cache;
 use crate::platform::http::ApiError;
-use crate::platform::ids::is_hex128;
+use crate::platform::ids::is_prefixed_id;
 use crate::platform::membership::{
     AccessCheck, AccessError, ConversationDeleted, MemberAdded, MemberRemoved, SharedMembership,
 };
@@ -90,8 +90,7 @@ fn cache_key(user: &str, conversation: &str) -> String {
 
 /// Only well-formed ids are looked up (and cached): junk cannot fill the cache.
 fn well_formed(user: &str, conversation: &str) -> bool {
-    let shaped = |id: &str, prefix: &str| id.strip_prefix(prefix).is_some_and(is_hex128);
-    shaped(user, "u-") && shaped(conversation, "c-")
+    is_prefixed_id(user, "u-") && is_prefixed_id(conversation, "c-")
 }
 
 impl Checker {

@@ -1,0 +1,247 @@
+//! From routed packets to stored bites, off the forwarding path: each speaker's packets go
+//! (without waiting) to that speaker's task, which cuts utterances and encodes them as Ogg;
+//! one writer task stores them in batches and then announces them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::ogg;
+use super::store::{BiteMeta, NewBite, SharedStore};
+use super::utterance::{Incoming, Segmenter, SpeechRules, Utterance};
+use crate::platform::bus::{Bus, Event, unix_millis};
+
+/// A bite was stored (and is durable). With NATS it goes through JetStream, so a consumer
+/// running apart (transcription) gets every one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BiteStored {
+    #[serde(flatten)]
+    pub bite: BiteMeta,
+}
+
+impl Event for BiteStored {
+    const SUBJECT: &'static str = "bites.bite_stored";
+}
+
+/// Packets a speaker's task may fall behind by before new ones are dropped (from the bite,
+/// never from forwarding): over two seconds of 20 ms audio.
+const SPEAKER_QUEUE: usize = 128;
+/// Finished bites waiting for the writer; a full queue makes speakers' tasks wait, not the
+/// forwarding.
+const WRITER_QUEUE: usize = 1024;
+/// Bites written in one batch at most.
+const MAX_BATCH: usize = 512;
+
+/// Hands out speaker feeds; cheap to clone.
+#[derive(Clone)]
+pub struct Ingest {
+    rules: SpeechRules,
+    bites: mpsc::Sender<NewBite>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// One packet of a speaker, with the conversation it was spoken in.
+pub struct Spoken {
+    pub conversation: Arc<str>,
+    pub packet: Incoming,
+}
+
+/// The sending end of one speaker's task. Dropping it ends the speaker's bite in progress.
+pub struct SpeakerFeed {
+    packets: mpsc::Sender<Spoken>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl SpeakerFeed {
+    /// Never waits: a packet the speaker's task has no room for is left out of the bite.
+    pub fn push(&self, spoken: Spoken) {
+        if self.packets.try_send(spoken).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Ingest {
+    pub fn new(rules: SpeechRules) -> (Self, mpsc::Receiver<NewBite>) {
+        let (bites, finished) = mpsc::channel(WRITER_QUEUE);
+        let ingest = Self {
+            rules,
+            bites,
+            dropped: Arc::default(),
+        };
+        (ingest, finished)
+    }
+
+    /// Packets the speakers' tasks had no room for, since start.
+    pub fn dropped_packets(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Starts the task that cuts one speaker's (`user` on `client`) packets into bites.
+    pub fn speaker(&self, user: &str, client: &str) -> SpeakerFeed {
+        let (packets, received) = mpsc::channel(SPEAKER_QUEUE);
+        let task = SpeakerTask {
+            user: user.to_owned(),
+            client: client.to_owned(),
+            segmenter: Segmenter::new(self.rules),
+            conversation: None,
+            bites: self.bites.clone(),
+        };
+        tokio::spawn(task.run(received));
+        SpeakerFeed {
+            packets,
+            dropped: Arc::clone(&self.dropped),
+        }
+    }
+}
+
+struct SpeakerTask {
+    user: String,
+    client: String,
+    segmenter: Segmenter,
+    conversation: Option<Arc<str>>,
+    bites: mpsc::Sender<NewBite>,
+}
+
+impl SpeakerTask {
+    async fn run(mut self, mut received: mpsc::Receiver<Spoken>) {
+        loop {
+            let deadline = self.segmenter.deadline_ms().map(|deadline_ms| {
+                let wait = u64::try_from(deadline_ms - unix_millis()).unwrap_or(0);
+                tokio::time::Instant::now() + Duration::from_millis(wait)
+            });
+            tokio::select! {
+                spoken = received.recv() => {
+                    let Some(spoken) = spoken else { break };
+                    if self.conversation.as_ref() != Some(&spoken.conversation) {
+                        // A speaker who moves to another room ends the bite in the old one.
+                        let finished = self.segmenter.finish();
+                        self.emit(finished).await;
+                        self.conversation = Some(spoken.conversation);
+                    }
+                    let finished = self.segmenter.push(spoken.packet);
+                    self.emit(finished).await;
+                }
+                () = sleep_until(deadline) => {
+                    let finished = self.segmenter.expire(unix_millis());
+                    self.emit(finished).await;
+                }
+            }
+        }
+        let finished = self.segmenter.finish();
+        self.emit(finished).await;
+    }
+
+    async fn emit(&self, utterance: Option<Utterance>) {
+        let (Some(utterance), Some(conversation)) = (utterance, &self.conversation) else {
+            return;
+        };
+        let audio = bytes::Bytes::from(ogg::write(
+            ogg::Header {
+                serial: rand::RngExt::random(&mut rand::rng()),
+                channels: utterance.channels,
+                pre_skip: utterance.pre_skip,
+            },
+            &utterance.packets,
+        ));
+        let bite = NewBite {
+            meta: BiteMeta {
+                conversation: conversation.to_string(),
+                user: self.user.clone(),
+                client: self.client.clone(),
+                start: u64::try_from(utterance.start_ms).unwrap_or(0),
+                duration: utterance.duration_ms,
+                size: audio.len() as u64,
+            },
+            audio,
+        };
+        if self.bites.send(bite).await.is_err() {
+            tracing::warn!(user = %self.user, "a bite finished after the writer stopped");
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Stores finished bites: waits for the first, gathers what else arrives within the flush
+/// interval, writes them in one durable batch, then announces each (locally and on the bus).
+pub struct Writer {
+    pub store: SharedStore,
+    pub bus: Bus,
+    pub flush_every: Duration,
+    pub announce: broadcast::Sender<Arc<BiteMeta>>,
+}
+
+impl Writer {
+    pub async fn run(self, mut finished: mpsc::Receiver<NewBite>, stop: CancellationToken) {
+        let mut batch: Vec<NewBite> = Vec::with_capacity(MAX_BATCH);
+        loop {
+            let received = tokio::select! {
+                () = stop.cancelled() => break,
+                received = finished.recv_many(&mut batch, MAX_BATCH) => received,
+            };
+            if received == 0 {
+                break;
+            }
+            let deadline = tokio::time::Instant::now() + self.flush_every;
+            while batch.len() < MAX_BATCH {
+                let room = MAX_BATCH - batch.len();
+                tokio::select! {
+                    () = tokio::time::sleep_until(deadline) => break,
+                    () = stop.cancelled() => break,
+                    received = finished.recv_many(&mut batch, room) => {
+                        if received == 0 { break }
+                    }
+                }
+            }
+            self.write(std::mem::take(&mut batch)).await;
+        }
+        // Shutting down: what is already finished is still written.
+        while let Ok(bite) = finished.try_recv() {
+            batch.push(bite);
+        }
+        if !batch.is_empty() {
+            self.write(batch).await;
+        }
+    }
+
+    async fn write(&self, batch: Vec<NewBite>) {
+        let store = Arc::clone(&self.store);
+        let metas: Vec<BiteMeta> = batch.iter().map(|bite| bite.meta.clone()).collect();
+        let written = tokio::task::spawn_blocking(move || store.insert(&batch)).await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::error!(error = %err, bites = metas.len(), "bites could not be stored");
+                return;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, bites = metas.len(), "the bite writer failed");
+                return;
+            }
+        }
+        for meta in &metas {
+            // No subscriber is not an error.
+            let _listeners = self.announce.send(Arc::new(meta.clone()));
+        }
+        let published = metas.into_iter().map(|bite| {
+            let bus = self.bus.clone();
+            async move {
+                let (conversation, start) = (bite.conversation.clone(), bite.start);
+                if let Err(err) = bus.publish_durable(BiteStored { bite }).await {
+                    tracing::warn!(error = %err, %conversation, start, "bite_stored was not published");
+                }
+            }
+        });
+        futures_util::future::join_all(published).await;
+    }
+}

@@ -1,0 +1,361 @@
+//! `/store`: the original scan and fetch routes, a metadata list and a stream of new bites.
+//! Only members of the conversation may read it.
+
+use std::sync::Arc;
+
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web_lab::sse;
+use serde::Deserialize;
+use tokio::sync::{broadcast, mpsc};
+
+use super::store::{BiteMeta, SharedStore, StoreError};
+use crate::config::BitesConfig;
+use crate::platform::http::{ApiError, Caller, SSE_KEEP_ALIVE};
+use crate::platform::ids::is_prefixed_id;
+use crate::platform::membership::SharedAccess;
+
+pub struct StoreState {
+    pub store: SharedStore,
+    pub access: SharedAccess,
+    pub config: BitesConfig,
+    pub announce: broadcast::Sender<Arc<BiteMeta>>,
+}
+
+type State = web::Data<StoreState>;
+
+pub fn configure(cfg: &mut web::ServiceConfig, state: State) {
+    cfg.service(
+        web::scope("/store/bite/{conversation}")
+            .app_data(state)
+            .route("", web::get().to(list))
+            .route("/scan", web::get().to(scan))
+            .route("/start/{start}", web::get().to(audio))
+            .route("/subscribe", web::get().to(subscribe)),
+    );
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        ApiError::internal(&err)
+    }
+}
+
+/// Refuses anyone but a member, and malformed ids before any lookup.
+pub async fn member_of(
+    access: &SharedAccess,
+    caller: &Caller,
+    conversation: &str,
+) -> Result<(), ApiError> {
+    if !is_prefixed_id(conversation, "c-") {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+            "conversation ids are c- followed by 32 lowercase hex digits",
+        ));
+    }
+    match access.may_access(&caller.user_id, conversation).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_a_member",
+            "you are not a member of this conversation",
+        )),
+        Err(err) => {
+            tracing::warn!(error = %err, "membership check failed");
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "membership_unavailable",
+                "membership cannot be checked right now",
+            ))
+        }
+    }
+}
+
+/// Runs a store call on a blocking thread (the engine is synchronous).
+async fn blocking<T: Send + 'static>(
+    state: &State,
+    work: impl FnOnce(&SharedStore) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = Arc::clone(&state.store);
+    match tokio::task::spawn_blocking(move || work(&store)).await {
+        Ok(result) => Ok(result?),
+        Err(err) => Err(ApiError::internal(&err)),
+    }
+}
+
+#[derive(Deserialize)]
+struct Range {
+    from: Option<u64>,
+    to: Option<u64>,
+    limit: Option<usize>,
+}
+
+impl Range {
+    fn bounds(&self) -> Result<(u64, u64), ApiError> {
+        let (from, to) = (self.from.unwrap_or(0), self.to.unwrap_or(u64::MAX));
+        if from > to {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_range",
+                "from must not be after to",
+            ));
+        }
+        Ok((from, to))
+    }
+}
+
+/// `GET /store/bite/{conversation}/scan?from=&to=`: the original answer,
+/// `{"previous","starts","next"}`, with starts in Unix milliseconds and never `null`.
+async fn scan(
+    state: State,
+    caller: Caller,
+    path: web::Path<String>,
+    query: web::Query<Range>,
+) -> Result<HttpResponse, ApiError> {
+    member_of(&state.access, &caller, &path).await?;
+    let (from, to) = query.bounds()?;
+    let limit = state.config.scan_limit.max(1);
+    let conversation = path.into_inner();
+    let scan = blocking(&state, move |store| {
+        store.scan(&conversation, from, to, limit)
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(scan))
+}
+
+/// `GET /store/bite/{conversation}?from=&to=&limit=`: metadata, oldest first, with a
+/// `Link: <…?from=…>; rel="next"` header when the page is full.
+async fn list(
+    state: State,
+    caller: Caller,
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<Range>,
+) -> Result<HttpResponse, ApiError> {
+    member_of(&state.access, &caller, &path).await?;
+    let (from, to) = query.bounds()?;
+    let config = &state.config;
+    let limit = match query.limit {
+        None => config.page_size.clamp(1, config.max_page_size.max(1)),
+        Some(limit) if (1..=config.max_page_size).contains(&limit) => limit,
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_limit",
+                format!("limit must be between 1 and {}", config.max_page_size),
+            ));
+        }
+    };
+    let conversation = path.into_inner();
+    let bites = blocking(&state, move |store| {
+        store.list(&conversation, from, to, limit)
+    })
+    .await?;
+    let mut response = HttpResponse::Ok();
+    // A page never ends inside a run of equal starts, so the next one starts just after.
+    if bites.len() >= limit
+        && let Some(next) = bites.last().and_then(|last| last.start.checked_add(1))
+        && next <= to
+    {
+        response.insert_header((
+            header::LINK,
+            format!(
+                "<{}?from={next}&to={to}&limit={limit}>; rel=\"next\"",
+                req.path()
+            ),
+        ));
+    }
+    Ok(response.json(bites))
+}
+
+/// Picks one speaker's bite when two started in the same millisecond.
+#[derive(Deserialize)]
+struct Speaker {
+    user: Option<String>,
+    client: Option<String>,
+}
+
+/// `GET /store/bite/{conversation}/start/{start}`: the Ogg Opus file, with range requests.
+async fn audio(
+    state: State,
+    caller: Caller,
+    req: HttpRequest,
+    path: web::Path<(String, u64)>,
+    query: web::Query<Speaker>,
+) -> Result<HttpResponse, ApiError> {
+    let (conversation, start) = path.into_inner();
+    member_of(&state.access, &caller, &conversation).await?;
+    let speaker = match (&query.user, &query.client) {
+        (Some(user), Some(client)) => Some((user.clone(), client.clone())),
+        (None, None) => None,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_speaker",
+                "give both user and client, or neither",
+            ));
+        }
+    };
+    let found = blocking(&state, move |store| {
+        let speaker = speaker.as_ref().map(|(u, c)| (u.as_str(), c.as_str()));
+        store.get(&conversation, start, speaker)
+    })
+    .await?;
+    let Some((_meta, bytes)) = found else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "bite_not_found",
+            "no bite starts at that time",
+        ));
+    };
+    let total = bytes.len() as u64;
+    let mut response = HttpResponse::Ok();
+    response
+        .content_type("audio/ogg")
+        .insert_header((header::ACCEPT_RANGES, "bytes"))
+        // A stored bite never changes.
+        .insert_header((
+            header::CACHE_CONTROL,
+            "private, max-age=31536000, immutable",
+        ));
+    let range = req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|value| value.to_str().ok());
+    match range.map(|range| byte_range(range, total)) {
+        None | Some(RangeAnswer::Whole) => Ok(response.body(bytes)),
+        Some(RangeAnswer::Part(first, last)) => {
+            let part = bytes.slice(first as usize..=last as usize);
+            Ok(response
+                .status(StatusCode::PARTIAL_CONTENT)
+                .insert_header((
+                    header::CONTENT_RANGE,
+                    format!("bytes {first}-{last}/{total}"),
+                ))
+                .body(part))
+        }
+        Some(RangeAnswer::Unsatisfiable) => {
+            Ok(HttpResponse::build(StatusCode::RANGE_NOT_SATISFIABLE)
+                .insert_header((header::CONTENT_RANGE, format!("bytes */{total}")))
+                .json(serde_json::json!({"error": {
+                    "code": "range_not_satisfiable",
+                    "message": format!("the bite has {total} bytes"),
+                }})))
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum RangeAnswer {
+    /// No usable single range (several ranges, another unit, garbage): the whole file.
+    Whole,
+    /// Inclusive byte positions.
+    Part(u64, u64),
+    Unsatisfiable,
+}
+
+/// One `bytes=` range of RFC 9110 §14.1.2 over a body of `total` bytes.
+fn byte_range(header: &str, total: u64) -> RangeAnswer {
+    let Some(spec) = header.trim().strip_prefix("bytes=") else {
+        return RangeAnswer::Whole;
+    };
+    if spec.contains(',') {
+        return RangeAnswer::Whole;
+    }
+    let Some((first, last)) = spec.split_once('-') else {
+        return RangeAnswer::Whole;
+    };
+    let (first, last) = (first.trim(), last.trim());
+    let parsed = match (first.is_empty(), last.is_empty()) {
+        // `-N`: the last N bytes.
+        (true, false) => last
+            .parse::<u64>()
+            .ok()
+            .map(|n| (total.saturating_sub(n), n > 0)),
+        (false, _) => first.parse::<u64>().ok().map(|first| (first, true)),
+        (true, true) => None,
+    };
+    let Some((first, nonempty)) = parsed else {
+        return RangeAnswer::Whole;
+    };
+    let last = if last.is_empty() || header.contains("=-") {
+        total.saturating_sub(1)
+    } else {
+        match last.parse::<u64>() {
+            Ok(last) if last >= first => last.min(total.saturating_sub(1)),
+            _ => return RangeAnswer::Whole,
+        }
+    };
+    if !nonempty || first >= total {
+        return RangeAnswer::Unsatisfiable;
+    }
+    RangeAnswer::Part(first, last)
+}
+
+/// `GET /store/bite/{conversation}/subscribe`: an `event: bite` with the metadata of each new
+/// bite of the conversation, as it is stored. The stream ends when the caller stops being a
+/// member (checked at each bite) or falls too far behind (a client reconnects).
+async fn subscribe(
+    state: State,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<impl actix_web::Responder, ApiError> {
+    member_of(&state.access, &caller, &path).await?;
+    let conversation = path.into_inner();
+    let mut bites = state.announce.subscribe();
+    let access = Arc::clone(&state.access);
+    let (sender, receiver) = mpsc::channel::<sse::Event>(STREAM_BUFFER);
+    tokio::spawn(async move {
+        loop {
+            let bite = tokio::select! {
+                () = sender.closed() => break,
+                bite = bites.recv() => match bite {
+                    Ok(bite) => bite,
+                    Err(broadcast::error::RecvError::Lagged(_) | broadcast::error::RecvError::Closed) => break,
+                },
+            };
+            if bite.conversation != conversation {
+                continue;
+            }
+            if !matches!(
+                access.may_access(&caller.user_id, &conversation).await,
+                Ok(true)
+            ) {
+                break;
+            }
+            let Ok(data) = sse::Data::new_json(bite.as_ref()) else {
+                continue;
+            };
+            let event = data.event("bite").id(bite.start.to_string());
+            if sender.send(event.into()).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(sse::Sse::from_infallible_receiver(receiver).with_keep_alive(SSE_KEEP_ALIVE))
+}
+
+/// Bites buffered per stream before the stream is dropped.
+const STREAM_BUFFER: usize = 64;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        use RangeAnswer::*;
+        assert_eq!(byte_range("bytes=0-9", 100), Part(0, 9));
+        assert_eq!(byte_range("bytes=90-", 100), Part(90, 99));
+        assert_eq!(byte_range("bytes=-10", 100), Part(90, 99));
+        assert_eq!(byte_range("bytes=-500", 100), Part(0, 99));
+        assert_eq!(byte_range("bytes=50-500", 100), Part(50, 99));
+        assert_eq!(byte_range("bytes=100-", 100), Unsatisfiable);
+        assert_eq!(byte_range("bytes=-0", 100), Unsatisfiable);
+        assert_eq!(byte_range("bytes=5-1", 100), Whole);
+        assert_eq!(byte_range("bytes=0-1,5-6", 100), Whole);
+        assert_eq!(byte_range("items=0-1", 100), Whole);
+        assert_eq!(byte_range("bytes=x-1", 100), Whole);
+    }
+}

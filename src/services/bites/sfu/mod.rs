@@ -1,0 +1,376 @@
+//! The SFU: one room per conversation, every participant's audio forwarded to every other
+//! participant's connection in the room, and handed (without waiting) to the bite pipeline.
+//!
+//! Room changes are bookkeeping under one lock (which tracks each participant should
+//! receive, and where each one's audio goes); each participant's negotiator then brings its
+//! connection in line and renegotiates. Media, forwarding and bite cutting run on a runtime of
+//! their own, so HTTP load and media do not queue behind each other.
+
+mod forward;
+pub mod peer;
+mod signal;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use rtc::rtp::extension::audio_level_extension::AudioLevelExtension;
+use rtc::shared::marshal::Unmarshal as _;
+use tokio::sync::mpsc;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+
+use self::forward::DownTrack;
+use self::peer::{Participant, PeerError, Route, Transport};
+use super::pipeline::{Ingest, Spoken};
+use super::utterance::Incoming;
+use crate::config::SfuConfig;
+use crate::platform::bus::unix_millis;
+
+pub use signal::{SignalState, configure};
+
+/// A client, as the SFU knows it: a user on one of their devices.
+type ClientKey = (String, String);
+
+pub struct Sfu {
+    transport: Arc<Transport>,
+    media: MediaRuntime,
+    ingest: Option<Ingest>,
+    max_room_size: usize,
+    rooms: Mutex<Rooms>,
+    stats: Arc<Stats>,
+}
+
+/// Counters since start, for `/metrics` and the benchmarks.
+#[derive(Default)]
+pub struct Stats {
+    pub received: AtomicU64,
+    pub forwarded: AtomicU64,
+    /// Packets a slow listener had no room for.
+    pub dropped: Arc<AtomicU64>,
+}
+
+#[derive(Default)]
+struct Rooms {
+    connected: HashMap<ClientKey, Arc<Participant>>,
+    /// Joins that came before the client's socket.
+    pending: HashMap<ClientKey, Arc<str>>,
+    rooms: HashMap<Arc<str>, Vec<Arc<Participant>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("the room of this conversation is full ({0} participants)")]
+    Full(usize),
+}
+
+/// A tokio runtime that may be dropped from async code (it is shut down in the background).
+struct MediaRuntime(Option<tokio::runtime::Runtime>);
+
+impl MediaRuntime {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        match &self.0 {
+            Some(runtime) => runtime.handle(),
+            // Only `drop` takes the runtime out.
+            None => unreachable!("media runtime used after drop"),
+        }
+    }
+}
+
+impl Drop for MediaRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Sfu {
+    pub fn new(config: &SfuConfig, ingest: Option<Ingest>) -> Result<Self, String> {
+        let threads = match config.threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("beep-media")
+            .enable_all()
+            .build()
+            .map_err(|err| format!("media runtime: {err}"))?;
+        Ok(Self {
+            transport: Arc::new(Transport::new(config)?),
+            media: MediaRuntime(Some(runtime)),
+            ingest,
+            max_room_size: config.max_room_size.max(2),
+            rooms: Mutex::default(),
+            stats: Arc::default(),
+        })
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    fn rooms(&self) -> std::sync::MutexGuard<'_, Rooms> {
+        self.rooms.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Opens a client's media connection; a connection of the same client before it is
+    /// closed. Returns the participant and the text frames to send it.
+    pub async fn connect(
+        self: &Arc<Self>,
+        user: &str,
+        client: &str,
+    ) -> Result<(Arc<Participant>, mpsc::Receiver<String>), PeerError> {
+        let (outbox, frames) = mpsc::channel(64);
+        let media = self.media.handle();
+        let built = media
+            .spawn(peer::build(
+                Arc::clone(&self.transport),
+                user.to_owned(),
+                client.to_owned(),
+                outbox,
+            ))
+            .await
+            .map_err(|err| PeerError::Task(err.to_string()))??;
+        let participant = built.participant;
+        media.spawn(built.negotiator.run());
+        media.spawn(Arc::clone(self).receive_tracks(Arc::clone(&participant), built.tracks));
+
+        let key = (user.to_owned(), client.to_owned());
+        let mut rooms = self.rooms();
+        if let Some(previous) = rooms
+            .connected
+            .insert(key.clone(), Arc::clone(&participant))
+        {
+            self.leave(&mut rooms, &previous);
+            close(&previous);
+        }
+        if let Some(room) = rooms.pending.remove(&key)
+            && let Err(err) = self.enter(&mut rooms, &participant, room)
+        {
+            tracing::debug!(error = %err, "a join made before connecting failed");
+        }
+        Ok((participant, frames))
+    }
+
+    /// The client's socket closed.
+    pub fn disconnect(&self, participant: &Arc<Participant>) {
+        let mut rooms = self.rooms();
+        let key = (participant.user.clone(), participant.client.clone());
+        if rooms
+            .connected
+            .get(&key)
+            .is_some_and(|current| Arc::ptr_eq(current, participant))
+        {
+            rooms.connected.remove(&key);
+            rooms.pending.remove(&key);
+        }
+        self.leave(&mut rooms, participant);
+        close(participant);
+    }
+
+    /// Puts the client in the conversation's room, out of any other. The caller has checked
+    /// membership. A client not connected yet enters when it connects.
+    pub fn join(&self, user: &str, client: &str, conversation: &str) -> Result<(), JoinError> {
+        let key = (user.to_owned(), client.to_owned());
+        let mut rooms = self.rooms();
+        match rooms.connected.get(&key).cloned() {
+            Some(participant) => self.enter(&mut rooms, &participant, conversation.into()),
+            None => {
+                rooms.pending.insert(key, conversation.into());
+                Ok(())
+            }
+        }
+    }
+
+    /// A member left or was removed: their clients leave the conversation's room.
+    pub fn member_removed(&self, conversation: &str, user: &str) {
+        let mut rooms = self.rooms();
+        let leaving: Vec<Arc<Participant>> = rooms
+            .rooms
+            .get(conversation)
+            .map(|room| room.iter().filter(|p| p.user == user).cloned().collect())
+            .unwrap_or_default();
+        for participant in leaving {
+            self.leave(&mut rooms, &participant);
+        }
+        rooms
+            .pending
+            .retain(|(pending_user, _), room| !(pending_user == user && &**room == conversation));
+    }
+
+    /// A conversation was deleted: its room empties.
+    pub fn conversation_deleted(&self, conversation: &str) {
+        let mut rooms = self.rooms();
+        let leaving = rooms.rooms.get(conversation).cloned().unwrap_or_default();
+        for participant in leaving {
+            self.leave(&mut rooms, &participant);
+        }
+        rooms.pending.retain(|_, room| &**room != conversation);
+    }
+
+    /// Who is in a conversation's room: `(user, client)` pairs.
+    pub fn room(&self, conversation: &str) -> Vec<(String, String)> {
+        self.rooms()
+            .rooms
+            .get(conversation)
+            .map(|room| {
+                room.iter()
+                    .map(|p| (p.user.clone(), p.client.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn enter(
+        &self,
+        rooms: &mut Rooms,
+        participant: &Arc<Participant>,
+        conversation: Arc<str>,
+    ) -> Result<(), JoinError> {
+        if participant.route().room.as_deref() == Some(&*conversation) {
+            return Ok(());
+        }
+        let size = rooms.rooms.get(&conversation).map_or(0, Vec::len);
+        if size >= self.max_room_size {
+            return Err(JoinError::Full(self.max_room_size));
+        }
+        self.leave(rooms, participant);
+        let room = rooms.rooms.entry(Arc::clone(&conversation)).or_default();
+        let media = self.media.handle();
+        let mut listeners = Vec::with_capacity(room.len());
+        for other in room.iter() {
+            // The newcomer's audio into the other's connection, and the other's into the
+            // newcomer's.
+            let to_other = DownTrack::new(
+                media,
+                (participant.id, &participant.user, &participant.client),
+                other.id,
+                Arc::clone(&self.stats.dropped),
+            );
+            other.wanted().insert(participant.id, Arc::clone(&to_other));
+            listeners.push(to_other);
+
+            let from_other = DownTrack::new(
+                media,
+                (other.id, &other.user, &other.client),
+                participant.id,
+                Arc::clone(&self.stats.dropped),
+            );
+            participant
+                .wanted()
+                .insert(other.id, Arc::clone(&from_other));
+            let route = other.route();
+            let mut other_listeners = route.listeners.clone();
+            other_listeners.push(from_other);
+            other.set_route(Route {
+                room: route.room.clone(),
+                listeners: other_listeners,
+            });
+            other.renegotiate();
+        }
+        room.push(Arc::clone(participant));
+        participant.set_route(Route {
+            room: Some(conversation),
+            listeners,
+        });
+        participant.renegotiate();
+        Ok(())
+    }
+
+    fn leave(&self, rooms: &mut Rooms, participant: &Arc<Participant>) {
+        let Some(conversation) = participant.route().room.clone() else {
+            return;
+        };
+        if let Some(room) = rooms.rooms.get_mut(&conversation) {
+            room.retain(|other| !Arc::ptr_eq(other, participant));
+            for other in room.iter() {
+                other.wanted().remove(&participant.id);
+                let route = other.route();
+                other.set_route(Route {
+                    room: route.room.clone(),
+                    listeners: route
+                        .listeners
+                        .iter()
+                        .filter(|down| down.listener != participant.id)
+                        .cloned()
+                        .collect(),
+                });
+                other.renegotiate();
+            }
+            if room.is_empty() {
+                rooms.rooms.remove(&conversation);
+            }
+        }
+        participant.wanted().clear();
+        participant.set_route(Route::default());
+        participant.renegotiate();
+    }
+
+    /// Starts forwarding each track the client sends.
+    async fn receive_tracks(
+        self: Arc<Self>,
+        participant: Arc<Participant>,
+        mut tracks: mpsc::UnboundedReceiver<Arc<dyn TrackRemote>>,
+    ) {
+        while let Some(track) = tracks.recv().await {
+            let feed = self
+                .ingest
+                .as_ref()
+                .map(|ingest| ingest.speaker(&participant.user, &participant.client));
+            tokio::spawn(forward(
+                Arc::clone(&participant),
+                track,
+                feed,
+                Arc::clone(&self.stats),
+            ));
+        }
+    }
+}
+
+fn close(participant: &Participant) {
+    participant.closed.cancel();
+    let _gone = participant.negotiate.send(peer::Negotiation::Close);
+}
+
+/// The hot path: each packet of a participant's track goes to the tracks of everyone else in
+/// the room, and to the speaker's bite task. Nothing here waits.
+async fn forward(
+    participant: Arc<Participant>,
+    track: Arc<dyn TrackRemote>,
+    feed: Option<super::pipeline::SpeakerFeed>,
+    stats: Arc<Stats>,
+) {
+    while let Some(event) = track.poll().await {
+        let TrackRemoteEvent::OnRtpPacket(packet) = event else {
+            continue;
+        };
+        stats.received.fetch_add(1, Ordering::Relaxed);
+        let level_id = participant.level_id.load(Ordering::Relaxed);
+        let level = match level_id {
+            0 => None,
+            id => packet
+                .header
+                .get_extension(id)
+                .and_then(|mut bytes| AudioLevelExtension::unmarshal(&mut bytes).ok()),
+        };
+        let route = participant.route();
+        for down in &route.listeners {
+            down.offer(&packet, level);
+        }
+        stats
+            .forwarded
+            .fetch_add(route.listeners.len() as u64, Ordering::Relaxed);
+        if let (Some(feed), Some(room)) = (&feed, &route.room) {
+            feed.push(Spoken {
+                conversation: Arc::clone(room),
+                packet: Incoming {
+                    timestamp: packet.header.timestamp,
+                    arrived_ms: unix_millis(),
+                    level: level.map(|level| level.level),
+                    payload: packet.payload,
+                },
+            });
+        }
+    }
+}

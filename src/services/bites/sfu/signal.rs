@@ -1,0 +1,231 @@
+//! `/webrtc`: the original signalling socket and join route, and the ICE servers for clients.
+//!
+//! Socket frames are text, `<tag>::<payload>`: `offer::<sdp>`, `answer::<sdp>` and
+//! `ice::<candidate>` both ways. A candidate from the client may be a bare `candidate:` line
+//! (the original clients) or `RTCIceCandidateInit` JSON; the server sends JSON. A message the
+//! server cannot use is answered `error::{"code","message"}`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
+use serde_json::json;
+use tokio::sync::mpsc;
+use webrtc::peer_connection::RTCIceCandidateInit;
+
+use super::peer::{Negotiation, Participant};
+use super::{JoinError, Sfu};
+use crate::config::IceServer;
+use crate::platform::http::{ApiError, Caller};
+use crate::platform::membership::SharedAccess;
+use crate::services::bites::routes::member_of;
+
+pub struct SignalState {
+    pub sfu: Arc<Sfu>,
+    pub access: SharedAccess,
+    pub ice_servers: Vec<IceServer>,
+    pub max_message_bytes: usize,
+}
+
+type State = web::Data<SignalState>;
+
+/// Pings keep the socket open through proxies that close idle connections.
+const PING_EVERY: Duration = Duration::from_secs(25);
+
+pub fn configure(cfg: &mut web::ServiceConfig, state: State) {
+    cfg.service(
+        web::scope("/webrtc")
+            .app_data(state)
+            .route("/connect", web::get().to(connect))
+            .route("/join/{conversation}", web::post().to(join))
+            .route("/config", web::get().to(ice_config)),
+    );
+}
+
+/// `GET /webrtc/config`: `{"iceServers":[…]}`, as a browser's `RTCPeerConnection` takes it.
+async fn ice_config(state: State, _caller: Caller) -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "iceServers": state.ice_servers }))
+}
+
+/// `POST /webrtc/join/{conversation}`: members only; leaves the previous room.
+async fn join(
+    state: State,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    member_of(&state.access, &caller, &path).await?;
+    state
+        .sfu
+        .join(&caller.user_id, &caller.client_id, &path)
+        .map_err(|err| match err {
+            JoinError::Full(_) => ApiError::new(StatusCode::CONFLICT, "room_full", err.to_string()),
+        })?;
+    Ok(HttpResponse::Ok().finish())
+}
+
+/// `GET /webrtc/connect`: upgrades to the signalling socket and opens the media connection.
+async fn connect(
+    state: State,
+    caller: Caller,
+    req: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (response, session, stream) = actix_ws::handle(&req, body).map_err(|err| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "websocket_required",
+            format!("this route speaks WebSocket: {err}"),
+        )
+    })?;
+    let (participant, frames) = state
+        .sfu
+        .connect(&caller.user_id, &caller.client_id)
+        .await
+        .map_err(|err| {
+            tracing::warn!(error = %err, "a media connection could not be opened");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "media_unavailable",
+                "the media connection cannot be opened right now",
+            )
+        })?;
+    let stream = stream
+        .max_frame_size(state.max_message_bytes)
+        .aggregate_continuations()
+        .max_continuation_size(state.max_message_bytes);
+    actix_web::rt::spawn(serve(
+        Arc::clone(&state.sfu),
+        participant,
+        session,
+        stream,
+        frames,
+    ));
+    Ok(response)
+}
+
+async fn serve(
+    sfu: Arc<Sfu>,
+    participant: Arc<Participant>,
+    mut session: actix_ws::Session,
+    mut stream: actix_ws::AggregatedMessageStream,
+    mut frames: mpsc::Receiver<String>,
+) {
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    let reason = loop {
+        tokio::select! {
+            () = participant.closed.cancelled() => {
+                break Some(CloseReason { code: CloseCode::Normal, description: Some("replaced by a newer connection".into()) });
+            }
+            frame = frames.recv() => {
+                let Some(frame) = frame else { break None };
+                if session.text(frame).await.is_err() {
+                    break None;
+                }
+            }
+            message = stream.recv() => match message {
+                None => break None,
+                Some(Err(err)) => {
+                    break Some(CloseReason { code: CloseCode::Size, description: Some(err.to_string()) });
+                }
+                Some(Ok(AggregatedMessage::Text(text))) => {
+                    if let Err(error) = read(&participant, &text) {
+                        if session.text(format!("error::{error}")).await.is_err() {
+                            break None;
+                        }
+                    }
+                }
+                Some(Ok(AggregatedMessage::Ping(bytes))) => {
+                    if session.pong(&bytes).await.is_err() {
+                        break None;
+                    }
+                }
+                Some(Ok(AggregatedMessage::Close(_))) => break None,
+                Some(Ok(AggregatedMessage::Binary(_))) => {
+                    let error = json!({"code": "text_only", "message": "messages are text frames"});
+                    if session.text(format!("error::{error}")).await.is_err() {
+                        break None;
+                    }
+                }
+                Some(Ok(AggregatedMessage::Pong(_))) => {}
+            },
+            _ = ping.tick() => {
+                if session.ping(b"").await.is_err() {
+                    break None;
+                }
+            }
+        }
+    };
+    sfu.disconnect(&participant);
+    let _already_closed = session.close(reason).await;
+}
+
+/// Hands one client message to the negotiator, or says what is wrong with it.
+fn read(participant: &Participant, text: &str) -> Result<(), serde_json::Value> {
+    let Some((tag, payload)) = text.split_once("::") else {
+        return Err(json!({"code": "unknown_message", "message": "expected <tag>::<payload>"}));
+    };
+    let work = match tag {
+        "offer" => Negotiation::Offer(payload.to_owned()),
+        "answer" => Negotiation::Answer(payload.to_owned()),
+        "ice" => Negotiation::Candidate(candidate(payload)?),
+        _ => {
+            return Err(json!({
+                "code": "unknown_message",
+                "message": format!("unknown tag {tag:?}: expected offer, answer or ice"),
+            }));
+        }
+    };
+    // The negotiator only stops after the participant is closed.
+    let _closed = participant.negotiate.send(work);
+    Ok(())
+}
+
+/// A candidate as JSON (`RTCIceCandidateInit`) or as the bare line the original clients send.
+fn candidate(payload: &str) -> Result<RTCIceCandidateInit, serde_json::Value> {
+    let payload = payload.trim();
+    if payload.starts_with('{') {
+        return serde_json::from_str(payload)
+            .map_err(|err| json!({"code": "invalid_candidate", "message": err.to_string()}));
+    }
+    let line = payload.strip_prefix("a=").unwrap_or(payload);
+    if !line.starts_with("candidate:") && !line.is_empty() {
+        return Err(
+            json!({"code": "invalid_candidate", "message": "expected a candidate: line or RTCIceCandidateInit JSON"}),
+        );
+    }
+    Ok(RTCIceCandidateInit {
+        candidate: line.to_owned(),
+        sdp_mid: None,
+        sdp_mline_index: Some(0),
+        username_fragment: None,
+        url: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_in_both_forms() {
+        let line = "candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host";
+        assert_eq!(candidate(line).map(|c| c.candidate), Ok(line.to_owned()));
+        assert_eq!(
+            candidate(&format!("a={line}")).map(|c| c.candidate),
+            Ok(line.to_owned())
+        );
+        let json = format!(r#"{{"candidate":"{line}","sdpMid":"0","sdpMLineIndex":0}}"#);
+        let parsed = candidate(&json).map_err(|e| e.to_string());
+        assert_eq!(
+            parsed.as_ref().map(|c| c.sdp_mid.clone()),
+            Ok(Some("0".into()))
+        );
+        assert!(candidate("udp4 host 1.2.3.4:5000").is_err());
+        assert!(candidate("{not json").is_err());
+        // An empty candidate is the browser's end of candidates.
+        assert_eq!(candidate("").map(|c| c.candidate), Ok(String::new()));
+    }
+}

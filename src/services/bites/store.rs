@@ -1,0 +1,483 @@
+//! Where bites live: the [`BiteStore`] seam, and its sled engine.
+//!
+//! Keys keep the original store's shape and order, `bite+<conversation>@<start>`, with the
+//! start in milliseconds (8 bytes, big-endian) and the speaker appended, so two speakers who
+//! start in the same millisecond never overwrite each other.
+//!
+//! Three trees, written in one transaction: `index` (key → metadata, small, so scans never
+//! read audio), `audio` (key → the Ogg file) and `expiry` (start + key → nothing, so retention
+//! reads only what it deletes).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sled::Transactional as _;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+/// What is known of one stored bite besides its audio. Also the JSON of the list route and
+/// of the `bite_stored` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BiteMeta {
+    pub conversation: String,
+    /// The speaker's user id and the client (device) they spoke from.
+    pub user: String,
+    pub client: String,
+    /// Unix milliseconds of the first packet of speech.
+    pub start: u64,
+    /// Milliseconds of speech.
+    pub duration: u64,
+    /// Bytes of the Ogg Opus file.
+    pub size: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewBite {
+    pub meta: BiteMeta,
+    pub audio: Bytes,
+}
+
+/// The original scan's answer: starts in `[from, to]`, and hints for the pages either side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Scan {
+    /// The last start before `from`, or 0.
+    pub previous: u64,
+    pub starts: Vec<u64>,
+    /// The first start after those answered, or 0.
+    pub next: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("bite store: {0}")]
+    Engine(#[from] sled::Error),
+    #[error("bite store: undecodable metadata under {key}: {source}")]
+    Corrupt {
+        key: String,
+        source: serde_json::Error,
+    },
+}
+
+/// The bite store's operations. Synchronous (the engine is); call from a blocking thread.
+pub trait BiteStore: Send + Sync {
+    /// Writes bites atomically and durably: when this returns, a crash keeps them.
+    fn insert(&self, bites: &[NewBite]) -> Result<(), StoreError>;
+    fn scan(
+        &self,
+        conversation: &str,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Scan, StoreError>;
+    /// Metadata of the bites starting in `[from, to]`, oldest first. Stops after `limit`, but
+    /// not inside a run of equal starts, so paging by start neither repeats nor skips.
+    fn list(
+        &self,
+        conversation: &str,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<BiteMeta>, StoreError>;
+    /// The bite starting at `start`: the given speaker's, or else the first.
+    fn get(
+        &self,
+        conversation: &str,
+        start: u64,
+        speaker: Option<(&str, &str)>,
+    ) -> Result<Option<(BiteMeta, Bytes)>, StoreError>;
+    /// Deletes every bite of a conversation; returns how many.
+    fn delete_conversation(&self, conversation: &str) -> Result<usize, StoreError>;
+    /// Deletes up to `max` bites that started before `cutoff`; returns how many.
+    fn delete_started_before(&self, cutoff: u64, max: usize) -> Result<usize, StoreError>;
+    fn size_on_disk(&self) -> Result<u64, StoreError>;
+}
+
+pub type SharedStore = Arc<dyn BiteStore>;
+
+pub struct SledStore {
+    db: sled::Db,
+    index: sled::Tree,
+    audio: sled::Tree,
+    expiry: sled::Tree,
+}
+
+impl SledStore {
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(dir).open()?;
+        Ok(Self {
+            index: db.open_tree("bites.index")?,
+            audio: db.open_tree("bites.audio")?,
+            expiry: db.open_tree("bites.expiry")?,
+            db,
+        })
+    }
+
+    fn remove(&self, keys: &[Vec<u8>]) -> Result<(), StoreError> {
+        let mut index = sled::Batch::default();
+        let mut audio = sled::Batch::default();
+        let mut expiry = sled::Batch::default();
+        for key in keys {
+            index.remove(key.as_slice());
+            audio.remove(key.as_slice());
+            if let Some(start) = key::start_of(key) {
+                expiry.remove(key::expiry(start, key));
+            }
+        }
+        // Index first: a crash in between leaves audio nobody can reach, which the next
+        // sweep over the same keys removes, never metadata pointing at nothing.
+        self.index.apply_batch(index)?;
+        self.audio.apply_batch(audio)?;
+        self.expiry.apply_batch(expiry)?;
+        Ok(())
+    }
+
+    fn decode(key: &[u8], value: &[u8]) -> Result<BiteMeta, StoreError> {
+        serde_json::from_slice(value).map_err(|source| StoreError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            source,
+        })
+    }
+}
+
+impl BiteStore for SledStore {
+    fn insert(&self, bites: &[NewBite]) -> Result<(), StoreError> {
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = bites
+            .iter()
+            .map(|bite| {
+                let key = key::bite(
+                    &bite.meta.conversation,
+                    bite.meta.start,
+                    &bite.meta.user,
+                    &bite.meta.client,
+                );
+                // Serializing a struct of strings and integers cannot fail.
+                let meta = serde_json::to_vec(&bite.meta).unwrap_or_default();
+                (key, meta)
+            })
+            .collect();
+        let written: Result<(), TransactionError<()>> = (&self.index, &self.audio, &self.expiry)
+            .transaction(|(index, audio, expiry)| {
+                for ((key, meta), bite) in entries.iter().zip(bites) {
+                    audio.insert(key.as_slice(), bite.audio.as_ref())?;
+                    expiry.insert(key::expiry(bite.meta.start, key), &[] as &[u8])?;
+                    index.insert(key.as_slice(), meta.as_slice())?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        match written {
+            Ok(()) => {}
+            Err(TransactionError::Storage(err)) => return Err(err.into()),
+            Err(TransactionError::Abort(())) => {}
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn scan(
+        &self,
+        conversation: &str,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Scan, StoreError> {
+        let prefix = key::prefix(conversation);
+        let from_key = key::at(&prefix, from);
+        let previous = match self
+            .index
+            .range(prefix.clone()..from_key.clone())
+            .next_back()
+        {
+            Some(entry) => key::start_of(&entry?.0).unwrap_or(0),
+            None => 0,
+        };
+        let mut starts: Vec<u64> = Vec::new();
+        let mut next = 0;
+        for entry in self.index.range(from_key..key::end(&prefix)) {
+            let (key, _) = entry?;
+            let Some(start) = key::start_of(&key) else {
+                continue;
+            };
+            if starts.last() == Some(&start) {
+                continue;
+            }
+            if start > to || starts.len() == limit {
+                next = start;
+                break;
+            }
+            starts.push(start);
+        }
+        Ok(Scan {
+            previous,
+            starts,
+            next,
+        })
+    }
+
+    fn list(
+        &self,
+        conversation: &str,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<BiteMeta>, StoreError> {
+        let prefix = key::prefix(conversation);
+        let mut bites: Vec<BiteMeta> = Vec::new();
+        for entry in self.index.range(key::at(&prefix, from)..key::end(&prefix)) {
+            let (key, value) = entry?;
+            let Some(start) = key::start_of(&key) else {
+                continue;
+            };
+            let tie = bites.last().is_some_and(|last| last.start == start);
+            if start > to || (bites.len() >= limit && !tie) {
+                break;
+            }
+            bites.push(Self::decode(&key, &value)?);
+        }
+        Ok(bites)
+    }
+
+    fn get(
+        &self,
+        conversation: &str,
+        start: u64,
+        speaker: Option<(&str, &str)>,
+    ) -> Result<Option<(BiteMeta, Bytes)>, StoreError> {
+        let prefix = key::prefix(conversation);
+        let found = match speaker {
+            Some((user, client)) => {
+                let key = key::bite(conversation, start, user, client);
+                self.index.get(&key)?.map(|meta| (key, meta))
+            }
+            None => {
+                let upper = match start.checked_add(1) {
+                    Some(after) => key::at(&prefix, after),
+                    None => key::end(&prefix),
+                };
+                self.index
+                    .range(key::at(&prefix, start)..upper)
+                    .next()
+                    .transpose()?
+                    .map(|(key, meta)| (key.to_vec(), meta))
+            }
+        };
+        let Some((key, meta)) = found else {
+            return Ok(None);
+        };
+        let meta = Self::decode(&key, &meta)?;
+        Ok(self
+            .audio
+            .get(&key)?
+            .map(|audio| (meta, Bytes::copy_from_slice(&audio))))
+    }
+
+    fn delete_conversation(&self, conversation: &str) -> Result<usize, StoreError> {
+        const CHUNK: usize = 1024;
+        let prefix = key::prefix(conversation);
+        let mut deleted = 0;
+        loop {
+            let keys: Vec<Vec<u8>> = self
+                .index
+                .scan_prefix(&prefix)
+                .keys()
+                .take(CHUNK)
+                .map(|key| key.map(|key| key.to_vec()))
+                .collect::<Result<_, _>>()?;
+            self.remove(&keys)?;
+            deleted += keys.len();
+            if keys.len() < CHUNK {
+                return Ok(deleted);
+            }
+        }
+    }
+
+    fn delete_started_before(&self, cutoff: u64, max: usize) -> Result<usize, StoreError> {
+        let keys: Vec<Vec<u8>> = self
+            .expiry
+            .range(..cutoff.to_be_bytes().to_vec())
+            .keys()
+            .take(max)
+            .map(|entry| entry.map(|expiry| expiry[8..].to_vec()))
+            .collect::<Result<_, _>>()?;
+        self.remove(&keys)?;
+        Ok(keys.len())
+    }
+
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+}
+
+/// The byte layout of keys.
+mod key {
+    pub fn prefix(conversation: &str) -> Vec<u8> {
+        let mut prefix = Vec::with_capacity(6 + conversation.len() + 8 + 80);
+        prefix.extend_from_slice(b"bite+");
+        prefix.extend_from_slice(conversation.as_bytes());
+        prefix.push(b'@');
+        prefix
+    }
+
+    /// The first possible key at `start`.
+    pub fn at(prefix: &[u8], start: u64) -> Vec<u8> {
+        let mut key = prefix.to_vec();
+        key.extend_from_slice(&start.to_be_bytes());
+        key
+    }
+
+    /// Just past every key of the prefix (`@` + 1 is `A`).
+    pub fn end(prefix: &[u8]) -> Vec<u8> {
+        let mut end = prefix.to_vec();
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        end
+    }
+
+    pub fn bite(conversation: &str, start: u64, user: &str, client: &str) -> Vec<u8> {
+        let mut key = at(&prefix(conversation), start);
+        key.extend_from_slice(user.as_bytes());
+        key.push(b'/');
+        key.extend_from_slice(client.as_bytes());
+        key
+    }
+
+    /// The start of a bite key: the 8 bytes after the first `@` (conversation ids have none).
+    pub fn start_of(key: &[u8]) -> Option<u64> {
+        let at = key.iter().position(|&b| b == b'@')?;
+        let bytes = key.get(at + 1..at + 9)?;
+        Some(u64::from_be_bytes(bytes.try_into().ok()?))
+    }
+
+    pub fn expiry(start: u64, key: &[u8]) -> Vec<u8> {
+        let mut expiry = Vec::with_capacity(8 + key.len());
+        expiry.extend_from_slice(&start.to_be_bytes());
+        expiry.extend_from_slice(key);
+        expiry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bite(conversation: &str, start: u64, user: &str) -> NewBite {
+        let audio = Bytes::from(format!("ogg of {user} at {start}"));
+        NewBite {
+            meta: BiteMeta {
+                conversation: conversation.into(),
+                user: user.into(),
+                client: "phone".into(),
+                start,
+                duration: 100,
+                size: audio.len() as u64,
+            },
+            audio,
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, SledStore) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SledStore::open(dir.path()).expect("open");
+        (dir, store)
+    }
+
+    #[test]
+    fn keys_keep_the_original_shape_and_order() {
+        let key = key::bite("c-1", 0x0102, "u-a", "phone");
+        assert_eq!(&key[..9], b"bite+c-1@");
+        assert_eq!(&key[9..17], &[0, 0, 0, 0, 0, 0, 1, 2]);
+        assert_eq!(&key[17..], b"u-a/phone");
+        assert_eq!(key::start_of(&key), Some(0x0102));
+        assert!(key::bite("c-1", 255, "u-z", "z") < key::bite("c-1", 256, "u-a", "a"));
+    }
+
+    #[test]
+    fn scan_answers_like_the_original_and_ties_do_not_overwrite() {
+        let (_dir, store) = store();
+        let bites = [
+            bite("c-1", 1000, "u-a"),
+            bite("c-1", 2000, "u-a"),
+            bite("c-1", 2000, "u-b"),
+            bite("c-1", 3000, "u-a"),
+            bite("c-1", 4000, "u-a"),
+            bite("c-2", 2500, "u-a"),
+        ];
+        store.insert(&bites).expect("insert");
+        let scan = store.scan("c-1", 2000, 3000, 100).expect("scan");
+        assert_eq!(
+            scan,
+            Scan {
+                previous: 1000,
+                starts: vec![2000, 3000],
+                next: 4000
+            }
+        );
+        let scan = store.scan("c-1", 0, 500, 100).expect("scan");
+        assert_eq!(
+            scan,
+            Scan {
+                previous: 0,
+                starts: vec![],
+                next: 1000
+            }
+        );
+        let scan = store.scan("c-1", 1500, u64::MAX, 2).expect("scan");
+        assert_eq!(
+            scan,
+            Scan {
+                previous: 1000,
+                starts: vec![2000, 3000],
+                next: 4000
+            }
+        );
+
+        let listed = store.list("c-1", 2000, 2000, 1).expect("list");
+        let speakers: Vec<&str> = listed.iter().map(|b| b.user.as_str()).collect();
+        assert_eq!(speakers, ["u-a", "u-b"], "a page does not end inside a tie");
+
+        let (meta, audio) = store
+            .get("c-1", 2000, Some(("u-b", "phone")))
+            .expect("get")
+            .expect("found");
+        assert_eq!(
+            (meta.user.as_str(), &audio[..]),
+            ("u-b", &b"ogg of u-b at 2000"[..])
+        );
+        let (meta, _) = store.get("c-1", 2000, None).expect("get").expect("found");
+        assert_eq!(meta.user, "u-a");
+        assert!(store.get("c-1", 2001, None).expect("get").is_none());
+        assert!(store.get("c-2", 2000, None).expect("get").is_none());
+    }
+
+    #[test]
+    fn retention_and_conversation_deletion_remove_every_trace() {
+        let (_dir, store) = store();
+        let bites: Vec<NewBite> = (0..10)
+            .map(|i| bite("c-1", i * 1000, "u-a"))
+            .chain([bite("c-2", 5500, "u-a")])
+            .collect();
+        store.insert(&bites).expect("insert");
+        assert_eq!(store.delete_started_before(3000, 2).expect("sweep"), 2);
+        assert_eq!(store.delete_started_before(3000, 100).expect("sweep"), 1);
+        assert_eq!(
+            store.scan("c-1", 0, u64::MAX, 100).expect("scan").starts,
+            vec![3000, 4000, 5000, 6000, 7000, 8000, 9000]
+        );
+        assert!(store.get("c-1", 0, None).expect("get").is_none());
+        assert_eq!(store.delete_conversation("c-1").expect("delete"), 7);
+        assert!(
+            store
+                .scan("c-1", 0, u64::MAX, 100)
+                .expect("scan")
+                .starts
+                .is_empty()
+        );
+        assert_eq!(store.audio.len(), 1);
+        assert_eq!(store.expiry.len(), 1);
+        assert_eq!(
+            store.scan("c-2", 0, u64::MAX, 100).expect("scan").starts,
+            vec![5500]
+        );
+    }
+}
