@@ -6,12 +6,17 @@
 
 mod auth;
 mod binary;
+#[cfg(feature = "bites")]
+mod bites;
 mod blobs;
 mod bus;
 mod cache;
 mod core;
 mod helpers;
 mod http;
+#[cfg(feature = "bites")]
+#[path = "../common/peer.rs"]
+mod peer;
 mod readiness;
 #[path = "../common/served.rs"]
 mod served;

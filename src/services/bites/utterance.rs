@@ -149,6 +149,17 @@ impl Segmenter {
                     expected = *recent_ts;
                     preroll.push((*recent_ts, payload.clone()));
                 }
+                if preroll.is_empty()
+                    && let Some(&toc) = packet.payload.first()
+                {
+                    // Nothing before speech (its first packet): one empty frame, which the
+                    // decoder conceals, so players still get a pre-skip to settle on.
+                    let filler = Bytes::from(vec![toc & !0x03]);
+                    let samples = packet_samples(&filler);
+                    if let Some(filler_ts) = ts.checked_sub(samples) {
+                        preroll.push((filler_ts, filler));
+                    }
+                }
                 packets.extend(preroll.into_iter().rev());
                 packets.push((ts, packet.payload.clone()));
                 self.current = Some(Building {
@@ -351,8 +362,11 @@ mod tests {
         bites.extend(seg.finish());
         assert_eq!(bites.len(), 1);
         assert_eq!(bites[0].duration_ms, 1000);
+        // Speech came first, so one empty frame stands in for the pre-roll.
+        assert_eq!(bites[0].pre_skip, 960);
+        assert_eq!(bites[0].packets[0].payload, Bytes::from_static(&[0xf8]));
         let last = bites[0].packets.last().map(|p| p.offset);
-        assert_eq!(last, Some(980 * SAMPLES_PER_MS));
+        assert_eq!(last, Some((20 + 980) * SAMPLES_PER_MS));
     }
 
     #[test]
@@ -367,6 +381,6 @@ mod tests {
         };
         assert!(seg.push(late).is_none());
         let bite = seg.finish();
-        assert_eq!(bite.map(|b| b.packets.len()), Some(5));
+        assert_eq!(bite.map(|b| b.packets.len()), Some(1 + 5));
     }
 }

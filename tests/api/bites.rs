@@ -1,0 +1,604 @@
+//! bites over the wire: WebRTC peers (the `webrtc` crate) joined to conversations through
+//! `/webrtc`, hearing each other and nobody else; the bites cut from their speech, stored as
+//! Ogg Opus and read back through `/store`; retention; and who may read.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::auth::{Tokens, login_as};
+use crate::helpers::{TestApp, columns, error_code, unique_phone};
+use crate::peer::{Peer, synthetic_opus};
+
+/// Speech and silence as the RFC 6464 levels a browser puts on its packets.
+const SPEECH: Option<u8> = Some(20);
+const SILENCE: Option<u8> = Some(127);
+
+struct Member {
+    tokens: Tokens,
+    client: String,
+}
+
+impl Member {
+    /// The track id the SFU gives this member's audio.
+    fn track(&self) -> String {
+        format!("{}:{}", self.tokens.user_id, self.client)
+    }
+}
+
+async fn member(app: &TestApp, client: &str) -> Member {
+    Member {
+        tokens: login_as(app, &unique_phone(), client).await,
+        client: client.to_owned(),
+    }
+}
+
+fn call(app: &TestApp, method: &str, path: &str, who: &Tokens) -> reqwest::RequestBuilder {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    app.client
+        .request(method, app.url(path))
+        .bearer_auth(&who.access)
+}
+
+async fn conversation_of(app: &TestApp, owner: &Tokens, others: &[&Tokens]) -> String {
+    let response = call(app, "POST", "/core/user/conversation", owner)
+        .json(&json!({ "title": "bites" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for other in others {
+        let status = call(
+            app,
+            "POST",
+            &format!("/core/user/conversation/{id}/member"),
+            owner,
+        )
+        .json(&json!({ "id": other.user_id }))
+        .send()
+        .await
+        .unwrap()
+        .status();
+        assert_eq!(status, 200);
+    }
+    id
+}
+
+async fn join(app: &TestApp, who: &Tokens, conversation: &str) -> reqwest::Response {
+    call(app, "POST", &format!("/webrtc/join/{conversation}"), who)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn ws_base(app: &TestApp) -> String {
+    app.url("").replacen("http://", "ws://", 1)
+}
+
+/// Waits up to `within` for `condition`.
+async fn eventually(within: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends 20 ms packets of speech from `peer` for `ms`.
+async fn talk(peer: &mut Peer, ms: usize) {
+    let packets: Vec<Vec<u8>> = (0..ms / 20).map(|i| synthetic_opus(i as u8, 60)).collect();
+    peer.speak(&packets, SPEECH).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_hear_each_other_and_nobody_else() {
+    for column in columns() {
+        let app = TestApp::spawn(column).await;
+        let ws = ws_base(&app);
+        let alice = member(&app, "alice-phone").await;
+        let bob = member(&app, "bob-phone").await;
+        let carol = member(&app, "carol-phone").await;
+        let mallory = member(&app, "mallory-phone").await;
+        let conversation =
+            conversation_of(&app, &alice.tokens, &[&bob.tokens, &carol.tokens]).await;
+        let elsewhere = conversation_of(&app, &mallory.tokens, &[]).await;
+
+        // Alice joins before connecting (the join waits for her socket); Bob after.
+        assert_eq!(join(&app, &alice.tokens, &conversation).await.status(), 200);
+        let mut a = Peer::connect(&ws, &alice.tokens.access).await;
+        let mut b = Peer::connect(&ws, &bob.tokens.access).await;
+        assert_eq!(join(&app, &bob.tokens, &conversation).await.status(), 200);
+        let mut m = Peer::connect(&ws, &mallory.tokens.access).await;
+        let refused = join(&app, &mallory.tokens, &conversation).await;
+        assert_eq!(error_code(refused, 403).await, "not_a_member", "{column:?}");
+        assert_eq!(join(&app, &mallory.tokens, &elsewhere).await.status(), 200);
+
+        // Both speak; each hears the other, never itself; Mallory, in her own room, nothing.
+        let speaking = async {
+            for _ in 0..3 {
+                talk(&mut a, 200).await;
+                if b.heard_from(&alice.tokens.user_id) > 0 {
+                    break;
+                }
+            }
+        };
+        speaking.await;
+        talk(&mut b, 400).await;
+        talk(&mut m, 200).await;
+        eventually(
+            Duration::from_secs(5),
+            "Alice and Bob to hear each other",
+            || b.heard_from(&alice.tokens.user_id) > 0 && a.heard_from(&bob.tokens.user_id) > 0,
+        )
+        .await;
+        assert_eq!(b.speakers(), vec![alice.track()], "{column:?}");
+        assert_eq!(a.speakers(), vec![bob.track()], "{column:?}");
+        assert!(m.speakers().is_empty(), "{column:?}: {:?}", m.speakers());
+        let heard = b.heard.lock().unwrap()[&alice.track()].clone();
+        assert!(
+            heard
+                .iter()
+                .all(|p| p.payload.len() == 60 && p.payload[0] == 0xfc)
+        );
+        assert!(
+            heard.iter().all(|p| p.level == Some(20)),
+            "levels are forwarded"
+        );
+
+        // Carol joins: both are renegotiated and hear her; she hears both.
+        let offers_before = (
+            a.offers.load(std::sync::atomic::Ordering::SeqCst),
+            b.offers.load(std::sync::atomic::Ordering::SeqCst),
+        );
+        let mut c = Peer::connect(&ws, &carol.tokens.access).await;
+        assert_eq!(join(&app, &carol.tokens, &conversation).await.status(), 200);
+        eventually(Duration::from_secs(5), "renegotiation", || {
+            a.offers.load(std::sync::atomic::Ordering::SeqCst) > offers_before.0
+                && b.offers.load(std::sync::atomic::Ordering::SeqCst) > offers_before.1
+        })
+        .await;
+        for _ in 0..10 {
+            talk(&mut a, 100).await;
+            talk(&mut b, 100).await;
+            talk(&mut c, 100).await;
+            if c.speakers().len() == 2
+                && a.heard_from(&carol.tokens.user_id) > 0
+                && b.heard_from(&carol.tokens.user_id) > 0
+            {
+                break;
+            }
+        }
+        assert_eq!(c.speakers(), {
+            let mut both = vec![alice.track(), bob.track()];
+            both.sort();
+            both
+        });
+        assert!(a.heard_from(&carol.tokens.user_id) > 0, "{column:?}");
+        assert!(b.heard_from(&carol.tokens.user_id) > 0, "{column:?}");
+
+        // Bob is removed from the conversation: within a second he hears nothing more.
+        let removed = call(
+            &app,
+            "DELETE",
+            &format!(
+                "/core/user/conversation/{conversation}/member/{}",
+                bob.tokens.user_id
+            ),
+            &alice.tokens,
+        )
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(removed.status(), 200);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (bob_heard, alice_heard_bob) = (
+            b.heard_from(&alice.tokens.user_id),
+            a.heard_from(&bob.tokens.user_id),
+        );
+        talk(&mut a, 300).await;
+        talk(&mut b, 300).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            b.heard_from(&alice.tokens.user_id),
+            bob_heard,
+            "{column:?}: removed member still hears"
+        );
+        assert_eq!(
+            a.heard_from(&bob.tokens.user_id),
+            alice_heard_bob,
+            "{column:?}: removed member still heard"
+        );
+        let rejoin = join(&app, &bob.tokens, &conversation).await;
+        assert_eq!(error_code(rejoin, 403).await, "not_a_member");
+
+        // Bad signalling is answered, not fatal.
+        a.signal("shout::hello");
+        a.signal("ice::udp4 host 1.2.3.4:5000");
+        eventually(Duration::from_secs(5), "error messages", || {
+            a.errors.lock().unwrap().len() == 2
+        })
+        .await;
+        let errors = a.errors.lock().unwrap().clone();
+        assert!(errors[0].contains("unknown_message"), "{errors:?}");
+        assert!(errors[1].contains("invalid_candidate"), "{errors:?}");
+
+        for peer in [a, b, c, m] {
+            peer.close().await;
+        }
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn signalling_needs_a_token_and_a_websocket() {
+    let app = TestApp::spawn(crate::helpers::Column::Embedded).await;
+    let alice = member(&app, "phone").await;
+    let response = app
+        .client
+        .get(app.url("/webrtc/connect"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let response = call(&app, "GET", "/webrtc/connect", &alice.tokens)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(response, 400).await, "websocket_required");
+    let response = call(&app, "POST", "/webrtc/join/c-nope", &alice.tokens)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(response, 400).await, "invalid_id");
+    let config: Value = call(&app, "GET", "/webrtc/config", &alice.tokens)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(config, json!({"iceServers": []}));
+    app.stop().await;
+}
+
+/// Real Opus from Debian's opus-tools when installed (CI installs it), else synthetic packets.
+fn opus_packets(count: usize) -> Vec<Vec<u8>> {
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("tone.wav");
+    let opus = dir.path().join("tone.opus");
+    std::fs::write(&wav, tone_wav(count * 20)).unwrap();
+    let encoded = Command::new("opusenc")
+        .args(["--quiet", "--framesize", "20", "--bitrate", "32"])
+        .arg(&wav)
+        .arg(&opus)
+        .status();
+    match encoded {
+        Ok(status) if status.success() => {
+            let packets = ogg_packets(&std::fs::read(&opus).unwrap());
+            // Skip OpusHead and OpusTags.
+            packets.into_iter().skip(2).take(count).collect()
+        }
+        _ => (0..count).map(|i| synthetic_opus(i as u8, 60)).collect(),
+    }
+}
+
+/// A 48 kHz mono 16-bit WAV of a 440 Hz tone.
+fn tone_wav(ms: usize) -> Vec<u8> {
+    let samples = ms * 48;
+    let mut wav = Vec::with_capacity(44 + samples * 2);
+    let data_len = (samples * 2) as u32;
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + data_len).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes());
+    wav.extend_from_slice(&48_000u32.to_le_bytes());
+    wav.extend_from_slice(&96_000u32.to_le_bytes());
+    wav.extend_from_slice(&2u16.to_le_bytes());
+    wav.extend_from_slice(&16u16.to_le_bytes());
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&data_len.to_le_bytes());
+    for i in 0..samples {
+        let t = i as f64 / 48_000.0;
+        let sample = (f64::sin(2.0 * std::f64::consts::PI * 440.0 * t) * 8000.0) as i16;
+        wav.extend_from_slice(&sample.to_le_bytes());
+    }
+    wav
+}
+
+/// The packets of an Ogg stream, with page CRCs left unchecked; pages' granules alongside.
+fn ogg_pages(mut file: &[u8]) -> Vec<(u64, u8, Vec<Vec<u8>>)> {
+    let mut pages = Vec::new();
+    let mut partial = Vec::new();
+    while file.len() >= 27 {
+        assert_eq!(&file[..4], b"OggS", "not an Ogg page");
+        let flags = file[5];
+        let granule = u64::from_le_bytes(file[6..14].try_into().unwrap());
+        let segments = usize::from(file[26]);
+        let lacing = &file[27..27 + segments];
+        let mut body = &file[27 + segments..];
+        let mut packets = Vec::new();
+        for &len in lacing {
+            partial.extend_from_slice(&body[..usize::from(len)]);
+            body = &body[usize::from(len)..];
+            if len < 255 {
+                packets.push(std::mem::take(&mut partial));
+            }
+        }
+        let consumed = file.len() - body.len();
+        file = &file[consumed..];
+        pages.push((granule, flags, packets));
+    }
+    assert!(file.is_empty(), "trailing bytes after the last page");
+    pages
+}
+
+fn ogg_packets(file: &[u8]) -> Vec<Vec<u8>> {
+    ogg_pages(file)
+        .into_iter()
+        .flat_map(|page| page.2)
+        .collect()
+}
+
+async fn json_of(response: reqwest::Response, status: u16) -> Value {
+    let got = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    assert_eq!(got, status, "{text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speech_becomes_bites_that_members_read() {
+    let packets = opus_packets(130);
+    for column in columns() {
+        let app = TestApp::spawn(column).await;
+        let ws = ws_base(&app);
+        let alice = member(&app, "alice-phone").await;
+        let bob = member(&app, "bob-phone").await;
+        let mallory = member(&app, "mallory-phone").await;
+        let conversation = conversation_of(&app, &alice.tokens, &[&bob.tokens]).await;
+        let store = format!("/store/bite/{conversation}");
+
+        // Bob listens to new bites as they are stored.
+        let mut stream = call(&app, "GET", &format!("{store}/subscribe"), &bob.tokens)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stream.status(), 200);
+
+        let mut a = Peer::connect(&ws, &alice.tokens.access).await;
+        assert_eq!(join(&app, &alice.tokens, &conversation).await.status(), 200);
+        // Speech 1 s, silence 1 s, speech 0.6 s.
+        let began = beep::platform::bus::unix_millis() as u64;
+        a.speak(&packets[..50], SPEECH).await;
+        a.speak(&packets[50..100], SILENCE).await;
+        a.speak(&packets[100..130], SPEECH).await;
+
+        // Two `bite` events reach Bob's stream.
+        let mut announced: Vec<Value> = Vec::new();
+        let mut buffer = String::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while announced.len() < 2 {
+            let chunk = tokio::time::timeout_at(deadline.into(), stream.chunk())
+                .await
+                .expect("two bites announced")
+                .unwrap()
+                .unwrap();
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buffer.find("\n\n") {
+                let event: String = buffer.drain(..end + 2).collect();
+                if event.contains("event: bite") {
+                    let data = event
+                        .lines()
+                        .find_map(|l| l.strip_prefix("data: "))
+                        .unwrap();
+                    announced.push(serde_json::from_str(data).unwrap());
+                }
+            }
+        }
+        let starts: Vec<u64> = announced
+            .iter()
+            .map(|b| b["start"].as_u64().unwrap())
+            .collect();
+        let durations: Vec<u64> = announced
+            .iter()
+            .map(|b| b["duration"].as_u64().unwrap())
+            .collect();
+        assert_eq!(durations, vec![1000, 600], "{column:?}");
+        assert_eq!(
+            starts[1] - starts[0],
+            2000,
+            "{column:?}: starts follow the RTP clock"
+        );
+        assert!(
+            starts[0] >= began.saturating_sub(100) && starts[0] <= began + 500,
+            "{column:?}: start {} vs speaking at {began}",
+            starts[0]
+        );
+        assert_eq!(announced[0]["user"], alice.tokens.user_id);
+        assert_eq!(announced[0]["client"], "alice-phone");
+        assert_eq!(announced[0]["conversation"], conversation);
+
+        // The original scan, in milliseconds, and the new list.
+        let scan = json_of(
+            call(
+                &app,
+                "GET",
+                &format!("{store}/scan?from=0&to={}", u64::MAX),
+                &bob.tokens,
+            )
+            .send()
+            .await
+            .unwrap(),
+            200,
+        )
+        .await;
+        assert_eq!(scan, json!({"previous": 0, "starts": starts, "next": 0}));
+        let scan = json_of(
+            call(
+                &app,
+                "GET",
+                &format!("{store}/scan?from={}&to={}", starts[0] + 1, starts[1]),
+                &bob.tokens,
+            )
+            .send()
+            .await
+            .unwrap(),
+            200,
+        )
+        .await;
+        assert_eq!(
+            scan,
+            json!({"previous": starts[0], "starts": [starts[1]], "next": 0})
+        );
+        let empty = json_of(
+            call(
+                &app,
+                "GET",
+                &format!("{store}/scan?from=1&to=2"),
+                &bob.tokens,
+            )
+            .send()
+            .await
+            .unwrap(),
+            200,
+        )
+        .await;
+        assert_eq!(
+            empty,
+            json!({"previous": 0, "starts": [], "next": starts[0]})
+        );
+        let page = call(&app, "GET", &format!("{store}?limit=1"), &bob.tokens)
+            .send()
+            .await
+            .unwrap();
+        let link = page.headers()["link"].to_str().unwrap().to_owned();
+        let first = json_of(page, 200).await;
+        assert_eq!(first.as_array().unwrap().len(), 1);
+        assert_eq!(first[0], announced[0]);
+        let next = link.trim_start_matches('<').split('>').next().unwrap();
+        let second = json_of(
+            call(&app, "GET", next, &bob.tokens).send().await.unwrap(),
+            200,
+        )
+        .await;
+        assert_eq!(second, json!([announced[1]]));
+
+        // Each bite is a valid Ogg Opus file of its duration.
+        for (bite, start) in announced.iter().zip(&starts) {
+            let response = call(&app, "GET", &format!("{store}/start/{start}"), &bob.tokens)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            assert_eq!(response.headers()["content-type"], "audio/ogg");
+            let file = response.bytes().await.unwrap();
+            assert_eq!(file.len() as u64, bite["size"].as_u64().unwrap());
+            let pages = ogg_pages(&file);
+            assert_eq!(&pages[0].2[0][..8], b"OpusHead");
+            let pre_skip = u64::from(u16::from_le_bytes([pages[0].2[0][10], pages[0].2[0][11]]));
+            let last = pages.last().unwrap();
+            assert_eq!(last.1 & 0x04, 0x04, "end of stream");
+            assert_eq!((last.0 - pre_skip) / 48, bite["duration"].as_u64().unwrap());
+            check_with_opusinfo(&file);
+        }
+        // Range requests, for seeking players.
+        let part = call(
+            &app,
+            "GET",
+            &format!("{store}/start/{}", starts[0]),
+            &bob.tokens,
+        )
+        .header("range", "bytes=0-3")
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(part.status(), 206);
+        assert!(
+            part.headers()["content-range"]
+                .to_str()
+                .unwrap()
+                .starts_with("bytes 0-3/")
+        );
+        assert_eq!(&part.bytes().await.unwrap()[..], b"OggS");
+        let missing = call(
+            &app,
+            "GET",
+            &format!("{store}/start/{}", starts[0] + 1),
+            &bob.tokens,
+        )
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(error_code(missing, 404).await, "bite_not_found");
+
+        // Strangers read nothing; bad input is a clear 400.
+        for path in [
+            format!("{store}/scan?from=0&to=1"),
+            store.clone(),
+            format!("{store}/start/{}", starts[0]),
+            format!("{store}/subscribe"),
+        ] {
+            let refused = call(&app, "GET", &path, &mallory.tokens)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(error_code(refused, 403).await, "not_a_member", "{path}");
+        }
+        let bad = call(&app, "GET", &format!("{store}/scan?from=x"), &bob.tokens)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(bad.status(), 400);
+        let bad = call(
+            &app,
+            "GET",
+            &format!("{store}/scan?from=5&to=1"),
+            &bob.tokens,
+        )
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(error_code(bad, 400).await, "invalid_range");
+        let bad = call(&app, "GET", &format!("{store}?limit=0"), &bob.tokens)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(error_code(bad, 400).await, "invalid_limit");
+        let bad = call(&app, "GET", "/store/bite/c-x/scan", &bob.tokens)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(error_code(bad, 400).await, "invalid_id");
+
+        a.close().await;
+        app.stop().await;
+    }
+}
+
+/// `opusinfo` (opus-tools) checks the stream structure and decodes it; skipped when the tool
+/// is not installed (CI installs it).
+fn check_with_opusinfo(file: &[u8]) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bite.opus");
+    std::fs::write(&path, file).unwrap();
+    let Ok(output) = Command::new("opusinfo").arg(&path).output() else {
+        return;
+    };
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "opusinfo: {text}");
+    assert!(
+        !text.contains("WARNING") && !text.contains("ERROR"),
+        "opusinfo: {text}"
+    );
+}
