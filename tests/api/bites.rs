@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::auth::{Tokens, login_as};
-use crate::helpers::{TestApp, columns, error_code, unique_phone};
+use beep::platform::bus::durable_stream_name;
+use beep::services::bites::BiteStored;
+
+use crate::helpers::{Column, NATS, TestApp, columns, env, error_code, unique_phone};
 use crate::peer::{Peer, synthetic_opus};
 
 /// Speech and silence as the RFC 6464 levels a browser puts on its packets.
@@ -372,6 +375,8 @@ async fn speech_becomes_bites_that_members_read() {
             .unwrap();
         assert_eq!(stream.status(), 200);
 
+        let mut stored = app.platform.bus.subscribe::<BiteStored>().await.unwrap();
+        app.platform.bus.confirm_subscriptions().await.unwrap();
         let mut a = Peer::connect(&ws, &alice.tokens.access).await;
         assert_eq!(join(&app, &alice.tokens, &conversation).await.status(), 200);
         // Speech 1 s, silence 1 s, speech 0.6 s.
@@ -424,6 +429,25 @@ async fn speech_becomes_bites_that_members_read() {
         assert_eq!(announced[0]["user"], alice.tokens.user_id);
         assert_eq!(announced[0]["client"], "alice-phone");
         assert_eq!(announced[0]["conversation"], conversation);
+
+        // Each is also an event on the bus; on NATS it is kept in a JetStream stream, so a
+        // consumer that starts later still gets every bite.
+        for start in &starts {
+            let event = tokio::time::timeout(Duration::from_secs(5), stored.next())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(event.data.bite.start, *start);
+        }
+        if column == Column::Real
+            && let Some(url) = env(NATS)
+        {
+            assert_eq!(
+                kept_in_jetstream(&app, &url).await,
+                starts,
+                "JetStream holds every bite"
+            );
+        }
 
         // The original scan, in milliseconds, and the new list.
         let scan = json_of(
@@ -601,4 +625,294 @@ fn check_with_opusinfo(file: &[u8]) {
         !text.contains("WARNING") && !text.contains("ERROR"),
         "opusinfo: {text}"
     );
+}
+
+/// The starts of the `bite_stored` events a new JetStream consumer reads from the beginning.
+async fn kept_in_jetstream(app: &TestApp, url: &str) -> Vec<u64> {
+    use async_nats::jetstream::{self, consumer::pull};
+    use futures_util::StreamExt as _;
+    let js = jetstream::new(async_nats::connect(url).await.unwrap());
+    let subject = app.platform.bus.subject::<BiteStored>();
+    let stream = js.get_stream(durable_stream_name(&subject)).await.unwrap();
+    let consumer = stream
+        .create_consumer(pull::Config::default())
+        .await
+        .unwrap();
+    let mut messages = consumer
+        .fetch()
+        .max_messages(100)
+        .expires(Duration::from_secs(1))
+        .messages()
+        .await
+        .unwrap();
+    let mut starts = Vec::new();
+    while let Some(message) = messages.next().await {
+        let message = message.unwrap();
+        let event: Value = serde_json::from_slice(&message.payload).unwrap();
+        starts.push(event["data"]["start"].as_u64().unwrap());
+        message.ack().await.unwrap();
+    }
+    starts
+}
+
+/// Speaks one short bite into `conversation` and returns its start, once stored.
+async fn one_bite(
+    app: &TestApp,
+    peer: &mut Peer,
+    stored: &mut beep::platform::bus::Subscription<BiteStored>,
+) -> u64 {
+    talk(peer, 300).await;
+    let _ = app;
+    let event = tokio::time::timeout(Duration::from_secs(5), stored.next())
+        .await
+        .expect("a bite was stored")
+        .unwrap();
+    event.data.bite.start
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_bites_expire() {
+    for column in columns() {
+        let app = TestApp::spawn_with(
+            column,
+            |config| {
+                config.bites.retention_secs = 2;
+                config.bites.retention_sweep_secs = 1;
+            },
+            Vec::new(),
+        )
+        .await;
+        let alice = member(&app, "phone").await;
+        let conversation = conversation_of(&app, &alice.tokens, &[]).await;
+        let mut stored = app.platform.bus.subscribe::<BiteStored>().await.unwrap();
+        app.platform.bus.confirm_subscriptions().await.unwrap();
+        let mut peer = Peer::connect(&ws_base(&app), &alice.tokens.access).await;
+        assert_eq!(join(&app, &alice.tokens, &conversation).await.status(), 200);
+        let start = one_bite(&app, &mut peer, &mut stored).await;
+        let scan = format!("/store/bite/{conversation}/scan");
+        let starts = |body: Value| body["starts"].as_array().unwrap().len();
+        let body = json_of(
+            call(&app, "GET", &scan, &alice.tokens)
+                .send()
+                .await
+                .unwrap(),
+            200,
+        )
+        .await;
+        assert_eq!(body["starts"], json!([start]), "{column:?}");
+        let deadline = Instant::now() + Duration::from_secs(6);
+        loop {
+            let body = json_of(
+                call(&app, "GET", &scan, &alice.tokens)
+                    .send()
+                    .await
+                    .unwrap(),
+                200,
+            )
+            .await;
+            if starts(body) == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{column:?}: the bite outlived its retention"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let gone = call(
+            &app,
+            "GET",
+            &format!("/store/bite/{conversation}/start/{start}"),
+            &alice.tokens,
+        )
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(error_code(gone, 404).await, "bite_not_found");
+        peer.close().await;
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_conversation_deletes_its_bites() {
+    for column in columns() {
+        let app = TestApp::spawn(column).await;
+        let alice = member(&app, "phone").await;
+        let doomed = conversation_of(&app, &alice.tokens, &[]).await;
+        let kept = conversation_of(&app, &alice.tokens, &[]).await;
+        let mut stored = app.platform.bus.subscribe::<BiteStored>().await.unwrap();
+        app.platform.bus.confirm_subscriptions().await.unwrap();
+        let mut peer = Peer::connect(&ws_base(&app), &alice.tokens.access).await;
+        assert_eq!(join(&app, &alice.tokens, &doomed).await.status(), 200);
+        one_bite(&app, &mut peer, &mut stored).await;
+        one_bite(&app, &mut peer, &mut stored).await;
+        assert_eq!(join(&app, &alice.tokens, &kept).await.status(), 200);
+        let kept_start = one_bite(&app, &mut peer, &mut stored).await;
+        let deleted = call(
+            &app,
+            "DELETE",
+            &format!("/core/user/conversation/{doomed}"),
+            &alice.tokens,
+        )
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(deleted.status(), 200);
+        peer.close().await;
+        // The deletion is heard on the bus; give it a moment, then look in the store itself.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let data = app.stop_keeping_data().await;
+        let store =
+            beep::services::bites::store::SledStore::open(&data.path().join("bites")).unwrap();
+        use beep::services::bites::store::BiteStore as _;
+        assert!(
+            store
+                .scan(&doomed, 0, u64::MAX, 100)
+                .unwrap()
+                .starts
+                .is_empty(),
+            "{column:?}"
+        );
+        assert_eq!(
+            store.scan(&kept, 0, u64::MAX, 100).unwrap().starts,
+            vec![kept_start]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_keeps_every_bite_it_announced() {
+    use crate::served::Served;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("BEEP_AUTH__DEV_BYPASS", "true"),
+        ("BEEP_BITES__FLUSH_INTERVAL_MS", "50"),
+    ];
+    let served = Served::start(dir.path(), &env);
+    let base = format!("http://127.0.0.1:{}", served.port);
+    let client = reqwest::Client::new();
+    let login = |phone: String| {
+        let client = client.clone();
+        let base = base.clone();
+        async move {
+            let nonce = client
+                .post(format!("{base}/login/init/bypass"))
+                .json(&json!({"phone_number": phone}))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let body: Value = client
+                .post(format!("{base}/login/verify"))
+                .header("accept", "application/json")
+                .json(&json!({"code": "000000", "nonce": nonce, "clientid": "phone"}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (
+                body["access_token"].as_str().unwrap().to_owned(),
+                body["user_id"].as_str().unwrap().to_owned(),
+            )
+        }
+    };
+    let (token, _) = login(unique_phone()).await;
+    let created: Value = client
+        .post(format!("{base}/core/user/conversation"))
+        .bearer_auth(&token)
+        .json(&json!({"title": "crash"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let conversation = created["id"].as_str().unwrap().to_owned();
+    let store = format!("{base}/store/bite/{conversation}");
+
+    let mut stream = client
+        .get(format!("{store}/subscribe"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut peer = Peer::connect(&base.replacen("http://", "ws://", 1), &token).await;
+    let joined = client
+        .post(format!("{base}/webrtc/join/{conversation}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(joined.status(), 200);
+
+    // Short bites until a few are announced, then SIGKILL in the middle of the next one.
+    let announced = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));
+    let reader = {
+        let announced = std::sync::Arc::clone(&announced);
+        tokio::spawn(async move {
+            let mut buffer = String::new();
+            while let Ok(Some(chunk)) = stream.chunk().await {
+                buffer.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = buffer.find("\n\n") {
+                    let event: String = buffer.drain(..end + 2).collect();
+                    if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
+                        let bite: Value = serde_json::from_str(data).unwrap();
+                        announced
+                            .lock()
+                            .unwrap()
+                            .push(bite["start"].as_u64().unwrap());
+                    }
+                }
+            }
+        })
+    };
+    while announced.lock().unwrap().len() < 3 {
+        talk(&mut peer, 200).await;
+        peer.speak(&vec![synthetic_opus(0, 60); 30], SILENCE).await;
+    }
+    talk(&mut peer, 200).await;
+    served.kill();
+    reader.abort();
+    let announced = announced.lock().unwrap().clone();
+    peer.close().await;
+
+    let served = Served::start(dir.path(), &env);
+    let store = format!("http://127.0.0.1:{}/store/bite/{conversation}", served.port);
+    let scan: Value = client
+        .get(format!("{store}/scan"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let starts: Vec<u64> = scan["starts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_u64().unwrap())
+        .collect();
+    for start in &announced {
+        assert!(
+            starts.contains(start),
+            "bite {start} announced before the kill is gone: {starts:?}"
+        );
+        let file = client
+            .get(format!("{store}/start/{start}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(file.status(), 200);
+        assert_eq!(&file.bytes().await.unwrap()[..4], b"OggS");
+    }
+    let (status, _) = served.stop();
+    assert!(status.success());
 }

@@ -251,6 +251,11 @@ impl TestApp {
 
     /// Graceful stop, then the test's PostgreSQL database is dropped.
     pub async fn stop(self) {
+        self.stop_keeping_data().await;
+    }
+
+    /// [`Self::stop`], handing back the data directory so a test can look inside.
+    pub async fn stop_keeping_data(self) -> TempDir {
         self.handle.stop(true).await;
         self.task.await.unwrap().unwrap();
         if let (Some(name), Some(url)) = (self.postgres_database, env(POSTGRES)) {
@@ -260,6 +265,7 @@ impl TestApp {
                 .await
                 .unwrap();
         }
+        self.data_dir
     }
 }
 

@@ -120,6 +120,14 @@ impl Served {
     }
 }
 
+impl Served {
+    /// SIGKILL: the process gets no chance to flush anything.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
 impl Drop for Served {
     /// A failed test must not leave a server running.
     fn drop(&mut self) {
