@@ -335,6 +335,8 @@ impl Default for PermissionsConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BitesConfig {
+    /// Cut and store bites from the audio the SFU routes; off, it only routes.
+    pub record: bool,
     /// Silence that ends a bite.
     pub silence_ms: u64,
     /// Longest bite; longer speech continues in a new bite.
@@ -360,6 +362,7 @@ pub struct BitesConfig {
 impl Default for BitesConfig {
     fn default() -> Self {
         Self {
+            record: true,
             silence_ms: 500,
             max_bite_ms: 30_000,
             speech_level: 50,

@@ -33,13 +33,20 @@ pub fn wanted(part: &str) -> bool {
 /// CPU time, in nanoseconds, that this process's actix-web threads (the server under test)
 /// have used so far: unlike throughput, it does not move with what else the machine does.
 pub fn server_cpu_ns() -> u64 {
+    threads_cpu_ns(&["actix"])
+}
+
+/// CPU time, in nanoseconds, used so far by this process's threads whose names start with
+/// one of `prefixes` (from the scheduler's own accounting, so finer than clock ticks).
+pub fn threads_cpu_ns(prefixes: &[&str]) -> u64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return 0;
     };
     tasks
         .filter_map(Result::ok)
         .filter(|task| {
-            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.starts_with("actix"))
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|comm| prefixes.iter().any(|prefix| comm.starts_with(prefix)))
         })
         .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
         .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())

@@ -9,6 +9,8 @@ mod binary;
 #[cfg(feature = "bites")]
 mod bites;
 mod blobs;
+#[cfg(feature = "bites")]
+mod browser;
 mod bus;
 mod cache;
 mod core;

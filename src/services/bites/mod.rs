@@ -45,6 +45,7 @@ pub struct Bites {
     sfu: Arc<Sfu>,
     access: SharedAccess,
     bus: Bus,
+    stored: metrics::Counter,
     announce: broadcast::Sender<Arc<store::BiteMeta>>,
     /// The writer's end of the finished-bites queue, taken when the writer starts.
     finished: Mutex<Option<mpsc::Receiver<NewBite>>>,
@@ -57,14 +58,22 @@ impl Bites {
         let store: SharedStore = Arc::new(
             SledStore::open(&dir).map_err(|err| format!("opening {}: {err}", dir.display()))?,
         );
-        let (ingest, finished) = Ingest::new(SpeechRules::from(&config));
-        let sfu = Arc::new(Sfu::new(&config.sfu, Some(ingest))?);
+        let dropped = platform
+            .metrics
+            .counter("beep_bites_packets_dropped_total", &[]);
+        let (ingest, finished) = Ingest::new(SpeechRules::from(&config), dropped);
+        let sfu = Arc::new(Sfu::new(
+            &config.sfu,
+            config.record.then_some(ingest),
+            &platform.metrics,
+        )?);
         Ok(Self {
             config,
             store,
             sfu,
             access,
             bus: platform.bus.clone(),
+            stored: platform.metrics.counter("beep_bites_stored_total", &[]),
             announce: broadcast::channel(ANNOUNCE_BUFFER).0,
             finished: Mutex::new(Some(finished)),
         })
@@ -147,6 +156,7 @@ impl Service for Bites {
                 bus: self.bus.clone(),
                 flush_every: Duration::from_millis(self.config.flush_interval_ms.max(1)),
                 announce: self.announce.clone(),
+                stored: self.stored.clone(),
             };
             workers.spawn("bites-writer", move |stop| writer.run(finished, stop));
         }

@@ -3,9 +3,9 @@
 //! one writer task stores them in batches and then announces them.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use metrics::Counter;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -41,7 +41,7 @@ const MAX_BATCH: usize = 512;
 pub struct Ingest {
     rules: SpeechRules,
     bites: mpsc::Sender<NewBite>,
-    dropped: Arc<AtomicU64>,
+    dropped: Counter,
 }
 
 /// One packet of a speaker, with the conversation it was spoken in.
@@ -53,32 +53,28 @@ pub struct Spoken {
 /// The sending end of one speaker's task. Dropping it ends the speaker's bite in progress.
 pub struct SpeakerFeed {
     packets: mpsc::Sender<Spoken>,
-    dropped: Arc<AtomicU64>,
+    dropped: Counter,
 }
 
 impl SpeakerFeed {
     /// Never waits: a packet the speaker's task has no room for is left out of the bite.
     pub fn push(&self, spoken: Spoken) {
         if self.packets.try_send(spoken).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped.increment(1);
         }
     }
 }
 
 impl Ingest {
-    pub fn new(rules: SpeechRules) -> (Self, mpsc::Receiver<NewBite>) {
+    /// `dropped` counts packets the speakers' tasks had no room for.
+    pub fn new(rules: SpeechRules, dropped: Counter) -> (Self, mpsc::Receiver<NewBite>) {
         let (bites, finished) = mpsc::channel(WRITER_QUEUE);
         let ingest = Self {
             rules,
             bites,
-            dropped: Arc::default(),
+            dropped,
         };
         (ingest, finished)
-    }
-
-    /// Packets the speakers' tasks had no room for, since start.
-    pub fn dropped_packets(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
     }
 
     /// Starts the task that cuts one speaker's (`user` on `client`) packets into bites.
@@ -94,7 +90,7 @@ impl Ingest {
         tokio::spawn(task.run(received));
         SpeakerFeed {
             packets,
-            dropped: Arc::clone(&self.dropped),
+            dropped: self.dropped.clone(),
         }
     }
 }
@@ -179,6 +175,7 @@ pub struct Writer {
     pub bus: Bus,
     pub flush_every: Duration,
     pub announce: broadcast::Sender<Arc<BiteMeta>>,
+    pub stored: Counter,
 }
 
 impl Writer {
@@ -229,6 +226,7 @@ impl Writer {
                 return;
             }
         }
+        self.stored.increment(metas.len() as u64);
         for meta in &metas {
             // No subscriber is not an error.
             let _listeners = self.announce.send(Arc::new(meta.clone()));

@@ -2,9 +2,10 @@
 //! connection, with its own queue and writer task so a stuck listener delays nobody else.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use bytes::Bytes;
+use metrics::Counter;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtp;
 use rtc::rtp::extension::audio_level_extension::AudioLevelExtension;
@@ -34,7 +35,7 @@ pub struct DownTrack {
     ssrc: u32,
     negotiated: AtomicU32,
     queue: mpsc::Sender<(rtp::Packet, Option<(u8, AudioLevelExtension)>)>,
-    pub dropped: Arc<AtomicU64>,
+    dropped: Counter,
 }
 
 /// The Opus codec as the SFU registers it (`sfu::media_engine`) and sends it.
@@ -55,7 +56,7 @@ impl DownTrack {
         media: &tokio::runtime::Handle,
         (source, user, client): (u64, &str, &str),
         listener: u64,
-        dropped: Arc<AtomicU64>,
+        dropped: Counter,
     ) -> Arc<Self> {
         let ssrc = rand::RngExt::random::<u32>(&mut rand::rng()).max(1);
         let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
@@ -82,7 +83,7 @@ impl DownTrack {
             queue,
             dropped,
         });
-        media.spawn(write_loop(track, packets, Arc::clone(&down.dropped)));
+        media.spawn(write_loop(track, packets, down.dropped.clone()));
         down
     }
 
@@ -130,7 +131,7 @@ impl DownTrack {
             .filter(|_| level_id != 0)
             .map(|level| (level_id, level));
         if self.queue.try_send((packet, level)).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped.increment(1);
         }
     }
 }
@@ -138,7 +139,7 @@ impl DownTrack {
 async fn write_loop(
     track: Arc<TrackLocalStaticRTP>,
     mut packets: mpsc::Receiver<(rtp::Packet, Option<(u8, AudioLevelExtension)>)>,
-    dropped: Arc<AtomicU64>,
+    dropped: Counter,
 ) {
     while let Some((mut packet, level)) = packets.recv().await {
         if let Some((id, level)) = level
@@ -148,7 +149,7 @@ async fn write_loop(
             let _ = packet.header.set_extension(id, Bytes::from(bytes.freeze()));
         }
         if track.write_rtp(packet).await.is_err() {
-            dropped.fetch_add(1, Ordering::Relaxed);
+            dropped.increment(1);
         }
     }
 }

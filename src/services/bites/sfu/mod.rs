@@ -11,7 +11,7 @@ pub mod peer;
 mod signal;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use rtc::rtp::extension::audio_level_extension::AudioLevelExtension;
@@ -25,6 +25,8 @@ use super::pipeline::{Ingest, Spoken};
 use super::utterance::Incoming;
 use crate::config::SfuConfig;
 use crate::platform::bus::unix_millis;
+use crate::platform::telemetry::Metrics;
+use metrics::Counter;
 
 pub use signal::{SignalState, configure};
 
@@ -40,13 +42,12 @@ pub struct Sfu {
     stats: Arc<Stats>,
 }
 
-/// Counters since start, for `/metrics` and the benchmarks.
-#[derive(Default)]
+/// Counters on `/metrics`.
 pub struct Stats {
-    pub received: AtomicU64,
-    pub forwarded: AtomicU64,
+    received: Counter,
+    forwarded: Counter,
     /// Packets a slow listener had no room for.
-    pub dropped: Arc<AtomicU64>,
+    dropped: Counter,
 }
 
 #[derive(Default)]
@@ -85,7 +86,11 @@ impl Drop for MediaRuntime {
 }
 
 impl Sfu {
-    pub fn new(config: &SfuConfig, ingest: Option<Ingest>) -> Result<Self, String> {
+    pub fn new(
+        config: &SfuConfig,
+        ingest: Option<Ingest>,
+        metrics: &Metrics,
+    ) -> Result<Self, String> {
         let threads = match config.threads {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
@@ -102,12 +107,12 @@ impl Sfu {
             ingest,
             max_room_size: config.max_room_size.max(2),
             rooms: Mutex::default(),
-            stats: Arc::default(),
+            stats: Arc::new(Stats {
+                received: metrics.counter("beep_sfu_packets_received_total", &[]),
+                forwarded: metrics.counter("beep_sfu_packets_forwarded_total", &[]),
+                dropped: metrics.counter("beep_sfu_packets_dropped_total", &[]),
+            }),
         })
-    }
-
-    pub fn stats(&self) -> &Stats {
-        &self.stats
     }
 
     fn rooms(&self) -> std::sync::MutexGuard<'_, Rooms> {
@@ -142,8 +147,8 @@ impl Sfu {
             .connected
             .insert(key.clone(), Arc::clone(&participant))
         {
-            self.leave(&mut rooms, &previous);
             close(&previous);
+            self.leave(&mut rooms, &previous);
         }
         if let Some(room) = rooms.pending.remove(&key)
             && let Err(err) = self.enter(&mut rooms, &participant, room)
@@ -165,8 +170,9 @@ impl Sfu {
             rooms.connected.remove(&key);
             rooms.pending.remove(&key);
         }
-        self.leave(&mut rooms, participant);
+        // Closed first, so leaving renegotiates only those who stay.
         close(participant);
+        self.leave(&mut rooms, participant);
     }
 
     /// Puts the client in the conversation's room, out of any other. The caller has checked
@@ -209,19 +215,6 @@ impl Sfu {
         rooms.pending.retain(|_, room| &**room != conversation);
     }
 
-    /// Who is in a conversation's room: `(user, client)` pairs.
-    pub fn room(&self, conversation: &str) -> Vec<(String, String)> {
-        self.rooms()
-            .rooms
-            .get(conversation)
-            .map(|room| {
-                room.iter()
-                    .map(|p| (p.user.clone(), p.client.clone()))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
     fn enter(
         &self,
         rooms: &mut Rooms,
@@ -246,7 +239,7 @@ impl Sfu {
                 media,
                 (participant.id, &participant.user, &participant.client),
                 other.id,
-                Arc::clone(&self.stats.dropped),
+                self.stats.dropped.clone(),
             );
             other.wanted().insert(participant.id, Arc::clone(&to_other));
             listeners.push(to_other);
@@ -255,7 +248,7 @@ impl Sfu {
                 media,
                 (other.id, &other.user, &other.client),
                 participant.id,
-                Arc::clone(&self.stats.dropped),
+                self.stats.dropped.clone(),
             );
             participant
                 .wanted()
@@ -345,7 +338,7 @@ async fn forward(
         let TrackRemoteEvent::OnRtpPacket(packet) = event else {
             continue;
         };
-        stats.received.fetch_add(1, Ordering::Relaxed);
+        stats.received.increment(1);
         let level_id = participant.level_id.load(Ordering::Relaxed);
         let level = match level_id {
             0 => None,
@@ -358,9 +351,7 @@ async fn forward(
         for down in &route.listeners {
             down.offer(&packet, level);
         }
-        stats
-            .forwarded
-            .fetch_add(route.listeners.len() as u64, Ordering::Relaxed);
+        stats.forwarded.increment(route.listeners.len() as u64);
         if let (Some(feed), Some(room)) = (&feed, &route.room) {
             feed.push(Spoken {
                 conversation: Arc::clone(room),

@@ -30,7 +30,7 @@ use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceCandidateInit,
     RTCIceGatheringState, RTCPeerConnectionState,
 };
-use webrtc::rtp_transceiver::RtpSender;
+use webrtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit, RtpSender};
 
 use super::forward::{DownTrack, opus};
 use crate::config::SfuConfig;
@@ -41,7 +41,6 @@ pub struct Participant {
     pub id: u64,
     pub user: String,
     pub client: String,
-    pub pc: Arc<dyn PeerConnection>,
     /// Text frames for the client's socket.
     pub outbox: mpsc::Sender<String>,
     /// Where this participant's audio goes: read on every packet.
@@ -201,6 +200,7 @@ fn media_engine() -> Result<(MediaEngine, Registry), webrtc::error::Error> {
 struct Events {
     tracks: mpsc::UnboundedSender<Arc<dyn TrackRemote>>,
     gathered: watch::Sender<bool>,
+    connected: watch::Sender<bool>,
     participant: u64,
 }
 
@@ -218,6 +218,8 @@ impl PeerConnectionEventHandler for Events {
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
         tracing::debug!(participant = self.participant, %state, "media connection");
+        self.connected
+            .send_replace(state == RTCPeerConnectionState::Connected);
     }
 }
 
@@ -241,6 +243,7 @@ pub async fn build(
     let id = NEXT_PARTICIPANT.fetch_add(1, Ordering::Relaxed);
     let (tracks_tx, tracks) = mpsc::unbounded_channel();
     let (gathered_tx, gathered) = watch::channel(false);
+    let (connected_tx, connected) = watch::channel(false);
     let (engine, registry) = media_engine()?;
     let addr = transport
         .ports
@@ -262,6 +265,7 @@ pub async fn build(
         .with_handler(Arc::new(Events {
             tracks: tracks_tx,
             gathered: gathered_tx,
+            connected: connected_tx,
             participant: id,
         }))
         .with_udp_addrs(vec![addr.to_string()])
@@ -273,7 +277,6 @@ pub async fn build(
         id,
         user,
         client,
-        pc: Arc::clone(&pc),
         outbox,
         route: RwLock::default(),
         wanted: Mutex::default(),
@@ -287,6 +290,7 @@ pub async fn build(
         transport,
         work,
         gathered,
+        connected,
         answered_first: false,
         offering: None,
         dirty: false,
@@ -307,6 +311,7 @@ pub struct Negotiator {
     transport: Arc<Transport>,
     work: mpsc::UnboundedReceiver<Negotiation>,
     gathered: watch::Receiver<bool>,
+    connected: watch::Receiver<bool>,
     answered_first: bool,
     /// The tracks in our offer awaiting the client's answer.
     offering: Option<Vec<Arc<DownTrack>>>,
@@ -418,11 +423,18 @@ impl Negotiator {
             .set_remote_description(answer)
             .await
             .map_err(|err| ("invalid_answer", err))?;
-        for down in &offered {
+        for down in offered {
             if let Some((_, sender)) = self.attached.get(&down.source)
                 && let Ok(parameters) = sender.get_parameters().await
             {
-                down.negotiated(&parameters);
+                // Packets sent before DTLS is up are dropped by the connection: forward from
+                // the moment it is connected.
+                let mut connected = self.connected.clone();
+                tokio::spawn(async move {
+                    if connected.wait_for(|up| *up).await.is_ok() {
+                        down.negotiated(&parameters);
+                    }
+                });
             }
         }
         if std::mem::take(&mut self.dirty) {
@@ -481,11 +493,28 @@ impl Negotiator {
             if self.attached.contains_key(source) {
                 continue;
             }
-            let sender = self
+            // A send-only m-line of its own: `add_track` would put the first forwarded track on
+            // the client's microphone m-line, where browsers ignore the track id it is given.
+            let transceiver = self
                 .pc
-                .add_track(Arc::clone(&down.track) as Arc<dyn TrackLocal>)
+                .add_transceiver_from_track(
+                    Arc::clone(&down.track) as Arc<dyn TrackLocal>,
+                    Some(RTCRtpTransceiverInit {
+                        direction: RTCRtpTransceiverDirection::Sendonly,
+                        streams: Vec::new(),
+                        send_encodings: Vec::new(),
+                    }),
+                )
                 .await
                 .map_err(|err| ("negotiation_failed", err))?;
+            let sender = transceiver
+                .sender()
+                .await
+                .map_err(|err| ("negotiation_failed", err))?
+                .ok_or((
+                    "negotiation_failed",
+                    webrtc::error::Error::ErrRTPTransceiverNotExisted,
+                ))?;
             self.attached.insert(*source, (Arc::clone(down), sender));
             changed = true;
         }

@@ -1,0 +1,167 @@
+//! A real browser in a call through the SFU: two Chromium pages (`tests/browser/call.html`,
+//! driven by `tests/browser/call.mjs`) sign in as two members of a conversation, join its
+//! room, and each decodes the other's microphone (Chrome's fake one, which beeps) from a track
+//! whose id is the speaker's `<user>:<client>`, as the SFU names it. This proves that Chrome's
+//! own offers and answers, ICE and DTLS-SRTP work with the server's signalling and media, not
+//! only the `webrtc` crate's peers the other tests use.
+//!
+//! Runs when `BEEP_TEST_CHROMIUM` names a Chromium binary and `npm ci --prefix tests/browser`
+//! has installed the driver's `playwright-core`; otherwise it says it is skipped and passes.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::auth::{Tokens, login_as};
+use crate::helpers::{Column, TestApp, env, unique_phone};
+
+/// The driver gives up after 30 s; this bounds a driver that hangs anyway.
+const DRIVER_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn post(app: &TestApp, path: &str, who: &Tokens) -> reqwest::RequestBuilder {
+    app.post(path).bearer_auth(&who.access)
+}
+
+/// A conversation of `owner` with `other` as a member.
+async fn conversation_of(app: &TestApp, owner: &Tokens, other: &Tokens) -> String {
+    let response = post(app, "/core/user/conversation", owner)
+        .json(&json!({ "title": "browser call" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/core/user/conversation/{id}/member");
+    let response = post(app, &path, owner)
+        .json(&json!({ "id": other.user_id }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    id
+}
+
+/// The driver's folder, when Chromium and the driver's dependencies are both there.
+fn browser_setup() -> Option<(String, PathBuf)> {
+    let chromium = env("BEEP_TEST_CHROMIUM")?;
+    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    folder
+        .join("node_modules/playwright-core")
+        .is_dir()
+        .then_some((chromium, folder))
+}
+
+/// Runs `node call.mjs args…`; returns whether it succeeded, its stdout and its stderr.
+fn run_driver(chromium: &str, folder: &Path, args: &[String]) -> (bool, String, String) {
+    let mut child = Command::new("node")
+        .arg(folder.join("call.mjs"))
+        .args(args)
+        .env("BEEP_TEST_CHROMIUM", chromium)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node runs (is Node.js installed?)");
+    // Both pipes are drained while the driver runs, so neither can fill up and stall it.
+    let stdout = drain(child.stdout.take().unwrap());
+    let stderr = drain(child.stderr.take().unwrap());
+    let deadline = Instant::now() + DRIVER_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (stdout, mut stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    if status.is_none() {
+        stderr.push_str("\n(killed: the driver ran past its deadline)");
+    }
+    (status.is_some_and(|s| s.success()), stdout, stderr)
+}
+
+/// Reads a pipe to its end on a thread of its own.
+fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text);
+        text
+    })
+}
+
+/// Chrome's fake microphone beeps; silence adds about 1e-10 of total audio energy.
+const AUDIBLE: f64 = 1e-3;
+
+/// What `page` received on the track the SFU named after `speaker`'s client `client`.
+fn stream_from<'a>(page: &'a Value, speaker: &Tokens, client: &str) -> Option<&'a Value> {
+    let track = format!("{}:{client}", speaker.user_id);
+    page["inbound"]
+        .as_array()?
+        .iter()
+        .find(|stream| stream["msid"] == track.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_hears_another_through_the_sfu() {
+    let Some((chromium, folder)) = browser_setup() else {
+        println!(
+            "skipped: set BEEP_TEST_CHROMIUM and run `npm ci --prefix tests/browser` to run it"
+        );
+        return;
+    };
+    let app = TestApp::spawn(Column::Embedded).await;
+    let a = login_as(&app, &unique_phone(), "browser-a").await;
+    let b = login_as(&app, &unique_phone(), "browser-b").await;
+    let conversation = conversation_of(&app, &a, &b).await;
+
+    let args = vec![
+        app.url(""),
+        a.access.clone(),
+        b.access.clone(),
+        conversation,
+    ];
+    let started = Instant::now();
+    // The driver blocks; the app keeps serving on the runtime's other workers.
+    let (success, stdout, stderr) =
+        tokio::task::spawn_blocking(move || run_driver(&chromium, &folder, &args))
+            .await
+            .unwrap();
+    println!("browser call in {:?}: {stdout}", started.elapsed());
+    if !stderr.is_empty() {
+        eprintln!("driver stderr:\n{stderr}");
+    }
+    assert!(
+        success,
+        "the browsers did not hear each other: {stdout}\n{stderr}"
+    );
+
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|err| panic!("driver output is not JSON ({err}): {stdout}"));
+    for (page, speaker, client) in [("a", &b, "browser-b"), ("b", &a, "browser-a")] {
+        let heard = &report[page];
+        assert_eq!(
+            heard["errors"],
+            json!([]),
+            "page {page}'s signalling errors"
+        );
+        // Each speaker arrives on an m-line of its own, so the browser's track id is the
+        // `<user>:<client>` the server signalled (on a reused m-line Chrome keeps its own id).
+        let stream = stream_from(heard, speaker, client)
+            .unwrap_or_else(|| panic!("page {page} has no stream from {client}: {heard}"));
+        assert_eq!(stream["track"], stream["msid"], "{stream}");
+        assert_eq!(stream["streams"], json!([speaker.user_id]), "{stream}");
+        assert!(stream["packets"].as_u64().unwrap() > 0, "{stream}");
+        assert!(stream["energy"].as_f64().unwrap() > AUDIBLE, "{stream}");
+    }
+    app.stop().await;
+}
