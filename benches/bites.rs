@@ -94,6 +94,10 @@ impl Call {
         config.telemetry.log_filter = "error".into();
         config.auth.dev_bypass = true;
         config.auth.dev_bypass_in_release = true;
+        // Dozens of logins from one address.
+        let off = beep::config::Limit::new(0, 1);
+        config.auth.limits.codes_per_ip = off;
+        config.auth.limits.verifies_per_ip = off;
         config.bites.record = record;
         config.bites.sfu.threads = 1;
         let addr = server.block_on(async {
@@ -196,6 +200,14 @@ impl Call {
             // Let the last packets arrive.
             tokio::time::sleep(Duration::from_millis(100)).await;
         });
+    }
+
+    /// Server CPU per second with every connection up and nobody speaking (RTCP, ICE
+    /// keep-alives, timers), in microseconds.
+    fn idle_us_per_second(&self) -> f64 {
+        let cpu = threads_cpu_ns(SERVER_THREADS);
+        std::thread::sleep(WINDOW);
+        (threads_cpu_ns(SERVER_THREADS) - cpu) as f64 / 1e3 / WINDOW.as_secs_f64()
     }
 
     /// Server CPU per forwarded packet over one window, in microseconds.
@@ -333,29 +345,54 @@ fn forward(listeners: usize) {
         "\n## one speaker to {listeners} listeners, {PACKETS_PER_SECOND} packets/s of {PAYLOAD}-byte Opus"
     );
     let mut call = Call::start(listeners, true);
-    let mut sfu = Vec::new();
-    let mut relay = Vec::new();
-    let mut ratios = Vec::new();
+    let forwarded_per_second = (listeners as u64 * PACKETS_PER_SECOND) as f64;
+    let (mut sfu, mut net, mut idle, mut relay) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut ratios, mut net_ratios) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         let s = call.measure(true);
+        let i = call.idle_us_per_second();
         let r = relay_us_per_packet(listeners, WIRE_BYTES);
+        // Without the connections' upkeep, which does not grow with traffic.
+        let n = s - i / forwarded_per_second;
         ratios.push(s / r);
+        net_ratios.push(n / r);
         sfu.push(s);
+        net.push(n);
+        idle.push(i);
         relay.push(r);
     }
     call.stop();
-    let (s, r) = (median(sfu.clone()), median(relay.clone()));
+    let (s, n, r) = (
+        median(sfu.clone()),
+        median(net.clone()),
+        median(relay.clone()),
+    );
     println!(
         "  SFU: {s:.1} us server CPU per forwarded packet ({}), {:.0} forwarded packets/s per core",
         spread(&sfu),
         1e6 / s
     );
     println!(
+        "  SFU upkeep with nobody speaking: {:.0} us CPU per second for {} connections ({})",
+        median(idle.clone()),
+        listeners + 1,
+        spread(&idle)
+    );
+    println!(
+        "  SFU net of upkeep: {n:.1} us per forwarded packet ({}), {:.0} packets/s per core",
+        spread(&net),
+        1e6 / n
+    );
+    println!(
         "  bare UDP relay: {r:.2} us per forwarded packet ({}), {:.0} packets/s per core",
         spread(&relay),
         1e6 / r
     );
-    println!("  SFU / relay CPU per packet: {}", spread(&ratios));
+    println!(
+        "  SFU / relay CPU per packet: {}; net of upkeep: {}",
+        spread(&ratios),
+        spread(&net_ratios)
+    );
 }
 
 fn record(listeners: usize) {

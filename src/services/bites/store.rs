@@ -4,17 +4,15 @@
 //! start in milliseconds (8 bytes, big-endian) and the speaker appended, so two speakers who
 //! start in the same millisecond never overwrite each other.
 //!
-//! Three trees, written in one transaction: `index` (key → metadata, small, so scans never
-//! read audio), `audio` (key → the Ogg file) and `expiry` (start + key → nothing, so retention
-//! reads only what it deletes).
+//! Two trees: `audio` (key → the Ogg file) and `index`, which holds the metadata (key → JSON,
+//! small, so scans never read audio) and, under `expiry+<start><key>`, the bites in order of
+//! age, so retention reads only what it deletes.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use sled::Transactional as _;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 /// What is known of one stored bite besides its audio. Also the JSON of the list route and
 /// of the `bite_stored` event.
@@ -99,7 +97,6 @@ pub struct SledStore {
     db: sled::Db,
     index: sled::Tree,
     audio: sled::Tree,
-    expiry: sled::Tree,
 }
 
 impl SledStore {
@@ -108,7 +105,6 @@ impl SledStore {
         Ok(Self {
             index: db.open_tree("bites.index")?,
             audio: db.open_tree("bites.audio")?,
-            expiry: db.open_tree("bites.expiry")?,
             db,
         })
     }
@@ -116,19 +112,17 @@ impl SledStore {
     fn remove(&self, keys: &[Vec<u8>]) -> Result<(), StoreError> {
         let mut index = sled::Batch::default();
         let mut audio = sled::Batch::default();
-        let mut expiry = sled::Batch::default();
         for key in keys {
             index.remove(key.as_slice());
             audio.remove(key.as_slice());
             if let Some(start) = key::start_of(key) {
-                expiry.remove(key::expiry(start, key));
+                index.remove(key::expiry(start, key));
             }
         }
-        // Index first: a crash in between leaves audio nobody can reach, which the next
-        // sweep over the same keys removes, never metadata pointing at nothing.
+        // Index first: a crash in between leaves audio nobody can reach, never metadata
+        // pointing at nothing.
         self.index.apply_batch(index)?;
         self.audio.apply_batch(audio)?;
-        self.expiry.apply_batch(expiry)?;
         Ok(())
     }
 
@@ -142,34 +136,20 @@ impl SledStore {
 
 impl BiteStore for SledStore {
     fn insert(&self, bites: &[NewBite]) -> Result<(), StoreError> {
-        let entries: Vec<(Vec<u8>, Vec<u8>)> = bites
-            .iter()
-            .map(|bite| {
-                let key = key::bite(
-                    &bite.meta.conversation,
-                    bite.meta.start,
-                    &bite.meta.user,
-                    &bite.meta.client,
-                );
-                // Serializing a struct of strings and integers cannot fail.
-                let meta = serde_json::to_vec(&bite.meta).unwrap_or_default();
-                (key, meta)
-            })
-            .collect();
-        let written: Result<(), TransactionError<()>> = (&self.index, &self.audio, &self.expiry)
-            .transaction(|(index, audio, expiry)| {
-                for ((key, meta), bite) in entries.iter().zip(bites) {
-                    audio.insert(key.as_slice(), bite.audio.as_ref())?;
-                    expiry.insert(key::expiry(bite.meta.start, key), &[] as &[u8])?;
-                    index.insert(key.as_slice(), meta.as_slice())?;
-                }
-                Ok::<(), ConflictableTransactionError<()>>(())
-            });
-        match written {
-            Ok(()) => {}
-            Err(TransactionError::Storage(err)) => return Err(err.into()),
-            Err(TransactionError::Abort(())) => {}
+        let mut index = sled::Batch::default();
+        for bite in bites {
+            let meta = &bite.meta;
+            let key = key::bite(&meta.conversation, meta.start, &meta.user, &meta.client);
+            // Serializing a struct of strings and integers cannot fail.
+            let value = serde_json::to_vec(meta).unwrap_or_default();
+            index.insert(key::expiry(meta.start, &key), &[] as &[u8]);
+            // Straight in: a batch would hold a second copy of every file until applied.
+            self.audio.insert(key.as_slice(), bite.audio.as_ref())?;
+            index.insert(key, value);
         }
+        // The index goes last, in one atomic batch, so a crash in between leaves audio nothing
+        // points to, never metadata without audio; `flush` makes it all durable.
+        self.index.apply_batch(index)?;
         self.db.flush()?;
         Ok(())
     }
@@ -293,11 +273,11 @@ impl BiteStore for SledStore {
 
     fn delete_started_before(&self, cutoff: u64, max: usize) -> Result<usize, StoreError> {
         let keys: Vec<Vec<u8>> = self
-            .expiry
-            .range(..cutoff.to_be_bytes().to_vec())
+            .index
+            .range(key::EXPIRY.to_vec()..key::expiry(cutoff, b""))
             .keys()
             .take(max)
-            .map(|entry| entry.map(|expiry| expiry[8..].to_vec()))
+            .map(|entry| entry.map(|expiry| expiry[key::EXPIRY.len() + 8..].to_vec()))
             .collect::<Result<_, _>>()?;
         self.remove(&keys)?;
         Ok(keys.len())
@@ -349,8 +329,12 @@ mod key {
         Some(u64::from_be_bytes(bytes.try_into().ok()?))
     }
 
+    /// Where the index keeps bites in order of age (bite keys start with `bite+`).
+    pub const EXPIRY: &[u8] = b"expiry+";
+
     pub fn expiry(start: u64, key: &[u8]) -> Vec<u8> {
-        let mut expiry = Vec::with_capacity(8 + key.len());
+        let mut expiry = Vec::with_capacity(EXPIRY.len() + 8 + key.len());
+        expiry.extend_from_slice(EXPIRY);
         expiry.extend_from_slice(&start.to_be_bytes());
         expiry.extend_from_slice(key);
         expiry
@@ -474,7 +458,8 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(store.audio.len(), 1);
-        assert_eq!(store.expiry.len(), 1);
+        assert_eq!(store.index.scan_prefix(key::EXPIRY).count(), 1);
+        assert_eq!(store.index.len(), 2);
         assert_eq!(
             store.scan("c-2", 0, u64::MAX, 100).expect("scan").starts,
             vec![5500]

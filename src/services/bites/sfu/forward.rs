@@ -1,27 +1,20 @@
-//! One forwarded stream: a source participant's audio on its way into one listener's
-//! connection, with its own queue and writer task so a stuck listener delays nobody else.
+//! One forwarded stream: a source participant's audio into one listener's connection.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use metrics::Counter;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtp;
-use rtc::rtp::extension::audio_level_extension::AudioLevelExtension;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpSendParameters,
     RtpCodecKind,
 };
 use rtc::sdp::extmap::AUDIO_LEVEL_URI;
-use rtc::shared::marshal::Marshal as _;
-use tokio::sync::mpsc;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
-
-/// Packets a listener's writer may fall behind by; beyond it packets are dropped (late audio
-/// is useless) and the source never waits.
-const QUEUE: usize = 64;
 
 /// Ready bit plus the payload type and audio-level extension id negotiated on the listener's
 /// leg, packed so the hot path reads them with one load.
@@ -34,11 +27,10 @@ pub struct DownTrack {
     pub track: Arc<TrackLocalStaticRTP>,
     ssrc: u32,
     negotiated: AtomicU32,
-    queue: mpsc::Sender<(rtp::Packet, Option<(u8, AudioLevelExtension)>)>,
     dropped: Counter,
 }
 
-/// The Opus codec as the SFU registers it (`sfu::media_engine`) and sends it.
+/// The Opus codec as the SFU registers it (`peer::media_engine`) and sends it.
 pub fn opus() -> RTCRtpCodec {
     RTCRtpCodec {
         mime_type: "audio/opus".into(),
@@ -51,9 +43,8 @@ pub fn opus() -> RTCRtpCodec {
 
 impl DownTrack {
     /// A track named after its speaker (stream id = user id, track id = `user:client`), so a
-    /// client can tell who is talking; its writer runs on the media runtime.
+    /// client can tell who is talking.
     pub fn new(
-        media: &tokio::runtime::Handle,
         (source, user, client): (u64, &str, &str),
         listener: u64,
         dropped: Counter,
@@ -73,18 +64,14 @@ impl DownTrack {
                 ..Default::default()
             }],
         )));
-        let (queue, packets) = mpsc::channel(QUEUE);
-        let down = Arc::new(Self {
+        Arc::new(Self {
             source,
             listener,
-            track: Arc::clone(&track),
+            track,
             ssrc,
             negotiated: AtomicU32::new(0),
-            queue,
             dropped,
-        });
-        media.spawn(write_loop(track, packets, down.dropped.clone()));
-        down
+        })
     }
 
     /// Records what the listener's connection negotiated for this track; packets flow from
@@ -110,46 +97,39 @@ impl DownTrack {
         self.negotiated.store(packed, Ordering::Release);
     }
 
-    /// Queues a packet for the listener, rewritten for its leg; never waits.
-    pub fn offer(&self, packet: &rtp::Packet, level: Option<AudioLevelExtension>) {
+    /// Hands a packet, rewritten for the listener's leg, to its connection; never waits: a
+    /// connection with no room (its driver behind) loses the packet, late audio being useless.
+    pub fn send(&self, packet: &rtp::Packet, level: Option<&Bytes>) {
         let negotiated = self.negotiated.load(Ordering::Acquire);
         if negotiated & READY == 0 {
             return;
         }
-        let mut packet = packet.clone();
-        let header = &mut packet.header;
-        header.ssrc = self.ssrc;
-        header.payload_type = (negotiated >> 8) as u8;
-        // Only extensions negotiated on the listener's leg may go out, under its ids; the
-        // sender's transport-wide sequence numbers mean nothing downstream.
-        header.extensions.clear();
-        header.extension = false;
-        header.extension_profile = 0;
-        header.extensions_padding = 0;
+        // A fresh header: only what the listener's leg negotiated goes out, under its ids
+        // (the sender's transport-wide sequence numbers mean nothing downstream).
+        let mut header = rtp::header::Header {
+            version: 2,
+            marker: packet.header.marker,
+            payload_type: (negotiated >> 8) as u8,
+            sequence_number: packet.header.sequence_number,
+            timestamp: packet.header.timestamp,
+            ssrc: self.ssrc,
+            ..Default::default()
+        };
         let level_id = (negotiated & 0xff) as u8;
-        let level = level
-            .filter(|_| level_id != 0)
-            .map(|level| (level_id, level));
-        if self.queue.try_send((packet, level)).is_err() {
-            self.dropped.increment(1);
-        }
-    }
-}
-
-async fn write_loop(
-    track: Arc<TrackLocalStaticRTP>,
-    mut packets: mpsc::Receiver<(rtp::Packet, Option<(u8, AudioLevelExtension)>)>,
-    dropped: Counter,
-) {
-    while let Some((mut packet, level)) = packets.recv().await {
-        if let Some((id, level)) = level
-            && let Ok(bytes) = level.marshal()
+        if let Some(level) = level
+            && level_id != 0
         {
             // Fails only for ids outside 1..=255, which negotiation does not produce.
-            let _ = packet.header.set_extension(id, Bytes::from(bytes.freeze()));
+            let _ = header.set_extension(level_id, level.clone());
         }
-        if track.write_rtp(packet).await.is_err() {
-            dropped.increment(1);
+        let packet = rtp::Packet {
+            header,
+            payload: packet.payload.clone(),
+        };
+        // One poll: the connection's queue has room (it almost always does) or the packet is
+        // dropped, without a task per listener in between.
+        if !matches!(self.track.write_rtp(packet).now_or_never(), Some(Ok(()))) {
+            self.dropped.increment(1);
         }
     }
 }

@@ -230,13 +230,11 @@ impl Sfu {
         }
         self.leave(rooms, participant);
         let room = rooms.rooms.entry(Arc::clone(&conversation)).or_default();
-        let media = self.media.handle();
         let mut listeners = Vec::with_capacity(room.len());
         for other in room.iter() {
             // The newcomer's audio into the other's connection, and the other's into the
             // newcomer's.
             let to_other = DownTrack::new(
-                media,
                 (participant.id, &participant.user, &participant.client),
                 other.id,
                 self.stats.dropped.clone(),
@@ -245,7 +243,6 @@ impl Sfu {
             listeners.push(to_other);
 
             let from_other = DownTrack::new(
-                media,
                 (other.id, &other.user, &other.client),
                 participant.id,
                 self.stats.dropped.clone(),
@@ -340,16 +337,17 @@ async fn forward(
         };
         stats.received.increment(1);
         let level_id = participant.level_id.load(Ordering::Relaxed);
-        let level = match level_id {
+        // The level byte as received: listeners get it as is, under their own id.
+        let level_bytes = match level_id {
             0 => None,
-            id => packet
-                .header
-                .get_extension(id)
-                .and_then(|mut bytes| AudioLevelExtension::unmarshal(&mut bytes).ok()),
+            id => packet.header.get_extension(id),
         };
+        let level = level_bytes
+            .clone()
+            .and_then(|mut bytes| AudioLevelExtension::unmarshal(&mut bytes).ok());
         let route = participant.route();
         for down in &route.listeners {
-            down.offer(&packet, level);
+            down.send(&packet, level_bytes.as_ref());
         }
         stats.forwarded.increment(route.listeners.len() as u64);
         if let (Some(feed), Some(room)) = (&feed, &route.room) {

@@ -131,10 +131,10 @@ async fn serve(
                     break Some(CloseReason { code: CloseCode::Size, description: Some(err.to_string()) });
                 }
                 Some(Ok(AggregatedMessage::Text(text))) => {
-                    if let Err(error) = read(&participant, &text) {
-                        if session.text(format!("error::{error}")).await.is_err() {
-                            break None;
-                        }
+                    if let Err(error) = read(&participant, &text)
+                        && session.text(format!("error::{error}")).await.is_err()
+                    {
+                        break None;
                     }
                 }
                 Some(Ok(AggregatedMessage::Ping(bytes))) => {
