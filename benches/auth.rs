@@ -26,7 +26,8 @@ mod load;
 use load::{CONNECTIONS, PIPELINE, compare, wanted};
 
 // Logging in through the development bypass.
-#[path = "common/login.rs"]
+#[allow(dead_code)]
+#[path = "../tests/common/login.rs"]
 mod login;
 use login::{access_token, nonce, phone, verify};
 

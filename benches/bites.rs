@@ -28,7 +28,7 @@ mod load;
 use load::{median, spread, threads_cpu_ns, wanted};
 
 #[allow(dead_code)]
-#[path = "common/login.rs"]
+#[path = "../tests/common/login.rs"]
 mod login;
 
 #[allow(dead_code)]
@@ -238,22 +238,7 @@ impl Call {
 }
 
 async fn login(base: &str, n: u32) -> (String, String) {
-    let client = reqwest::Client::new();
-    let nonce = login::nonce(&client, base, &login::phone(n)).await;
-    let body: Value = client
-        .post(format!("{base}/login/verify"))
-        .header("accept", "application/json")
-        .json(&json!({"code": "000000", "nonce": nonce, "clientid": format!("bench-{n}")}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    (
-        body["access_token"].as_str().unwrap().to_owned(),
-        body["user_id"].as_str().unwrap().to_owned(),
-    )
+    login::token_and_user(base, &login::phone(n), &format!("bench-{n}")).await
 }
 
 /// A bare UDP relay: one thread receives each packet and sends it to every listener socket;

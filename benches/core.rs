@@ -30,7 +30,7 @@ mod load;
 use load::{CONNECTIONS, PIPELINE, compare, median, wanted};
 
 #[allow(dead_code)]
-#[path = "common/login.rs"]
+#[path = "../tests/common/login.rs"]
 mod login;
 use login::access_token;
 

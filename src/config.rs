@@ -352,8 +352,8 @@ pub struct BitesConfig {
     /// How often the retention worker looks for old bites.
     pub retention_sweep_secs: u64,
     /// Items per page of `GET /store/bite/{conversation}` without `?limit=`, and the largest.
-    pub page_size: usize,
-    pub max_page_size: usize,
+    pub page_size: u64,
+    pub max_page_size: u64,
     /// Most starts one `…/scan` answers; `next` then points at the first one left out.
     pub scan_limit: usize,
     pub sfu: SfuConfig,
@@ -389,7 +389,7 @@ pub struct SfuConfig {
     /// UDP ports to take media sockets from; 0 and 0: any free port.
     pub port_min: u16,
     pub port_max: u16,
-    /// STUN/TURN servers, handed to clients at `GET /webrtc/config` and used by the server.
+    /// STUN/TURN servers handed to clients at `GET /webrtc/config`.
     pub ice_servers: Vec<IceServer>,
     /// Threads of the media runtime (connections, forwarding, bite cutting); 0: one per core.
     pub threads: usize,

@@ -44,7 +44,12 @@ fn call(app: &TestApp, method: &str, path: &str, who: &Tokens) -> reqwest::Reque
         .bearer_auth(&who.access)
 }
 
-async fn conversation_of(app: &TestApp, owner: &Tokens, others: &[&Tokens]) -> String {
+/// A request as a logged-in client sends it, sent.
+async fn send(app: &TestApp, method: &str, path: &str, who: &Tokens) -> reqwest::Response {
+    call(app, method, path, who).send().await.unwrap()
+}
+
+pub async fn conversation_of(app: &TestApp, owner: &Tokens, others: &[&Tokens]) -> String {
     let response = call(app, "POST", "/core/user/conversation", owner)
         .json(&json!({ "title": "bites" }))
         .send()
@@ -185,7 +190,7 @@ async fn members_hear_each_other_and_nobody_else() {
         assert!(b.heard_from(&carol.tokens.user_id) > 0, "{column:?}");
 
         // Bob is removed from the conversation: within a second he hears nothing more.
-        let removed = call(
+        let removed = send(
             &app,
             "DELETE",
             &format!(
@@ -194,9 +199,7 @@ async fn members_hear_each_other_and_nobody_else() {
             ),
             &alice.tokens,
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
         assert_eq!(removed.status(), 200);
         tokio::time::sleep(Duration::from_secs(1)).await;
         let (bob_heard, alice_heard_bob) = (
@@ -248,20 +251,12 @@ async fn signalling_needs_a_token_and_a_websocket() {
         .await
         .unwrap();
     assert_eq!(response.status(), 401);
-    let response = call(&app, "GET", "/webrtc/connect", &alice.tokens)
-        .send()
-        .await
-        .unwrap();
+    let response = send(&app, "GET", "/webrtc/connect", &alice.tokens).await;
     assert_eq!(error_code(response, 400).await, "websocket_required");
-    let response = call(&app, "POST", "/webrtc/join/c-nope", &alice.tokens)
-        .send()
-        .await
-        .unwrap();
+    let response = send(&app, "POST", "/webrtc/join/c-nope", &alice.tokens).await;
     assert_eq!(error_code(response, 400).await, "invalid_id");
-    let config: Value = call(&app, "GET", "/webrtc/config", &alice.tokens)
-        .send()
+    let config: Value = send(&app, "GET", "/webrtc/config", &alice.tokens)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -369,10 +364,7 @@ async fn speech_becomes_bites_that_members_read() {
         let store = format!("/store/bite/{conversation}");
 
         // Bob listens to new bites as they are stored.
-        let mut stream = call(&app, "GET", &format!("{store}/subscribe"), &bob.tokens)
-            .send()
-            .await
-            .unwrap();
+        let mut stream = send(&app, "GET", &format!("{store}/subscribe"), &bob.tokens).await;
         assert_eq!(stream.status(), 200);
 
         let mut stored = app.platform.bus.subscribe::<BiteStored>().await.unwrap();
@@ -451,29 +443,25 @@ async fn speech_becomes_bites_that_members_read() {
 
         // The original scan, in milliseconds, and the new list.
         let scan = json_of(
-            call(
+            send(
                 &app,
                 "GET",
                 &format!("{store}/scan?from=0&to={}", u64::MAX),
                 &bob.tokens,
             )
-            .send()
-            .await
-            .unwrap(),
+            .await,
             200,
         )
         .await;
         assert_eq!(scan, json!({"previous": 0, "starts": starts, "next": 0}));
         let scan = json_of(
-            call(
+            send(
                 &app,
                 "GET",
                 &format!("{store}/scan?from={}&to={}", starts[0] + 1, starts[1]),
                 &bob.tokens,
             )
-            .send()
-            .await
-            .unwrap(),
+            .await,
             200,
         )
         .await;
@@ -482,15 +470,13 @@ async fn speech_becomes_bites_that_members_read() {
             json!({"previous": starts[0], "starts": [starts[1]], "next": 0})
         );
         let empty = json_of(
-            call(
+            send(
                 &app,
                 "GET",
                 &format!("{store}/scan?from=1&to=2"),
                 &bob.tokens,
             )
-            .send()
-            .await
-            .unwrap(),
+            .await,
             200,
         )
         .await;
@@ -498,28 +484,18 @@ async fn speech_becomes_bites_that_members_read() {
             empty,
             json!({"previous": 0, "starts": [], "next": starts[0]})
         );
-        let page = call(&app, "GET", &format!("{store}?limit=1"), &bob.tokens)
-            .send()
-            .await
-            .unwrap();
+        let page = send(&app, "GET", &format!("{store}?limit=1"), &bob.tokens).await;
         let link = page.headers()["link"].to_str().unwrap().to_owned();
         let first = json_of(page, 200).await;
         assert_eq!(first.as_array().unwrap().len(), 1);
         assert_eq!(first[0], announced[0]);
         let next = link.trim_start_matches('<').split('>').next().unwrap();
-        let second = json_of(
-            call(&app, "GET", next, &bob.tokens).send().await.unwrap(),
-            200,
-        )
-        .await;
+        let second = json_of(send(&app, "GET", next, &bob.tokens).await, 200).await;
         assert_eq!(second, json!([announced[1]]));
 
         // Each bite is a valid Ogg Opus file of its duration.
         for (bite, start) in announced.iter().zip(&starts) {
-            let response = call(&app, "GET", &format!("{store}/start/{start}"), &bob.tokens)
-                .send()
-                .await
-                .unwrap();
+            let response = send(&app, "GET", &format!("{store}/start/{start}"), &bob.tokens).await;
             assert_eq!(response.status(), 200);
             assert_eq!(response.headers()["content-type"], "audio/ogg");
             let file = response.bytes().await.unwrap();
@@ -551,15 +527,13 @@ async fn speech_becomes_bites_that_members_read() {
                 .starts_with("bytes 0-3/")
         );
         assert_eq!(&part.bytes().await.unwrap()[..], b"OggS");
-        let missing = call(
+        let missing = send(
             &app,
             "GET",
             &format!("{store}/start/{}", starts[0] + 1),
             &bob.tokens,
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
         assert_eq!(error_code(missing, 404).await, "bite_not_found");
 
         // Strangers read nothing; bad input is a clear 400.
@@ -569,36 +543,22 @@ async fn speech_becomes_bites_that_members_read() {
             format!("{store}/start/{}", starts[0]),
             format!("{store}/subscribe"),
         ] {
-            let refused = call(&app, "GET", &path, &mallory.tokens)
-                .send()
-                .await
-                .unwrap();
+            let refused = send(&app, "GET", &path, &mallory.tokens).await;
             assert_eq!(error_code(refused, 403).await, "not_a_member", "{path}");
         }
-        let bad = call(&app, "GET", &format!("{store}/scan?from=x"), &bob.tokens)
-            .send()
-            .await
-            .unwrap();
+        let bad = send(&app, "GET", &format!("{store}/scan?from=x"), &bob.tokens).await;
         assert_eq!(bad.status(), 400);
-        let bad = call(
+        let bad = send(
             &app,
             "GET",
             &format!("{store}/scan?from=5&to=1"),
             &bob.tokens,
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
         assert_eq!(error_code(bad, 400).await, "invalid_range");
-        let bad = call(&app, "GET", &format!("{store}?limit=0"), &bob.tokens)
-            .send()
-            .await
-            .unwrap();
+        let bad = send(&app, "GET", &format!("{store}?limit=0"), &bob.tokens).await;
         assert_eq!(error_code(bad, 400).await, "invalid_limit");
-        let bad = call(&app, "GET", "/store/bite/c-x/scan", &bob.tokens)
-            .send()
-            .await
-            .unwrap();
+        let bad = send(&app, "GET", "/store/bite/c-x/scan", &bob.tokens).await;
         assert_eq!(error_code(bad, 400).await, "invalid_id");
 
         a.close().await;
@@ -691,25 +651,11 @@ async fn old_bites_expire() {
         let start = one_bite(&app, &mut peer, &mut stored).await;
         let scan = format!("/store/bite/{conversation}/scan");
         let starts = |body: Value| body["starts"].as_array().unwrap().len();
-        let body = json_of(
-            call(&app, "GET", &scan, &alice.tokens)
-                .send()
-                .await
-                .unwrap(),
-            200,
-        )
-        .await;
+        let body = json_of(send(&app, "GET", &scan, &alice.tokens).await, 200).await;
         assert_eq!(body["starts"], json!([start]), "{column:?}");
         let deadline = Instant::now() + Duration::from_secs(6);
         loop {
-            let body = json_of(
-                call(&app, "GET", &scan, &alice.tokens)
-                    .send()
-                    .await
-                    .unwrap(),
-                200,
-            )
-            .await;
+            let body = json_of(send(&app, "GET", &scan, &alice.tokens).await, 200).await;
             if starts(body) == 0 {
                 break;
             }
@@ -719,15 +665,13 @@ async fn old_bites_expire() {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let gone = call(
+        let gone = send(
             &app,
             "GET",
             &format!("/store/bite/{conversation}/start/{start}"),
             &alice.tokens,
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
         assert_eq!(error_code(gone, 404).await, "bite_not_found");
         peer.close().await;
         app.stop().await;
@@ -749,15 +693,13 @@ async fn deleting_a_conversation_deletes_its_bites() {
         one_bite(&app, &mut peer, &mut stored).await;
         assert_eq!(join(&app, &alice.tokens, &kept).await.status(), 200);
         let kept_start = one_bite(&app, &mut peer, &mut stored).await;
-        let deleted = call(
+        let deleted = send(
             &app,
             "DELETE",
             &format!("/core/user/conversation/{doomed}"),
             &alice.tokens,
         )
-        .send()
-        .await
-        .unwrap();
+        .await;
         assert_eq!(deleted.status(), 200);
         peer.close().await;
         // The deletion is heard on the bus; give it a moment, then look in the store itself.
@@ -792,36 +734,7 @@ async fn a_killed_server_keeps_every_bite_it_announced() {
     let served = Served::start(dir.path(), &env);
     let base = format!("http://127.0.0.1:{}", served.port);
     let client = reqwest::Client::new();
-    let login = |phone: String| {
-        let client = client.clone();
-        let base = base.clone();
-        async move {
-            let nonce = client
-                .post(format!("{base}/login/init/bypass"))
-                .json(&json!({"phone_number": phone}))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            let body: Value = client
-                .post(format!("{base}/login/verify"))
-                .header("accept", "application/json")
-                .json(&json!({"code": "000000", "nonce": nonce, "clientid": "phone"}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            (
-                body["access_token"].as_str().unwrap().to_owned(),
-                body["user_id"].as_str().unwrap().to_owned(),
-            )
-        }
-    };
-    let (token, _) = login(unique_phone()).await;
+    let (token, _) = crate::login::token_and_user(&base, &unique_phone(), "phone").await;
     let created: Value = client
         .post(format!("{base}/core/user/conversation"))
         .bearer_auth(&token)
@@ -915,4 +828,74 @@ async fn a_killed_server_keeps_every_bite_it_announced() {
     }
     let (status, _) = served.stop();
     assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_ports_and_addresses_follow_the_configuration() {
+    // Two free ports in a row for the range (bound and released again).
+    let (low, high) = loop {
+        let first = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = first.local_addr().unwrap().port();
+        if port < u16::MAX && std::net::UdpSocket::bind(("127.0.0.1", port + 1)).is_ok() {
+            break (port, port + 1);
+        }
+    };
+    let app = TestApp::spawn_with(
+        Column::Embedded,
+        |config| {
+            config.bites.sfu.port_min = low;
+            config.bites.sfu.port_max = high;
+            config.bites.sfu.ice_servers = vec![beep::config::IceServer {
+                urls: vec!["turn:turn.example.org:3478".into()],
+                username: "beep".into(),
+                credential: "secret".into(),
+            }];
+        },
+        Vec::new(),
+    )
+    .await;
+    let alice = member(&app, "phone").await;
+    let bob = member(&app, "tablet").await;
+    let ws = ws_base(&app);
+    let a = Peer::connect(&ws, &alice.tokens.access).await;
+    let b = Peer::connect(&ws, &bob.tokens.access).await;
+    let mut ports = Vec::new();
+    for peer in [&a, &b] {
+        let sdp = peer.pc.remote_description().await.unwrap().sdp;
+        let candidate = sdp
+            .lines()
+            .find(|line| line.starts_with("a=candidate:"))
+            .unwrap()
+            .to_owned();
+        let fields: Vec<&str> = candidate.split_whitespace().collect();
+        assert_eq!(fields[4], "127.0.0.1", "{candidate}");
+        ports.push(fields[5].parse::<u16>().unwrap());
+    }
+    ports.sort_unstable();
+    assert_eq!(
+        ports,
+        vec![low, high],
+        "one port per connection, from the range"
+    );
+    // The range is used up: a third connection is refused, not left without media.
+    let carol = member(&app, "laptop").await;
+    let url = format!("{ws}/webrtc/connect?token={}", carol.tokens.access);
+    let refused = tokio_tungstenite::connect_async(url).await;
+    let Err(tokio_tungstenite::tungstenite::Error::Http(response)) = refused else {
+        panic!("a connection beyond the port range was accepted");
+    };
+    assert_eq!(response.status(), 503);
+    // Clients are handed the ICE servers.
+    let config: Value = send(&app, "GET", "/webrtc/config", &alice.tokens)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        config,
+        json!({"iceServers": [{"urls": ["turn:turn.example.org:3478"], "username": "beep", "credential": "secret"}]})
+    );
+    a.close().await;
+    b.close().await;
+    app.stop().await;
 }

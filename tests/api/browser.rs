@@ -16,45 +16,22 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::auth::{Tokens, login_as};
+use crate::bites::conversation_of;
 use crate::helpers::{Column, TestApp, env, unique_phone};
 
 /// The driver gives up after 30 s; this bounds a driver that hangs anyway.
 const DRIVER_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn post(app: &TestApp, path: &str, who: &Tokens) -> reqwest::RequestBuilder {
-    app.post(path).bearer_auth(&who.access)
-}
-
-/// A conversation of `owner` with `other` as a member.
-async fn conversation_of(app: &TestApp, owner: &Tokens, other: &Tokens) -> String {
-    let response = post(app, "/core/user/conversation", owner)
-        .json(&json!({ "title": "browser call" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let id = response.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let path = format!("/core/user/conversation/{id}/member");
-    let response = post(app, &path, owner)
-        .json(&json!({ "id": other.user_id }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    id
-}
-
 /// The driver's folder, when Chromium and the driver's dependencies are both there.
+/// With `BEEP_TEST_CHROMIUM` set, a missing driver is a failure, not a skip: CI sets it.
 fn browser_setup() -> Option<(String, PathBuf)> {
     let chromium = env("BEEP_TEST_CHROMIUM")?;
     let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
-    folder
-        .join("node_modules/playwright-core")
-        .is_dir()
-        .then_some((chromium, folder))
+    assert!(
+        folder.join("node_modules/playwright-core").is_dir(),
+        "BEEP_TEST_CHROMIUM is set but the driver is not installed: npm ci --prefix tests/browser"
+    );
+    Some((chromium, folder))
 }
 
 /// Runs `node call.mjs args…`; returns whether it succeeded, its stdout and its stderr.
@@ -115,14 +92,14 @@ fn stream_from<'a>(page: &'a Value, speaker: &Tokens, client: &str) -> Option<&'
 async fn a_browser_hears_another_through_the_sfu() {
     let Some((chromium, folder)) = browser_setup() else {
         println!(
-            "skipped: set BEEP_TEST_CHROMIUM and run `npm ci --prefix tests/browser` to run it"
+            "skipped: set BEEP_TEST_CHROMIUM (and run `npm ci --prefix tests/browser`) to run it"
         );
         return;
     };
     let app = TestApp::spawn(Column::Embedded).await;
     let a = login_as(&app, &unique_phone(), "browser-a").await;
     let b = login_as(&app, &unique_phone(), "browser-b").await;
-    let conversation = conversation_of(&app, &a, &b).await;
+    let conversation = conversation_of(&app, &a, &[&b]).await;
 
     let args = vec![
         app.url(""),

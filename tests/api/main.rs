@@ -16,6 +16,9 @@ mod cache;
 mod core;
 mod helpers;
 mod http;
+#[allow(dead_code)]
+#[path = "../common/login.rs"]
+mod login;
 #[cfg(feature = "bites")]
 #[path = "../common/peer.rs"]
 mod peer;

@@ -36,6 +36,20 @@ pub fn configure_extractors(config: &HttpConfig, cfg: &mut web::ServiceConfig) {
     .app_data(PathConfig::default().error_handler(|err, _| path_error(err).into()));
 }
 
+/// The `?limit=` of a list: `default` when absent, else within `1..=max`, or a 400
+/// `invalid_limit`.
+pub fn page_limit(limit: Option<u64>, default: u64, max: u64) -> Result<u64, ApiError> {
+    match limit {
+        None => Ok(default.clamp(1, max.max(1))),
+        Some(limit) if (1..=max).contains(&limit) => Ok(limit),
+        Some(_) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_limit",
+            format!("limit must be between 1 and {max}"),
+        )),
+    }
+}
+
 fn too_large(limit: usize) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,

@@ -11,7 +11,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::store::{BiteMeta, SharedStore, StoreError};
 use crate::config::BitesConfig;
-use crate::platform::http::{ApiError, Caller, SSE_KEEP_ALIVE};
+use crate::platform::http::{ApiError, Caller, SSE_KEEP_ALIVE, page_limit};
 use crate::platform::ids::is_prefixed_id;
 use crate::platform::membership::SharedAccess;
 
@@ -88,7 +88,7 @@ async fn blocking<T: Send + 'static>(
 struct Range {
     from: Option<u64>,
     to: Option<u64>,
-    limit: Option<usize>,
+    limit: Option<u64>,
 }
 
 impl Range {
@@ -136,17 +136,9 @@ async fn list(
     member_of(&state.access, &caller, &path).await?;
     let (from, to) = query.bounds()?;
     let config = &state.config;
-    let limit = match query.limit {
-        None => config.page_size.clamp(1, config.max_page_size.max(1)),
-        Some(limit) if (1..=config.max_page_size).contains(&limit) => limit,
-        Some(_) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_limit",
-                format!("limit must be between 1 and {}", config.max_page_size),
-            ));
-        }
-    };
+    let limit = page_limit(query.limit, config.page_size, config.max_page_size)?;
+    // Bounded by `max_page_size`.
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let conversation = path.into_inner();
     let bites = blocking(&state, move |store| {
         store.list(&conversation, from, to, limit)

@@ -17,7 +17,7 @@ use super::events::{
 use super::streams::Topic;
 use super::users::{ProfilePatch, record};
 use crate::config::CoreConfig;
-use crate::platform::http::{ApiError, Caller, text_or_json};
+use crate::platform::http::{ApiError, Caller, page_limit, text_or_json};
 use crate::platform::ids::is_prefixed_id;
 use crate::platform::membership::{ConversationDeleted, MemberAdded, MemberRemoved};
 use crate::platform::users::{DirectoryError, Login, PhoneNumber, UserRecord};
@@ -167,14 +167,7 @@ struct Page {
 
 impl Page {
     fn limit(&self, config: &CoreConfig) -> Result<u64, ApiError> {
-        match self.limit {
-            None => Ok(config.page_size.clamp(1, config.max_page_size.max(1))),
-            Some(limit) if (1..=config.max_page_size).contains(&limit) => Ok(limit),
-            Some(_) => Err(invalid(
-                "invalid_limit",
-                format!("limit must be between 1 and {}", config.max_page_size),
-            )),
-        }
+        page_limit(self.limit, config.page_size, config.max_page_size)
     }
 
     fn after(&self) -> Option<&str> {

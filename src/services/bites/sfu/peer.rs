@@ -17,7 +17,6 @@ use rtc::peer_connection::configuration::interceptor_registry::configure_rtcp_re
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc::peer_connection::transport::RTCIceServer;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
@@ -97,7 +96,6 @@ pub struct Transport {
     pub ip: IpAddr,
     pub public_ip: Option<IpAddr>,
     pub ports: Ports,
-    pub ice_servers: Vec<RTCIceServer>,
 }
 
 impl Transport {
@@ -120,15 +118,6 @@ impl Transport {
                 max: config.port_max,
                 next: AtomicU16::new(config.port_min),
             },
-            ice_servers: config
-                .ice_servers
-                .iter()
-                .map(|server| RTCIceServer {
-                    urls: server.urls.clone(),
-                    username: server.username.clone(),
-                    credential: server.credential.clone(),
-                })
-                .collect(),
         })
     }
 }
@@ -250,11 +239,9 @@ pub async fn build(
         .pick(transport.ip)
         .ok_or(PeerError::NoPort)?;
     let pc = PeerConnectionBuilder::new()
-        .with_configuration(
-            RTCConfigurationBuilder::new()
-                .with_ice_servers(transport.ice_servers.clone())
-                .build(),
-        )
+        // No STUN or TURN for the server itself: it knows its address (`public_ip` behind
+        // a NAT), and clients that need a relay get one from `/webrtc/config`.
+        .with_configuration(RTCConfigurationBuilder::new().build())
         .with_media_engine(engine)
         .with_interceptor_registry(registry)
         .with_setting_engine(

@@ -1,5 +1,5 @@
-//! Logging in from a bench: codes through the development bypass (`auth.dev_bypass`), so no
-//! sender runs and no code has to be read from a log.
+//! Logging in through the development bypass (`auth.dev_bypass`), for benches and for tests of
+//! a `beep serve` child process: no sender runs and no code has to be read from a log.
 
 use serde_json::json;
 
@@ -42,4 +42,24 @@ pub async fn access_token(base: &str, n: u32) -> String {
     let response = verify(&client, base, &nonce).await;
     assert_eq!(response.status(), 200);
     response.text().await.unwrap()
+}
+
+/// Logs in as the user of `phone` on `client`: the access token and the user id.
+pub async fn token_and_user(base: &str, phone: &str, client: &str) -> (String, String) {
+    let http = reqwest::Client::new();
+    let nonce = nonce(&http, base, phone).await;
+    let body: serde_json::Value = http
+        .post(format!("{base}/login/verify"))
+        .header("accept", "application/json")
+        .json(&json!({ "code": "000000", "nonce": nonce, "clientid": client }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (
+        body["access_token"].as_str().unwrap().to_owned(),
+        body["user_id"].as_str().unwrap().to_owned(),
+    )
 }
