@@ -190,12 +190,18 @@ fn candidate(payload: &str) -> Result<RTCIceCandidateInit, serde_json::Value> {
         return serde_json::from_str(payload)
             .map_err(|err| json!({"code": "invalid_candidate", "message": err.to_string()}));
     }
-    let line = payload.strip_prefix("a=").unwrap_or(payload);
-    if !line.starts_with("candidate:") && !line.is_empty() {
-        return Err(
-            json!({"code": "invalid_candidate", "message": "expected a candidate: line or RTCIceCandidateInit JSON"}),
-        );
-    }
+    // A bare line, an SDP attribute (`a=candidate:…`), or Android's `IceCandidate.toString()`
+    // (`<mid>:<index>:candidate:…`), which the original Kotlin client sent.
+    let line = match payload.find("candidate:") {
+        Some(at) => &payload[at..],
+        None if payload.is_empty() => payload,
+        None => {
+            return Err(json!({
+                "code": "invalid_candidate",
+                "message": "expected a candidate: line or RTCIceCandidateInit JSON",
+            }));
+        }
+    };
     Ok(RTCIceCandidateInit {
         candidate: line.to_owned(),
         sdp_mid: None,
@@ -222,6 +228,10 @@ mod tests {
         assert_eq!(
             parsed.as_ref().map(|c| c.sdp_mid.clone()),
             Ok(Some("0".into()))
+        );
+        assert_eq!(
+            candidate(&format!("0:0:{line}")).map(|c| c.candidate),
+            Ok(line.to_owned())
         );
         assert!(candidate("udp4 host 1.2.3.4:5000").is_err());
         assert!(candidate("{not json").is_err());
