@@ -245,10 +245,11 @@ impl BiteStore for SledStore {
             return Ok(None);
         };
         let meta = Self::decode(&key, &meta)?;
+        // The engine's buffer, shared rather than copied into the response.
         Ok(self
             .audio
             .get(&key)?
-            .map(|audio| (meta, Bytes::copy_from_slice(&audio))))
+            .map(|audio| (meta, Bytes::from_owner(audio))))
     }
 
     fn delete_conversation(&self, conversation: &str) -> Result<usize, StoreError> {
