@@ -82,8 +82,7 @@ async fn start(postgres: Option<&str>, redis: Option<&str>, extra: Vec<Arc<dyn S
     config.server.data_dir = dir.path().to_owned();
     config.server.workers = 1;
     config.telemetry.log_filter = "warn".into();
-    config.auth.dev_bypass = true;
-    config.auth.dev_bypass_in_release = true;
+    login::allow_bypass(&mut config);
     let name = format!("bench{}", &random_hex128()[..12]);
     let mut database = None;
     if let Some(url) = postgres {

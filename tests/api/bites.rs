@@ -127,15 +127,12 @@ async fn members_hear_each_other_and_nobody_else() {
         assert_eq!(join(&app, &mallory.tokens, &elsewhere).await.status(), 200);
 
         // Both speak; each hears the other, never itself; Mallory, in her own room, nothing.
-        let speaking = async {
-            for _ in 0..3 {
-                talk(&mut a, 200).await;
-                if b.heard_from(&alice.tokens.user_id) > 0 {
-                    break;
-                }
+        for _ in 0..3 {
+            talk(&mut a, 200).await;
+            if b.heard_from(&alice.tokens.user_id) > 0 {
+                break;
             }
-        };
-        speaking.await;
+        }
         talk(&mut b, 400).await;
         talk(&mut m, 200).await;
         eventually(
@@ -615,14 +612,12 @@ async fn kept_in_jetstream(app: &TestApp, url: &str) -> Vec<u64> {
     starts
 }
 
-/// Speaks one short bite into `conversation` and returns its start, once stored.
+/// Speaks one short bite into the peer's room and returns its start, once stored.
 async fn one_bite(
-    app: &TestApp,
     peer: &mut Peer,
     stored: &mut beep::platform::bus::Subscription<BiteStored>,
 ) -> u64 {
     talk(peer, 300).await;
-    let _ = app;
     let event = tokio::time::timeout(Duration::from_secs(5), stored.next())
         .await
         .expect("a bite was stored")
@@ -648,7 +643,7 @@ async fn old_bites_expire() {
         app.platform.bus.confirm_subscriptions().await.unwrap();
         let mut peer = Peer::connect(&ws_base(&app), &alice.tokens.access).await;
         assert_eq!(join(&app, &alice.tokens, &conversation).await.status(), 200);
-        let start = one_bite(&app, &mut peer, &mut stored).await;
+        let start = one_bite(&mut peer, &mut stored).await;
         let scan = format!("/store/bite/{conversation}/scan");
         let starts = |body: Value| body["starts"].as_array().unwrap().len();
         let body = json_of(send(&app, "GET", &scan, &alice.tokens).await, 200).await;
@@ -689,10 +684,10 @@ async fn deleting_a_conversation_deletes_its_bites() {
         app.platform.bus.confirm_subscriptions().await.unwrap();
         let mut peer = Peer::connect(&ws_base(&app), &alice.tokens.access).await;
         assert_eq!(join(&app, &alice.tokens, &doomed).await.status(), 200);
-        one_bite(&app, &mut peer, &mut stored).await;
-        one_bite(&app, &mut peer, &mut stored).await;
+        one_bite(&mut peer, &mut stored).await;
+        one_bite(&mut peer, &mut stored).await;
         assert_eq!(join(&app, &alice.tokens, &kept).await.status(), 200);
-        let kept_start = one_bite(&app, &mut peer, &mut stored).await;
+        let kept_start = one_bite(&mut peer, &mut stored).await;
         let deleted = send(
             &app,
             "DELETE",

@@ -95,24 +95,25 @@ impl Bites {
             let cutoff = u64::try_from(unix_millis())
                 .unwrap_or(0)
                 .saturating_sub(max_age.as_millis() as u64);
-            loop {
-                let store = Arc::clone(&store);
-                let swept = tokio::task::spawn_blocking(move || {
-                    store.delete_started_before(cutoff, RETENTION_BATCH)
-                })
-                .await;
-                match swept {
-                    Ok(Ok(count)) if count == RETENTION_BATCH => continue,
-                    Ok(Ok(count)) => {
-                        if count > 0 {
-                            tracing::info!(count, "old bites deleted");
-                        }
-                        break;
-                    }
-                    Ok(Err(err)) => tracing::error!(error = %err, "retention sweep failed"),
-                    Err(err) => tracing::error!(error = %err, "retention sweep failed"),
-                }
-                break;
+            match Self::sweep(&store, cutoff).await {
+                Ok(0) => {}
+                Ok(count) => tracing::info!(count, "old bites deleted"),
+                Err(err) => tracing::error!(error = %err, "retention sweep failed"),
+            }
+        }
+    }
+
+    /// Deletes every bite that started before `cutoff`, a batch at a time.
+    async fn sweep(store: &SharedStore, cutoff: u64) -> Result<usize, store::StoreError> {
+        let mut total = 0;
+        loop {
+            let deleted = store::blocking(store, move |store| {
+                store.delete_started_before(cutoff, RETENTION_BATCH)
+            })
+            .await?;
+            total += deleted;
+            if deleted < RETENTION_BATCH {
+                return Ok(total);
             }
         }
     }
@@ -202,14 +203,12 @@ impl Membership {
                 Some(event) = deleted.next() => {
                     let conversation = event.data.conversation;
                     self.sfu.conversation_deleted(&conversation);
-                    let store = Arc::clone(&self.store);
-                    let deleted = tokio::task::spawn_blocking(move || {
+                    let deleted = store::blocking(&self.store, move |store| {
                         store.delete_conversation(&conversation)
                     })
                     .await;
                     match deleted {
-                        Ok(Ok(count)) => tracing::debug!(count, "bites of a deleted conversation removed"),
-                        Ok(Err(err)) => tracing::error!(error = %err, "bites of a deleted conversation were not removed"),
+                        Ok(count) => tracing::debug!(count, "bites of a deleted conversation removed"),
                         Err(err) => tracing::error!(error = %err, "bites of a deleted conversation were not removed"),
                     }
                 }

@@ -223,7 +223,7 @@ const CRC_TABLE: [u32; 256] = {
     table
 };
 
-/// Reads the pages back: used by tests and by the store to check what it serves.
+/// Reads the pages back, checking each CRC, for the tests.
 #[cfg(test)]
 pub(crate) mod read {
     /// (granule, flags, packets completed or continued on the page)

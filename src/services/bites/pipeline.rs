@@ -11,7 +11,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::ogg;
-use super::store::{BiteMeta, NewBite, SharedStore};
+use super::store::{self, BiteMeta, NewBite, SharedStore};
 use super::utterance::{Incoming, Segmenter, SpeechRules, Utterance};
 use crate::platform::bus::{Bus, Event, unix_millis};
 
@@ -212,19 +212,10 @@ impl Writer {
     }
 
     async fn write(&self, batch: Vec<NewBite>) {
-        let store = Arc::clone(&self.store);
         let metas: Vec<BiteMeta> = batch.iter().map(|bite| bite.meta.clone()).collect();
-        let written = tokio::task::spawn_blocking(move || store.insert(&batch)).await;
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => {
-                tracing::error!(error = %err, bites = metas.len(), "bites could not be stored");
-                return;
-            }
-            Err(err) => {
-                tracing::error!(error = %err, bites = metas.len(), "the bite writer failed");
-                return;
-            }
+        if let Err(err) = store::blocking(&self.store, move |store| store.insert(&batch)).await {
+            tracing::error!(error = %err, bites = metas.len(), "bites could not be stored");
+            return;
         }
         self.stored.increment(metas.len() as u64);
         for meta in &metas {

@@ -9,7 +9,7 @@ use actix_web_lab::sse;
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 
-use super::store::{BiteMeta, SharedStore, StoreError};
+use super::store::{BiteMeta, SharedStore, StoreError, blocking};
 use crate::config::BitesConfig;
 use crate::platform::http::{ApiError, Caller, SSE_KEEP_ALIVE, page_limit};
 use crate::platform::ids::is_prefixed_id;
@@ -72,18 +72,6 @@ pub async fn member_of(
     }
 }
 
-/// Runs a store call on a blocking thread (the engine is synchronous).
-async fn blocking<T: Send + 'static>(
-    state: &State,
-    work: impl FnOnce(&SharedStore) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, ApiError> {
-    let store = Arc::clone(&state.store);
-    match tokio::task::spawn_blocking(move || work(&store)).await {
-        Ok(result) => Ok(result?),
-        Err(err) => Err(ApiError::internal(&err)),
-    }
-}
-
 #[derive(Deserialize)]
 struct Range {
     from: Option<u64>,
@@ -117,7 +105,7 @@ async fn scan(
     let (from, to) = query.bounds()?;
     let limit = state.config.scan_limit.max(1);
     let conversation = path.into_inner();
-    let scan = blocking(&state, move |store| {
+    let scan = blocking(&state.store, move |store| {
         store.scan(&conversation, from, to, limit)
     })
     .await?;
@@ -140,7 +128,7 @@ async fn list(
     // Bounded by `max_page_size`.
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let conversation = path.into_inner();
-    let bites = blocking(&state, move |store| {
+    let bites = blocking(&state.store, move |store| {
         store.list(&conversation, from, to, limit)
     })
     .await?;
@@ -189,7 +177,7 @@ async fn audio(
             ));
         }
     };
-    let found = blocking(&state, move |store| {
+    let found = blocking(&state.store, move |store| {
         let speaker = speaker.as_ref().map(|(u, c)| (u.as_str(), c.as_str()));
         store.get(&conversation, start, speaker)
     })

@@ -50,6 +50,8 @@ pub struct Scan {
 pub enum StoreError {
     #[error("bite store: {0}")]
     Engine(#[from] sled::Error),
+    #[error("bite store task: {0}")]
+    Task(String),
     #[error("bite store: undecodable metadata under {key}: {source}")]
     Corrupt {
         key: String,
@@ -92,6 +94,17 @@ pub trait BiteStore: Send + Sync {
 }
 
 pub type SharedStore = Arc<dyn BiteStore>;
+
+/// Runs a store call on a blocking thread, as async callers must: the engine is synchronous.
+pub async fn blocking<T: Send + 'static>(
+    store: &SharedStore,
+    work: impl FnOnce(&dyn BiteStore) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let store = Arc::clone(store);
+    tokio::task::spawn_blocking(move || work(store.as_ref()))
+        .await
+        .map_err(|err| StoreError::Task(err.to_string()))?
+}
 
 pub struct SledStore {
     db: sled::Db,

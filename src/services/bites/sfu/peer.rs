@@ -415,7 +415,11 @@ impl Negotiator {
                 && let Ok(parameters) = sender.get_parameters().await
             {
                 // Packets sent before DTLS is up are dropped by the connection: forward from
-                // the moment it is connected.
+                // the moment it is connected (at once on a renegotiation).
+                if *self.connected.borrow() {
+                    down.negotiated(&parameters);
+                    continue;
+                }
                 let mut connected = self.connected.clone();
                 tokio::spawn(async move {
                     if connected.wait_for(|up| *up).await.is_ok() {
