@@ -16,7 +16,7 @@ use actix_web::{HttpResponse, web};
 use beep::app::{self, Hosting, RunningApp};
 use beep::config::Config;
 use beep::platform::http::Caller;
-use beep::services::Service;
+use beep::platform::service::Service;
 use serde_json::{Value, json};
 
 // The shared load client; this bench uses part of it.

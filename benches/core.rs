@@ -20,8 +20,8 @@ use beep::app::{self, Hosting, RunningApp};
 use beep::config::Config;
 use beep::platform::http::Caller;
 use beep::platform::ids::random_hex128;
+use beep::platform::service::Service;
 use beep::platform::users::UserRecord;
-use beep::services::Service;
 use sea_orm::{ConnectionTrait as _, DatabaseBackend, DatabaseConnection};
 
 #[allow(dead_code)]
@@ -252,7 +252,7 @@ async fn access(redis: Option<&str>) {
         .await
         .unwrap();
     let conversation = conversation["id"].as_str().unwrap().to_owned();
-    // The same parts `services::build` wires, over the running app's platform.
+    // The same parts `app::build_services` wires, over the running app's platform.
     let core = beep::services::core::Core::new(&platform);
     let permissions =
         beep::services::permissions::Permissions::new(&platform, core.conversations.clone());

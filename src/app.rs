@@ -1,5 +1,18 @@
-//! The running system: open the platform, migrate and build the services, spawn their workers
-//! once, serve HTTP, and on SIGINT/SIGTERM (or `RunningApp::stop`) shut down in order.
+//! The running system, as the diagram reads: open the platform, build the services and wire
+//! the seams between them, spawn their workers once, serve HTTP, and on SIGINT/SIGTERM (or
+//! `RunningApp::stop`) shut down in order.
+//!
+//! ```text
+//!             core ──UserDirectory──▶ auth
+//!             core ──MembershipSource──▶ permissions ──AccessCheck──▶ bites
+//!   heartbeat, pictures: nothing asked yet
+//!   everyone ◀── bus (core's events: memberships, profiles) ──▶ everyone
+//! ```
+//!
+//! A seam is a trait in `platform/` answered by the service that owns the data. Here the
+//! owner is in this process and answers in-process; a split binary hosting the asker without
+//! the owner has no answer for it and refuses to start (split deployments will get it over the
+//! network instead).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,28 +22,166 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
 
 use crate::config::Config;
-use crate::platform::http;
 use crate::platform::http::cors::CorsPolicy;
 use crate::platform::http::request::{self, PlatformLayer};
+use crate::platform::http::{self, tls};
+#[cfg(feature = "bites")]
+use crate::platform::membership::SharedAccess;
+#[cfg(feature = "permissions")]
+use crate::platform::membership::SharedMembership;
+use crate::platform::service::Service;
+#[cfg(feature = "auth")]
+use crate::platform::users::SharedDirectory;
 use crate::platform::workers::Workers;
 use crate::platform::{Platform, PlatformError, health};
-use crate::services::{self, Service};
+#[allow(
+    unused_imports,
+    reason = "which services are used depends on the features"
+)]
+use crate::services::{self, COMPILED};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
     Platform(#[from] PlatformError),
     #[error(transparent)]
-    Service(#[from] services::BuildError),
+    Service(#[from] BuildError),
     #[error("{0}")]
     Config(String),
     #[error("TLS: {0}")]
-    Tls(String),
+    Tls(#[from] tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
     },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("service {0:?} is not compiled into this binary")]
+    Unknown(String),
+    #[error("{service} needs {owner} in the same process ({seam})")]
+    MissingSeam {
+        service: &'static str,
+        seam: &'static str,
+        owner: &'static str,
+    },
+    #[error("{service}: {source}")]
+    Service {
+        service: &'static str,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Refuses a service name that is not compiled into this binary.
+pub fn check_compiled(names: &[&str]) -> Result<(), BuildError> {
+    match names.iter().find(|name| !COMPILED.contains(name)) {
+        Some(unknown) => Err(BuildError::Unknown((*unknown).to_owned())),
+        None => Ok(()),
+    }
+}
+
+/// The seams between services: each is answered by the service that owns the data, and
+/// empty when that service is not hosted here.
+#[derive(Default)]
+#[allow(dead_code, reason = "which seams are asked depends on the features")]
+struct Seams {
+    /// "The user behind this login, created if new": core, asked by auth.
+    #[cfg(feature = "auth")]
+    users: Option<SharedDirectory>,
+    /// "Is U a member of C", from the tables: core, asked by permissions.
+    #[cfg(feature = "permissions")]
+    memberships: Option<SharedMembership>,
+    /// "May U touch C", cached: permissions, asked by bites (then heartbeat and pictures).
+    #[cfg(feature = "bites")]
+    access: Option<SharedAccess>,
+}
+
+/// The seam `service` asks, or why it cannot start without `owner`.
+#[allow(dead_code, reason = "which seams are asked depends on the features")]
+fn ask<T: Clone>(
+    seam: &Option<T>,
+    service: &'static str,
+    name: &'static str,
+    owner: &'static str,
+) -> Result<T, BuildError> {
+    seam.clone().ok_or(BuildError::MissingSeam {
+        service,
+        seam: name,
+        owner,
+    })
+}
+
+/// Builds the named services in `COMPILED` order (an owner before its askers) and wires each
+/// seam from its owner to the services that ask it.
+#[allow(unused_variables, unused_mut, reason = "depends on the features")]
+pub fn build_services(
+    names: &[&str],
+    platform: &Platform,
+) -> Result<Vec<Arc<dyn Service>>, BuildError> {
+    check_compiled(names)?;
+    let hosted = |name: &str| names.contains(&name);
+    let mut seams = Seams::default();
+    let mut built: Vec<Arc<dyn Service>> = Vec::with_capacity(names.len());
+
+    #[cfg(feature = "core")]
+    if hosted("core") {
+        let core = services::core::Core::new(platform);
+        #[cfg(feature = "auth")]
+        {
+            seams.users = Some(Arc::clone(&core.users) as SharedDirectory);
+        }
+        #[cfg(feature = "permissions")]
+        {
+            seams.memberships = Some(Arc::clone(&core.conversations) as SharedMembership);
+        }
+        built.push(Arc::new(core));
+    }
+    #[cfg(feature = "permissions")]
+    if hosted("permissions") {
+        let memberships = ask(
+            &seams.memberships,
+            "permissions",
+            "MembershipSource",
+            "core",
+        )?;
+        let permissions = services::permissions::Permissions::new(platform, memberships);
+        #[cfg(feature = "bites")]
+        {
+            seams.access = Some(Arc::clone(&permissions.checker) as SharedAccess);
+        }
+        built.push(Arc::new(permissions));
+    }
+    #[cfg(feature = "auth")]
+    if hosted("auth") {
+        let users = ask(&seams.users, "auth", "UserDirectory", "core")?;
+        let auth =
+            services::auth::Auth::new(platform, users).map_err(|err| BuildError::Service {
+                service: "auth",
+                source: err.into(),
+            })?;
+        built.push(Arc::new(auth));
+    }
+    #[cfg(feature = "heartbeat")]
+    if hosted("heartbeat") {
+        built.push(Arc::new(services::heartbeat::Heartbeat));
+    }
+    #[cfg(feature = "pictures")]
+    if hosted("pictures") {
+        built.push(Arc::new(services::pictures::Pictures));
+    }
+    #[cfg(feature = "bites")]
+    if hosted("bites") {
+        let access = ask(&seams.access, "bites", "AccessCheck", "permissions")?;
+        let bites =
+            services::bites::Bites::new(platform, access).map_err(|err| BuildError::Service {
+                service: "bites",
+                source: err.into(),
+            })?;
+        built.push(Arc::new(bites));
+    }
+    Ok(built)
 }
 
 /// Options that belong to how the app is hosted rather than to its configuration.
@@ -65,10 +216,10 @@ pub async fn start(
         .then(|| CorsPolicy::new(&config.http.cors))
         .transpose()
         .map_err(StartError::Config)?;
-    let tls = tls_config(&config)?;
+    let tls = tls::server_config(&config.server.tls)?;
 
-    // Checked again by `services::build`; here so a wrong name touches nothing.
-    services::check_compiled(service_names)?;
+    // Checked again by `build_services`; here so a wrong name touches nothing.
+    check_compiled(service_names)?;
     let platform = Platform::open(config).await?;
     for name in service_names {
         let applied = platform
@@ -80,7 +231,7 @@ pub async fn start(
             tracing::info!(service = name, applied, "migrations applied");
         }
     }
-    let mut services = services::build(service_names, &platform)?;
+    let mut services = build_services(service_names, &platform)?;
     if !platform.identity.has_keys() && platform.config.auth.jwks_url.is_empty() {
         tracing::warn!(
             "no token signing keys: this process hosts no auth service and auth.jwks_url is \
@@ -150,27 +301,6 @@ pub async fn start(
         server,
         workers,
     })
-}
-
-fn tls_config(config: &Config) -> Result<Option<rustls::ServerConfig>, StartError> {
-    use rustls::pki_types::pem::PemObject as _;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-    let (Some(cert_path), Some(key_path)) =
-        (&config.server.tls.cert_path, &config.server.tls.key_path)
-    else {
-        return Ok(None);
-    };
-    let certs = CertificateDer::pem_file_iter(cert_path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|err| StartError::Tls(format!("{}: {err}", cert_path.display())))?;
-    let key = PrivateKeyDer::from_pem_file(key_path)
-        .map_err(|err| StartError::Tls(format!("{}: {err}", key_path.display())))?;
-    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .and_then(|builder| builder.with_no_client_auth().with_single_cert(certs, key))
-        .map(Some)
-        .map_err(|err| StartError::Tls(err.to_string()))
 }
 
 impl RunningApp {

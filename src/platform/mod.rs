@@ -11,6 +11,7 @@ pub mod http;
 pub mod identity;
 pub mod ids;
 pub mod membership;
+pub mod service;
 pub mod telemetry;
 pub mod users;
 pub mod workers;

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use beep::config::{Limit, SigningAlgorithm};
 use beep::platform::http::Caller;
-use beep::services::Service;
+use beep::platform::service::Service;
 use serde_json::{Value, json};
 
 use crate::helpers::{Column, TestApp, columns, error_code, sent_code, unique_phone};

@@ -9,7 +9,7 @@ use beep::app::{self, Hosting};
 use beep::config::{Config, Secret};
 use beep::platform::Platform;
 use beep::platform::ids::random_hex128;
-use beep::services::Service;
+use beep::platform::service::Service;
 use sea_orm::{ConnectionTrait, Database};
 use tempfile::TempDir;
 use tokio::task::JoinHandle;

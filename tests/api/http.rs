@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use actix_web::{HttpResponse, web};
-use beep::services::Service;
+use beep::platform::service::Service;
 use serde::Deserialize;
 
 use crate::helpers::{Column, TestApp, columns, error_code};

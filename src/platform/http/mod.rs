@@ -4,7 +4,9 @@
 pub mod caller;
 pub mod cors;
 pub mod error;
+pub mod paging;
 pub mod request;
+pub mod tls;
 
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError, UrlencodedError};
 use actix_web::http::StatusCode;
@@ -12,6 +14,7 @@ use actix_web::web::{self, FormConfig, JsonConfig, PathConfig, PayloadConfig, Qu
 
 pub use caller::Caller;
 pub use error::ApiError;
+pub use paging::{next_link, page_limit};
 
 use crate::config::HttpConfig;
 
@@ -34,20 +37,6 @@ pub fn configure_extractors(config: &HttpConfig, cfg: &mut web::ServiceConfig) {
     )
     .app_data(QueryConfig::default().error_handler(|err, _| query_error(err).into()))
     .app_data(PathConfig::default().error_handler(|err, _| path_error(err).into()));
-}
-
-/// The `?limit=` of a list: `default` when absent, else within `1..=max`, or a 400
-/// `invalid_limit`.
-pub fn page_limit(limit: Option<u64>, default: u64, max: u64) -> Result<u64, ApiError> {
-    match limit {
-        None => Ok(default.clamp(1, max.max(1))),
-        Some(limit) if (1..=max).contains(&limit) => Ok(limit),
-        Some(_) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_limit",
-            format!("limit must be between 1 and {max}"),
-        )),
-    }
 }
 
 fn too_large(limit: usize) -> ApiError {

@@ -1,4 +1,5 @@
-//! Every way a login or token request fails, and the status each one answers.
+//! Every way a login or token request fails, and the status each one answers; and why auth
+//! cannot start.
 
 use std::time::Duration;
 
@@ -6,10 +7,26 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderValue, RETRY_AFTER};
 use actix_web::{HttpResponse, ResponseError};
 
+use super::keys::KeyError;
 use crate::platform::cache::CacheError;
 use crate::platform::http::ApiError;
 use crate::platform::http::error::ErrorChain;
 use crate::platform::users::{DirectoryError, InvalidLogin};
+
+/// Why auth cannot start: reported before the server listens.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("signing keys: {0}")]
+    Keys(#[source] KeyError),
+    #[error("OTP secret: {0}")]
+    OtpSecret(#[source] KeyError),
+    #[error("{0}")]
+    Setting(String),
+    #[error(
+        "auth.dev_bypass is on in a release build; set auth.dev_bypass_in_release = true if you really mean it"
+    )]
+    BypassInRelease,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {

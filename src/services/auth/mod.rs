@@ -11,52 +11,50 @@ mod limits;
 mod otp;
 mod routes;
 pub mod senders;
+mod service;
 pub mod sessions;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::web;
-use serde::Serialize;
 
-pub use error::AuthError;
+pub use error::{AuthError, SetupError};
 use keys::KeyRing;
 use limits::Limiter;
 use otp::Challenges;
 use senders::Senders;
-use sessions::{Issued, RefreshError, Sessions};
+pub use service::{AuthService, TokenResponse};
+use sessions::Sessions;
 
-use super::Service;
-use crate::config::Config;
+use crate::config::AuthConfig;
 use crate::platform::Platform;
 use crate::platform::bus::unix_millis;
-use crate::platform::http::Caller;
-use crate::platform::identity::{Claims, Identity};
-use crate::platform::users::{Login, NewProfile, SharedDirectory, UserRecord};
+use crate::platform::service::Service;
+use crate::platform::users::SharedDirectory;
 use crate::platform::workers::Workers;
 
 pub struct Auth {
-    state: Arc<AuthState>,
+    state: Arc<AuthService>,
 }
 
 impl Auth {
     /// Loads (or creates) the signing keys and checks the login settings.
-    pub fn new(platform: &Platform, users: SharedDirectory) -> Result<Self, String> {
+    pub fn new(platform: &Platform, users: SharedDirectory) -> Result<Self, SetupError> {
         let config = Arc::clone(&platform.config);
         check_dev_bypass(&config.auth, !cfg!(debug_assertions))?;
-        let keys = KeyRing::open(&config.auth, &config.server.data_dir)
-            .map_err(|err| format!("signing keys: {err}"))?;
+        let keys =
+            KeyRing::open(&config.auth, &config.server.data_dir).map_err(SetupError::Keys)?;
         let current = keys.current();
         platform.identity.install_keys(current.published.clone());
         let challenges = Challenges::new(
             platform.cache.clone(),
             keys::otp_secret(&config.auth, &config.server.data_dir)
-                .map_err(|err| format!("OTP secret: {err}"))?,
+                .map_err(SetupError::OtpSecret)?,
             Duration::from_secs(config.auth.otp.ttl_secs),
             config.auth.otp.max_attempts,
         );
-        let state = AuthState {
+        let state = AuthService {
             senders: Senders::new(&config.auth)?,
             sessions: Sessions::new(
                 platform.db.connection().clone(),
@@ -116,294 +114,10 @@ impl Service for Auth {
     }
 }
 
-/// What a successful login or refresh answers.
-#[derive(Debug, Serialize)]
-pub struct TokenResponse {
-    pub access_token: String,
-    pub refresh_token: String,
-    pub token_type: &'static str,
-    pub expires_in: u64,
-    pub user_id: String,
-    pub new_user: bool,
-}
-
-pub struct AuthState {
-    config: Arc<Config>,
-    identity: Identity,
-    keys: KeyRing,
-    sessions: Sessions,
-    challenges: Challenges,
-    limiter: Limiter,
-    senders: Senders,
-    users: SharedDirectory,
-    /// `auth.blocked_users`; `beep users block` adds rows to a table instead.
-    blocked: HashSet<String>,
-}
-
-impl AuthState {
-    /// Sends a code to `login`; answers the nonce to verify it with. Known and unknown logins
-    /// take the same path, so the answer says nothing about whether an account exists.
-    pub async fn start_login(
-        &self,
-        login: &Login,
-        client_ip: &str,
-        bypass: bool,
-    ) -> Result<String, AuthError> {
-        if bypass && !self.config.auth.dev_bypass {
-            return Err(AuthError::BypassDisabled);
-        }
-        let limits = &self.config.auth.limits;
-        self.limiter
-            .check("codes-per-ip", client_ip, limits.codes_per_ip)
-            .await?;
-        self.limiter
-            .check(
-                "codes-per-destination",
-                login.as_str(),
-                limits.codes_per_destination,
-            )
-            .await?;
-        if !bypass {
-            let (budget, limit) = match login {
-                Login::Phone(_) => ("sms", limits.sms),
-                Login::Email(_) => ("emails", limits.emails),
-            };
-            self.limiter.check(budget, "all", limit).await?;
-        }
-        let fixed_code = bypass.then_some(otp::BYPASS_CODE);
-        let challenge = self.challenges.create(login, fixed_code).await?;
-        if !bypass {
-            self.senders
-                .send(login, &challenge.code, self.challenges.ttl())
-                .await
-                .map_err(AuthError::Delivery)?;
-        }
-        Ok(challenge.nonce)
-    }
-
-    /// Checks the code, finds or creates the user, opens a session.
-    pub async fn finish_login(
-        &self,
-        nonce: &str,
-        code: &str,
-        client_id: &str,
-        client_ip: &str,
-    ) -> Result<TokenResponse, AuthError> {
-        validate_client_id(client_id)?;
-        let login = self.redeem_code(nonce, code, client_ip).await?;
-        let user = self.users.ensure_user(&login).await?;
-        self.refuse_blocked(&user.id).await?;
-        let issued = self.sessions.open(&user.id, client_id).await?;
-        tracing::info!(user_id = %user.id, session_id = %issued.session.id, new_user = user.created, "login");
-        self.token_response(issued, user.created)
-    }
-
-    /// The original register flow: a verified code plus a profile creates the user.
-    pub async fn register(
-        &self,
-        nonce: &str,
-        code: &str,
-        profile: NewProfile,
-        client_ip: &str,
-    ) -> Result<UserRecord, AuthError> {
-        let login = self.redeem_code(nonce, code, client_ip).await?;
-        Ok(self.users.register_user(&login, profile).await?)
-    }
-
-    async fn redeem_code(
-        &self,
-        nonce: &str,
-        code: &str,
-        client_ip: &str,
-    ) -> Result<Login, AuthError> {
-        self.limiter
-            .check(
-                "verifies-per-ip",
-                client_ip,
-                self.config.auth.limits.verifies_per_ip,
-            )
-            .await?;
-        self.challenges.redeem(nonce, code).await
-    }
-
-    async fn refuse_blocked(&self, user_id: &str) -> Result<(), AuthError> {
-        if self.blocked.contains(user_id) || self.sessions.is_blocked(user_id).await? {
-            return Err(AuthError::UserBlocked);
-        }
-        Ok(())
-    }
-
-    /// Spends a refresh token and issues the next pair. A spent token coming back ends the
-    /// whole session: someone else holds a copy.
-    pub async fn refresh(
-        &self,
-        refresh_token: &str,
-        client_ip: &str,
-    ) -> Result<TokenResponse, AuthError> {
-        self.limiter
-            .check(
-                "refreshes-per-ip",
-                client_ip,
-                self.config.auth.limits.refreshes_per_ip,
-            )
-            .await?;
-        if refresh_token.is_empty() || refresh_token.len() > 128 {
-            return Err(AuthError::InvalidRefreshToken);
-        }
-        match self.sessions.refresh(refresh_token).await {
-            Ok(issued) => {
-                self.refuse_blocked(&issued.session.user_id).await?;
-                self.token_response(issued, false)
-            }
-            Err(RefreshError::Reused {
-                session_id,
-                user_id,
-            }) => {
-                tracing::warn!(
-                    security_event = "refresh_token_reuse",
-                    %user_id,
-                    %session_id,
-                    client_ip,
-                    "a spent refresh token was presented; revoking its session"
-                );
-                self.end_session(&session_id, "refresh token reuse").await?;
-                Err(AuthError::RefreshTokenReused)
-            }
-            Err(RefreshError::Db(err)) => Err(err.into()),
-            Err(RefreshError::Unknown | RefreshError::Expired | RefreshError::Revoked) => {
-                Err(AuthError::InvalidRefreshToken)
-            }
-        }
-    }
-
-    /// Ends `caller`'s own session `session_id` (their current one by default).
-    pub async fn logout(&self, caller: &Caller, session_id: Option<&str>) -> Result<(), AuthError> {
-        let session_id = match session_id.or(caller.session_id.as_deref()) {
-            Some(id) => id,
-            None => return Err(AuthError::SessionNotFound),
-        };
-        match self.sessions.find(session_id).await? {
-            Some(session) if session.user_id == caller.user_id && session.revoked_at.is_none() => {
-                self.end_session(session_id, "logout").await
-            }
-            _ => Err(AuthError::SessionNotFound),
-        }
-    }
-
-    pub async fn list_sessions(
-        &self,
-        caller: &Caller,
-    ) -> Result<Vec<sessions::session::Model>, AuthError> {
-        Ok(self.sessions.list(&caller.user_id).await?)
-    }
-
-    async fn end_session(&self, session_id: &str, reason: &str) -> Result<(), AuthError> {
-        self.sessions.revoke(session_id, reason).await?;
-        self.identity.revoke_session(session_id).await?;
-        Ok(())
-    }
-
-    fn token_response(&self, issued: Issued, new_user: bool) -> Result<TokenResponse, AuthError> {
-        let (access_token, expires_in) = self.issue_access_token(
-            &issued.session.user_id,
-            &issued.session.client_id,
-            &issued.session.id,
-        )?;
-        Ok(TokenResponse {
-            access_token,
-            refresh_token: issued.refresh_token,
-            token_type: "Bearer",
-            expires_in,
-            user_id: issued.session.user_id,
-            new_user,
-        })
-    }
-
-    fn issue_access_token(
-        &self,
-        user_id: &str,
-        client_id: &str,
-        session_id: &str,
-    ) -> Result<(String, u64), AuthError> {
-        let now = jsonwebtoken::get_current_timestamp();
-        let ttl = self.config.auth.access_token_ttl_secs;
-        let claims = Claims {
-            userid: user_id.to_owned(),
-            clientid: client_id.to_owned(),
-            sid: session_id.to_owned(),
-            iat: now,
-            exp: now + ttl,
-            iss: self.config.auth.issuer.clone(),
-        };
-        let token = self
-            .keys
-            .current()
-            .signer
-            .sign(&claims)
-            .map_err(|err| AuthError::Internal(err.into()))?;
-        Ok((token, ttl))
-    }
-
-    fn rescan_keys(&self) {
-        match self.keys.reload() {
-            Ok(true) => {
-                let keys = self.keys.current();
-                tracing::info!(
-                    signing = keys.signer.kid(),
-                    published = keys.published.len(),
-                    "signing keys changed"
-                );
-                self.identity.install_keys(keys.published.clone());
-            }
-            Ok(false) => {}
-            Err(err) => tracing::error!(error = %err, "cannot re-read the signing keys"),
-        }
-    }
-
-    /// Copies revocations recorded in the database (by other replicas, or `beep users block`)
-    /// into the cache the verifier reads; returns the new high-water mark.
-    async fn sync_revocations(&self, since: i64) -> i64 {
-        let revoked = match self.sessions.revoked_since(since).await {
-            Ok(revoked) => revoked,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot read revoked sessions");
-                return since;
-            }
-        };
-        let mut high = since;
-        for (session_id, revoked_at) in revoked {
-            if let Err(err) = self.identity.revoke_session(&session_id).await {
-                tracing::warn!(error = %err, "cannot record a revoked session");
-                return since;
-            }
-            high = high.max(revoked_at);
-        }
-        high
-    }
-
-    async fn block_configured_users(&self) {
-        for user_id in &self.blocked {
-            if let Err(err) = self.sessions.revoke_user(user_id, "blocked").await {
-                tracing::warn!(error = %err, %user_id, "cannot end a blocked user's sessions");
-            }
-        }
-    }
-}
-
 /// The bypass hands out logins for a fixed code: a release build needs a second, explicit yes.
-fn check_dev_bypass(config: &crate::config::AuthConfig, release: bool) -> Result<(), String> {
+fn check_dev_bypass(config: &AuthConfig, release: bool) -> Result<(), SetupError> {
     if config.dev_bypass && release && !config.dev_bypass_in_release {
-        return Err("auth.dev_bypass is on in a release build; set auth.dev_bypass_in_release = true if you really mean it".into());
-    }
-    Ok(())
-}
-
-/// The original clients send a device serial; anything printable and short is accepted.
-fn validate_client_id(client_id: &str) -> Result<(), AuthError> {
-    if client_id.is_empty() || client_id.len() > 128 || client_id.chars().any(char::is_control) {
-        return Err(AuthError::InvalidRequest(
-            "clientid must be 1 to 128 printable characters",
-        ));
+        return Err(SetupError::BypassInRelease);
     }
     Ok(())
 }
@@ -414,7 +128,7 @@ mod tests {
 
     #[test]
     fn release_builds_refuse_the_bypass_unless_explicitly_allowed() {
-        let mut config = crate::config::AuthConfig::default();
+        let mut config = AuthConfig::default();
         assert!(check_dev_bypass(&config, true).is_ok());
         config.dev_bypass = true;
         assert!(check_dev_bypass(&config, false).is_ok());

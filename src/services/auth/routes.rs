@@ -8,7 +8,7 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, ResponseError as _, web};
 use serde::{Deserialize, Serialize};
 
-use super::{AuthError, AuthState, TokenResponse};
+use super::{AuthError, AuthService, TokenResponse};
 use crate::platform::http::caller::{
     AuthRejection, ForwardedClaim, USER_CLAIM_HEADER, bearer_token, query_token,
 };
@@ -16,9 +16,9 @@ use crate::platform::http::{ApiError, Caller, client_ip, text_or_json};
 use crate::platform::identity::TokenError;
 use crate::platform::users::{Email, Login, NewProfile, PhoneNumber};
 
-type State = web::Data<AuthState>;
+type State = web::Data<AuthService>;
 
-pub fn routes(cfg: &mut web::ServiceConfig, state: Arc<AuthState>) {
+pub fn routes(cfg: &mut web::ServiceConfig, state: Arc<AuthService>) {
     cfg.app_data(web::Data::from(state))
         .service(
             web::scope("/login")
@@ -63,14 +63,14 @@ struct NonceResponse<'a> {
     nonce: &'a str,
 }
 
-fn ip(req: &HttpRequest, state: &AuthState) -> String {
+fn ip(req: &HttpRequest, state: &AuthService) -> String {
     client_ip(req, state.config.http.trust_forwarded_for)
 }
 
 /// Sends a code to `login` and answers the nonce to verify it with.
 async fn send_code(
     req: &HttpRequest,
-    state: &AuthState,
+    state: &AuthService,
     login: Login,
     bypass: bool,
 ) -> Result<HttpResponse, AuthError> {

@@ -9,6 +9,7 @@ use lettre::message::header::ContentType;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport as _, Message, Tokio1Executor};
 
+use super::error::SetupError;
 use crate::config::{AuthConfig, EmailSender, SmsSender, TwilioConfig};
 use crate::platform::users::Login;
 
@@ -41,24 +42,26 @@ enum Email {
 
 impl Senders {
     /// Builds the configured senders; a wrong setting is reported before the server starts.
-    pub fn new(config: &AuthConfig) -> Result<Self, String> {
+    pub fn new(config: &AuthConfig) -> Result<Self, SetupError> {
         let sms = match config.sms.sender {
             SmsSender::Log => Sms::Log,
             SmsSender::Twilio => {
                 let twilio = &config.sms.twilio;
                 if twilio.account_sid.is_empty() || twilio.auth_token.is_empty() {
-                    return Err("auth.sms.twilio needs account_sid and auth_token".into());
+                    return Err(SetupError::Setting(
+                        "auth.sms.twilio needs account_sid and auth_token".into(),
+                    ));
                 }
                 if twilio.messaging_service_sid.is_empty() == twilio.from_number.is_empty() {
-                    return Err(
+                    return Err(SetupError::Setting(
                         "auth.sms.twilio needs exactly one of messaging_service_sid and from_number"
                             .into(),
-                    );
+                    ));
                 }
                 let client = reqwest::Client::builder()
                     .timeout(Duration::from_secs(twilio.timeout_secs))
                     .build()
-                    .map_err(|err| format!("auth.sms.twilio: {err}"))?;
+                    .map_err(|err| SetupError::Setting(format!("auth.sms.twilio: {err}")))?;
                 Sms::Twilio(Twilio {
                     client,
                     messages_url: format!(
@@ -77,10 +80,10 @@ impl Senders {
                 let from: Mailbox = settings
                     .from
                     .parse()
-                    .map_err(|err| format!("auth.email.from: {err}"))?;
+                    .map_err(|err| SetupError::Setting(format!("auth.email.from: {err}")))?;
                 let mut builder =
                     AsyncSmtpTransport::<Tokio1Executor>::from_url(&settings.smtp_url)
-                        .map_err(|err| format!("auth.email.smtp_url: {err}"))?
+                        .map_err(|err| SetupError::Setting(format!("auth.email.smtp_url: {err}")))?
                         .timeout(Some(Duration::from_secs(settings.timeout_secs)));
                 if !settings.smtp_username.is_empty() {
                     builder = builder.credentials(Credentials::new(

@@ -24,11 +24,11 @@ use self::pipeline::{Ingest, Writer};
 use self::routes::StoreState;
 use self::sfu::{Sfu, SignalState};
 use self::store::{NewBite, SharedStore, SledStore};
-use super::Service;
 use crate::config::BitesConfig;
 use crate::platform::Platform;
 use crate::platform::bus::{Bus, BusError, keep_listening, unix_millis};
 use crate::platform::membership::{ConversationDeleted, MemberRemoved, SharedAccess};
+use crate::platform::service::Service;
 use crate::platform::workers::Workers;
 
 pub use self::pipeline::BiteStored;

@@ -11,7 +11,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::store::{BiteMeta, SharedStore, StoreError, blocking};
 use crate::config::BitesConfig;
-use crate::platform::http::{ApiError, Caller, SSE_KEEP_ALIVE, page_limit};
+use crate::platform::http::{ApiError, Caller, SSE_KEEP_ALIVE, next_link, page_limit};
 use crate::platform::ids::is_prefixed_id;
 use crate::platform::membership::SharedAccess;
 
@@ -138,12 +138,13 @@ async fn list(
         && let Some(next) = bites.last().and_then(|last| last.start.checked_add(1))
         && next <= to
     {
-        response.insert_header((
-            header::LINK,
-            format!(
-                "<{}?from={next}&to={to}&limit={limit}>; rel=\"next\"",
-                req.path()
-            ),
+        response.insert_header(next_link(
+            &req,
+            &[
+                ("from", &next.to_string()),
+                ("to", &to.to_string()),
+                ("limit", &limit.to_string()),
+            ],
         ));
     }
     Ok(response.json(bites))

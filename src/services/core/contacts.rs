@@ -6,6 +6,7 @@ use sea_orm::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::error::CoreError;
 use super::users::user;
 use crate::platform::bus::unix_millis;
 
@@ -48,14 +49,6 @@ pub struct ContactView {
     pub userb: String,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ContactError {
-    #[error("already a contact")]
-    Duplicate,
-    #[error(transparent)]
-    Db(#[from] DbErr),
-}
-
 pub struct Contacts {
     db: DatabaseConnection,
 }
@@ -65,7 +58,7 @@ impl Contacts {
         Self { db }
     }
 
-    pub async fn add(&self, user: &str, contact: &str) -> Result<(), ContactError> {
+    pub async fn add(&self, user: &str, contact: &str) -> Result<(), CoreError> {
         let row = contact::ActiveModel {
             user: Set(user.to_owned()),
             contact: Set(contact.to_owned()),
@@ -77,7 +70,7 @@ impl Contacts {
         {
             Ok(_) => Ok(()),
             Err(err) if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
-                Err(ContactError::Duplicate)
+                Err(CoreError::AlreadyAContact)
             }
             Err(err) => Err(err.into()),
         }

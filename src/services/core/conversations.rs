@@ -10,6 +10,7 @@ use sea_orm::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::error::CoreError;
 use super::users::user;
 use crate::platform::bus::unix_millis;
 use crate::platform::db::by_key;
@@ -123,21 +124,6 @@ pub struct ConversationPatch {
 /// The longest title or picture reference accepted.
 pub const MAX_TITLE_CHARS: usize = 256;
 
-/// Why a conversation cannot be reached by a caller.
-#[derive(Debug, thiserror::Error)]
-pub enum Refusal {
-    #[error("no such conversation")]
-    Missing,
-    #[error("not a member of this conversation")]
-    NotMember,
-    #[error("that user is not a member of this conversation")]
-    NoSuchMember,
-    #[error("{0}")]
-    Conflict(&'static str),
-    #[error(transparent)]
-    Db(#[from] DbErr),
-}
-
 /// What removing a member did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Removal {
@@ -215,7 +201,7 @@ impl Conversations {
     }
 
     /// The conversation as `user` sees it, if `user` is a member.
-    pub async fn get_for(&self, user: &str, id: &str) -> Result<ConversationView, Refusal> {
+    pub async fn get_for(&self, user: &str, id: &str) -> Result<ConversationView, CoreError> {
         // At most one row, read without `one()`'s bound LIMIT (see `by_key`).
         let found = member::Entity::find_by_id((user.to_owned(), id.to_owned()))
             .find_also_related(conversation::Entity)
@@ -231,7 +217,7 @@ impl Conversations {
     }
 
     /// Succeeds if `user` is a member of `id`, else says why not.
-    pub async fn check_member(&self, user: &str, id: &str) -> Result<(), Refusal> {
+    pub async fn check_member(&self, user: &str, id: &str) -> Result<(), CoreError> {
         if self.is_member_now(user, id).await? {
             Ok(())
         } else {
@@ -248,11 +234,11 @@ impl Conversations {
             > 0)
     }
 
-    async fn why_not(&self, id: &str) -> Refusal {
+    async fn why_not(&self, id: &str) -> CoreError {
         match conversation::Entity::find_by_id(id).count(&self.db).await {
-            Ok(0) => Refusal::Missing,
-            Ok(_) => Refusal::NotMember,
-            Err(err) => Refusal::Db(err),
+            Ok(0) => CoreError::ConversationNotFound,
+            Ok(_) => CoreError::NotAMember,
+            Err(err) => CoreError::from(err),
         }
     }
 
@@ -262,7 +248,7 @@ impl Conversations {
         user: &str,
         id: &str,
         patch: ConversationPatch,
-    ) -> Result<ConversationView, Refusal> {
+    ) -> Result<ConversationView, CoreError> {
         let current = self.get_for(user, id).await?;
         if patch.title.is_none() && patch.picture.is_none() {
             return Ok(current);
@@ -285,7 +271,7 @@ impl Conversations {
 
     /// Deletes a conversation `user` belongs to with every membership; answers who the
     /// members were.
-    pub async fn delete(&self, user: &str, id: &str) -> Result<Vec<String>, Refusal> {
+    pub async fn delete(&self, user: &str, id: &str) -> Result<Vec<String>, CoreError> {
         self.check_member(user, id).await?;
         let txn = self.db.begin().await?;
         let members = member_ids(&txn, id).await?;
@@ -295,7 +281,7 @@ impl Conversations {
         Ok(members)
     }
 
-    pub async fn set_pinned(&self, user: &str, id: &str, pinned: bool) -> Result<(), Refusal> {
+    pub async fn set_pinned(&self, user: &str, id: &str, pinned: bool) -> Result<(), CoreError> {
         let changed = member::Entity::update_many()
             .col_expr(member::Column::Pinned, Expr::value(pinned))
             .filter(member::Column::User.eq(user))
@@ -310,7 +296,7 @@ impl Conversations {
     }
 
     /// Adds `new_member` (an existing user) to a conversation `by` belongs to.
-    pub async fn add_member(&self, by: &str, id: &str, new_member: &str) -> Result<(), Refusal> {
+    pub async fn add_member(&self, by: &str, id: &str, new_member: &str) -> Result<(), CoreError> {
         self.check_member(by, id).await?;
         match member::Entity::insert(self::new_member(new_member, id))
             .exec_without_returning(&self.db)
@@ -318,12 +304,10 @@ impl Conversations {
         {
             Ok(_) => Ok(()),
             Err(err) => Err(match err.sql_err() {
-                Some(SqlErr::UniqueConstraintViolation(_)) => {
-                    Refusal::Conflict("already a member of this conversation")
-                }
+                Some(SqlErr::UniqueConstraintViolation(_)) => CoreError::AlreadyAMember,
                 // The conversation went in the meantime (the user was checked by the caller).
-                Some(SqlErr::ForeignKeyConstraintViolation(_)) => Refusal::Missing,
-                _ => Refusal::Db(err),
+                Some(SqlErr::ForeignKeyConstraintViolation(_)) => CoreError::ConversationNotFound,
+                _ => CoreError::from(err),
             }),
         }
     }
@@ -335,7 +319,7 @@ impl Conversations {
         id: &str,
         after: Option<&str>,
         limit: u64,
-    ) -> Result<Vec<user::Model>, Refusal> {
+    ) -> Result<Vec<user::Model>, CoreError> {
         self.check_member(user, id).await?;
         let mut query = member::Entity::find()
             .filter(member::Column::Conversation.eq(id))
@@ -359,7 +343,7 @@ impl Conversations {
         by: &str,
         id: &str,
         member: &str,
-    ) -> Result<Removal, Refusal> {
+    ) -> Result<Removal, CoreError> {
         self.check_member(by, id).await?;
         let txn = self.db.begin().await?;
         let removed = member::Entity::delete_many()
@@ -369,7 +353,7 @@ impl Conversations {
             .await?
             .rows_affected;
         if removed == 0 {
-            return Err(Refusal::NoSuchMember);
+            return Err(CoreError::MemberNotFound);
         }
         let remaining = member::Entity::find()
             .filter(member::Column::Conversation.eq(id))

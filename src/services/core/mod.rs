@@ -7,8 +7,10 @@
 
 pub mod contacts;
 pub mod conversations;
+mod error;
 pub mod events;
-pub mod routes;
+mod routes;
+mod service;
 pub mod streams;
 pub mod users;
 
@@ -16,35 +18,17 @@ use std::sync::Arc;
 
 use actix_web::web;
 
-use super::Service;
-use crate::config::CoreConfig;
+pub use self::error::CoreError;
+pub use self::service::CoreService;
 use crate::platform::Platform;
-use crate::platform::bus::{Bus, Event};
+use crate::platform::service::Service;
 use crate::platform::workers::Workers;
 
 pub struct Core {
+    /// The seams core answers: `UserDirectory` and `MembershipSource`.
     pub users: Arc<users::Users>,
     pub conversations: Arc<conversations::Conversations>,
-    state: Arc<CoreState>,
-}
-
-pub struct CoreState {
-    users: Arc<users::Users>,
-    conversations: Arc<conversations::Conversations>,
-    contacts: Arc<contacts::Contacts>,
-    hub: Arc<streams::Hub>,
-    bus: Bus,
-    config: CoreConfig,
-}
-
-impl CoreState {
-    /// Publishes a change that is already committed. A bus failure cannot undo it, so it is
-    /// logged, not answered: streams and caches on other replicas miss this one event.
-    async fn announce<E: Event>(&self, event: E) {
-        if let Err(err) = self.bus.publish(event).await {
-            tracing::warn!(subject = E::SUBJECT, error = %err, "a core event was not published");
-        }
-    }
+    service: Arc<CoreService>,
 }
 
 impl Core {
@@ -52,23 +36,17 @@ impl Core {
         let db = platform.db.connection().clone();
         let users = Arc::new(users::Users::new(db.clone()));
         let conversations = Arc::new(conversations::Conversations::new(db.clone()));
-        let contacts = Arc::new(contacts::Contacts::new(db));
-        let hub = Arc::new(streams::Hub::new(
+        let service = Arc::new(CoreService::new(
+            Arc::clone(&users),
             Arc::clone(&conversations),
-            Arc::clone(&contacts),
+            Arc::new(contacts::Contacts::new(db)),
+            platform.bus.clone(),
+            platform.config.core.clone(),
         ));
-        let state = Arc::new(CoreState {
-            users: Arc::clone(&users),
-            conversations: Arc::clone(&conversations),
-            contacts,
-            hub,
-            bus: platform.bus.clone(),
-            config: platform.config.core.clone(),
-        });
         Self {
             users,
             conversations,
-            state,
+            service,
         }
     }
 }
@@ -79,12 +57,12 @@ impl Service for Core {
     }
 
     fn routes(&self, cfg: &mut web::ServiceConfig) {
-        routes::routes(cfg, Arc::clone(&self.state));
+        routes::routes(cfg, Arc::clone(&self.service));
     }
 
     fn start(&self, workers: &mut Workers) {
-        let hub = Arc::clone(&self.state.hub);
-        let bus = self.state.bus.clone();
+        let hub = self.service.hub();
+        let bus = self.service.bus();
         workers.spawn("core-streams", move |stop| hub.run(bus, stop));
     }
 }

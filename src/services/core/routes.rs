@@ -3,28 +3,21 @@
 
 use std::sync::Arc;
 
-use actix_web::http::StatusCode;
-use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, Responder, web};
 use serde::{Deserialize, Serialize};
 
-use super::CoreState;
-use super::contacts::{ContactError, ContactView};
-use super::conversations::{ConversationPatch, MAX_TITLE_CHARS, Refusal, Removal};
-use super::events::{
-    ContactAdded, ConversationCreated, ConversationUpdated, MemberUpdated, UserUpdated,
-};
+use super::conversations::ConversationPatch;
+use super::error::CoreError;
+use super::service::{CoreService, Page};
 use super::streams::Topic;
-use super::users::{ProfilePatch, record};
-use crate::config::CoreConfig;
-use crate::platform::http::{ApiError, Caller, page_limit, text_or_json};
+use super::users::{NewUser, ProfilePatch};
+use crate::platform::http::{ApiError, Caller, next_link, page_limit, text_or_json};
 use crate::platform::ids::is_prefixed_id;
-use crate::platform::membership::{ConversationDeleted, MemberAdded, MemberRemoved};
-use crate::platform::users::{DirectoryError, Login, PhoneNumber, UserRecord};
+use crate::platform::users::PhoneNumber;
 
-type State = web::Data<CoreState>;
+type State = web::Data<CoreService>;
 
-pub fn routes(cfg: &mut web::ServiceConfig, state: Arc<CoreState>) {
+pub fn routes(cfg: &mut web::ServiceConfig, state: Arc<CoreService>) {
     cfg.service(
         web::scope("/core")
             .app_data(web::Data::from(state))
@@ -78,106 +71,49 @@ pub fn routes(cfg: &mut web::ServiceConfig, state: Arc<CoreState>) {
     );
 }
 
-// ---- errors ----
-
-fn invalid(code: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, code, message)
-}
-
-fn user_not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "user_not_found", "no such user")
-}
-
-impl From<Refusal> for ApiError {
-    fn from(refusal: Refusal) -> Self {
-        let message = refusal.to_string();
-        match refusal {
-            Refusal::Missing => {
-                ApiError::new(StatusCode::NOT_FOUND, "conversation_not_found", message)
-            }
-            Refusal::NotMember => ApiError::new(StatusCode::FORBIDDEN, "not_a_member", message),
-            Refusal::NoSuchMember => {
-                ApiError::new(StatusCode::NOT_FOUND, "member_not_found", message)
-            }
-            Refusal::Conflict(_) => {
-                ApiError::new(StatusCode::CONFLICT, "already_a_member", message)
-            }
-            Refusal::Db(err) => ApiError::internal(&err),
-        }
-    }
-}
-
-impl From<DirectoryError> for ApiError {
-    fn from(err: DirectoryError) -> Self {
-        match err {
-            DirectoryError::Invalid(message) => invalid("invalid_profile", message),
-            DirectoryError::Conflict(_) => ApiError::new(
-                StatusCode::CONFLICT,
-                "username_taken",
-                "this username is taken",
-            ),
-            DirectoryError::Backend(err) => ApiError::internal(err.as_ref()),
-        }
-    }
-}
-
-impl From<ContactError> for ApiError {
-    fn from(err: ContactError) -> Self {
-        match err {
-            ContactError::Duplicate => {
-                ApiError::new(StatusCode::CONFLICT, "already_a_contact", err.to_string())
-            }
-            ContactError::Db(err) => ApiError::internal(&err),
-        }
-    }
-}
+// ---- parsing ----
 
 /// Ids are the original's `u-`/`c-` + 32 hex; anything else is refused before a query.
-fn checked_id<'a>(id: &'a str, prefix: &str, what: &str) -> Result<&'a str, ApiError> {
+fn checked_id<'a>(
+    id: &'a str,
+    prefix: &'static str,
+    what: &'static str,
+) -> Result<&'a str, CoreError> {
     if is_prefixed_id(id, prefix) {
         Ok(id)
     } else {
-        Err(invalid(
-            "invalid_id",
-            format!("{what} ids are {prefix} followed by 32 lowercase hex digits"),
-        ))
+        Err(CoreError::InvalidId { what, prefix })
     }
 }
 
-fn user_id(id: &str) -> Result<&str, ApiError> {
+fn user_id(id: &str) -> Result<&str, CoreError> {
     checked_id(id, "u-", "user")
 }
 
-fn conversation_id(id: &str) -> Result<&str, ApiError> {
+fn conversation_id(id: &str) -> Result<&str, CoreError> {
     checked_id(id, "c-", "conversation")
 }
 
-fn parse_phone(text: &str) -> Result<PhoneNumber, ApiError> {
-    PhoneNumber::parse(text).map_err(|err| invalid("invalid_phone_number", err.to_string()))
-}
-
-// ---- pagination ----
-
 /// `?limit=&after=`: `after` is the last id of the previous page.
 #[derive(Deserialize)]
-struct Page {
+struct PageQuery {
     limit: Option<u64>,
     after: Option<String>,
 }
 
-impl Page {
-    fn limit(&self, config: &CoreConfig) -> Result<u64, ApiError> {
-        page_limit(self.limit, config.page_size, config.max_page_size)
-    }
-
-    fn after(&self) -> Option<&str> {
-        self.after.as_deref().filter(|after| !after.is_empty())
+impl PageQuery {
+    fn page(&self, state: &CoreService) -> Result<Page<'_>, ApiError> {
+        let config = &state.config;
+        Ok(Page {
+            limit: page_limit(self.limit, config.page_size, config.max_page_size)?,
+            after: self.after.as_deref().filter(|after| !after.is_empty()),
+        })
     }
 }
 
 /// A JSON array, as the original answered, with a `Link: <…>; rel="next"` header when the page
 /// is full (so there may be more).
-fn page<T: Serialize>(
+fn page_of<T: Serialize>(
     req: &HttpRequest,
     items: &[T],
     limit: u64,
@@ -187,13 +123,9 @@ fn page<T: Serialize>(
     if u64::try_from(items.len()).is_ok_and(|len| len == limit)
         && let Some(last) = items.last()
     {
-        let cursor: String = form_urlencoded::byte_serialize(last_id(last).as_bytes()).collect();
-        response.insert_header((
-            header::LINK,
-            format!(
-                "<{}?limit={limit}&after={cursor}>; rel=\"next\"",
-                req.path()
-            ),
+        response.insert_header(next_link(
+            req,
+            &[("limit", &limit.to_string()), ("after", last_id(last))],
         ));
     }
     response.json(items)
@@ -213,12 +145,11 @@ async fn user_by_phone(
 ) -> Result<HttpResponse, ApiError> {
     // A client that did not encode `+65…` sends a space in its place.
     let phone = match query.phone_number.strip_prefix(' ') {
-        Some(rest) if !rest.starts_with([' ', '+']) => parse_phone(&format!("+{rest}"))?,
-        _ => parse_phone(&query.phone_number)?,
-    };
-    let found = state.users.by_login(&Login::Phone(phone)).await?;
-    let user = found.ok_or_else(user_not_found)?;
-    Ok(HttpResponse::Ok().json(record(user)))
+        Some(rest) if !rest.starts_with([' ', '+']) => PhoneNumber::parse(&format!("+{rest}")),
+        _ => PhoneNumber::parse(&query.phone_number),
+    }
+    .map_err(CoreError::from)?;
+    Ok(HttpResponse::Ok().json(state.user_by_phone(phone).await?))
 }
 
 async fn user_by_id(
@@ -227,8 +158,7 @@ async fn user_by_id(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = user_id(&path)?;
-    let user = state.users.by_id(id).await?.ok_or_else(user_not_found)?;
-    Ok(HttpResponse::Ok().json(record(user)))
+    Ok(HttpResponse::Ok().json(state.user_by_id(id).await?))
 }
 
 async fn user_by_username(
@@ -236,78 +166,17 @@ async fn user_by_username(
     _caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    if path.len() > 64 {
-        return Err(user_not_found());
-    }
-    let user = state
-        .users
-        .by_username(&path)
-        .await?
-        .ok_or_else(user_not_found)?;
-    Ok(HttpResponse::Ok().json(record(user)))
+    Ok(HttpResponse::Ok().json(state.user_by_username(&path).await?))
 }
 
-/// The original `POST /user` body.
-#[derive(Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-struct NewUser {
-    id: Option<String>,
-    username: Option<String>,
-    bio: String,
-    profile_pic: String,
-    first_name: String,
-    last_name: String,
-    phone_number: Option<String>,
-}
-
-/// The original created (or overwrote) the user of any phone number, unauthenticated. Here it
-/// fills in the caller's own profile: a number is only ever claimed through an OTP login.
 async fn create_user(
     state: State,
     caller: Caller,
     body: web::Json<NewUser>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.into_inner();
-    let me = state
-        .users
-        .by_id(&caller.user_id)
-        .await?
-        .ok_or_else(user_not_found)?;
-    if let Some(id) = body.id.as_deref().filter(|id| !id.is_empty())
-        && id != me.id
-    {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "not_your_user",
-            "a profile can only be written by its own user",
-        ));
-    }
-    if let Some(phone) = body.phone_number.as_deref().filter(|p| !p.is_empty()) {
-        let phone = parse_phone(phone)?;
-        if me.phone_number.as_deref() != Some(phone.as_str()) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "phone_not_verified",
-                "log in with this phone number to use it",
-            ));
-        }
-    }
-    if body.first_name.trim().is_empty() || body.last_name.trim().is_empty() {
-        return Err(invalid(
-            "invalid_profile",
-            "first_name and last_name are required",
-        ));
-    }
-    let patch = ProfilePatch {
-        username: Some(body.username),
-        bio: Some(body.bio),
-        profile_pic: Some(body.profile_pic),
-        first_name: Some(body.first_name),
-        last_name: Some(body.last_name),
-        ..ProfilePatch::default()
-    };
-    let user = record(state.users.update_profile(me, patch).await?);
-    state.announce(UserUpdated { user: user.clone() }).await;
+    let user = state
+        .fill_profile(&caller.user_id, body.into_inner())
+        .await?;
     Ok(HttpResponse::Ok().json(user))
 }
 
@@ -316,55 +185,22 @@ async fn update_user(
     caller: Caller,
     body: web::Json<ProfilePatch>,
 ) -> Result<HttpResponse, ApiError> {
-    let me = state
-        .users
-        .by_id(&caller.user_id)
-        .await?
-        .ok_or_else(user_not_found)?;
-    let user = record(state.users.update_profile(me, body.into_inner()).await?);
-    state.announce(UserUpdated { user: user.clone() }).await;
+    let user = state
+        .update_profile(&caller.user_id, body.into_inner())
+        .await?;
     Ok(HttpResponse::Ok().json(user))
 }
 
 // ---- conversations ----
-
-fn checked_patch(patch: &ConversationPatch) -> Result<(), ApiError> {
-    for (name, value) in [("title", &patch.title), ("picture", &patch.picture)] {
-        if let Some(Some(value)) = value
-            && value.chars().count() > MAX_TITLE_CHARS
-        {
-            return Err(invalid(
-                "invalid_conversation",
-                format!("{name} is longer than {MAX_TITLE_CHARS} characters"),
-            ));
-        }
-    }
-    Ok(())
-}
 
 async fn create_conversation(
     state: State,
     caller: Caller,
     body: web::Json<ConversationPatch>,
 ) -> Result<HttpResponse, ApiError> {
-    checked_patch(&body)?;
-    let created = state
-        .conversations
-        .create(&caller.user_id, body.into_inner())
+    let view = state
+        .create_conversation(&caller.user_id, body.into_inner())
         .await?;
-    let view = super::conversations::ConversationView::new(created, false);
-    state
-        .announce(ConversationCreated {
-            conversation: view.clone(),
-            by: caller.user_id.clone(),
-        })
-        .await;
-    state
-        .announce(MemberAdded {
-            conversation: view.id.clone(),
-            user: caller.user_id,
-        })
-        .await;
     Ok(HttpResponse::Ok().json(view))
 }
 
@@ -372,14 +208,12 @@ async fn list_conversations(
     state: State,
     caller: Caller,
     req: HttpRequest,
-    query: web::Query<Page>,
+    query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = query.limit(&state.config)?;
-    let conversations = state
-        .conversations
-        .list_for(&caller.user_id, query.after(), limit)
-        .await?;
-    Ok(page(&req, &conversations, limit, |c| &c.id))
+    let page = query.page(&state)?;
+    let limit = page.limit;
+    let conversations = state.conversations(&caller.user_id, page).await?;
+    Ok(page_of(&req, &conversations, limit, |c| &c.id))
 }
 
 async fn get_conversation(
@@ -388,8 +222,7 @@ async fn get_conversation(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = conversation_id(&path)?;
-    let view = state.conversations.get_for(&caller.user_id, id).await?;
-    Ok(HttpResponse::Ok().json(view))
+    Ok(HttpResponse::Ok().json(state.conversation(&caller.user_id, id).await?))
 }
 
 async fn update_conversation(
@@ -399,16 +232,9 @@ async fn update_conversation(
     body: web::Json<ConversationPatch>,
 ) -> Result<HttpResponse, ApiError> {
     let id = conversation_id(&path)?;
-    checked_patch(&body)?;
     let view = state
-        .conversations
-        .update(&caller.user_id, id, body.into_inner())
+        .update_conversation(&caller.user_id, id, body.into_inner())
         .await?;
-    state
-        .announce(ConversationUpdated {
-            conversation: view.clone(),
-        })
-        .await;
     Ok(HttpResponse::Ok().json(view))
 }
 
@@ -418,34 +244,7 @@ async fn delete_conversation(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = conversation_id(&path)?;
-    let members = state.conversations.delete(&caller.user_id, id).await?;
-    state
-        .announce(ConversationDeleted {
-            conversation: id.to_owned(),
-            members,
-        })
-        .await;
-    Ok(HttpResponse::Ok().finish())
-}
-
-async fn set_pinned(
-    state: State,
-    caller: Caller,
-    path: web::Path<String>,
-    pinned: bool,
-) -> Result<HttpResponse, ApiError> {
-    let id = conversation_id(&path)?;
-    state
-        .conversations
-        .set_pinned(&caller.user_id, id, pinned)
-        .await?;
-    state
-        .announce(MemberUpdated {
-            user: caller.user_id,
-            conversation: id.to_owned(),
-            pinned,
-        })
-        .await;
+    state.delete_conversation(&caller.user_id, id).await?;
     Ok(HttpResponse::Ok().finish())
 }
 
@@ -454,7 +253,9 @@ async fn pin(
     caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    set_pinned(state, caller, path, true).await
+    let id = conversation_id(&path)?;
+    state.set_pinned(&caller.user_id, id, true).await?;
+    Ok(HttpResponse::Ok().finish())
 }
 
 async fn unpin(
@@ -462,7 +263,9 @@ async fn unpin(
     caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    set_pinned(state, caller, path, false).await
+    let id = conversation_id(&path)?;
+    state.set_pinned(&caller.user_id, id, false).await?;
+    Ok(HttpResponse::Ok().finish())
 }
 
 // ---- members ----
@@ -488,19 +291,7 @@ async fn add_member(
 ) -> Result<HttpResponse, ApiError> {
     let id = conversation_id(&path)?;
     let new_member = user_id(&body.id)?;
-    if state.users.by_id(new_member).await?.is_none() {
-        return Err(user_not_found());
-    }
-    state
-        .conversations
-        .add_member(&caller.user_id, id, new_member)
-        .await?;
-    state
-        .announce(MemberAdded {
-            conversation: id.to_owned(),
-            user: new_member.to_owned(),
-        })
-        .await;
+    state.add_member(&caller.user_id, id, new_member).await?;
     // The original answered the conversation id as text.
     Ok(text_or_json(
         &req,
@@ -517,18 +308,13 @@ async fn list_members(
     caller: Caller,
     req: HttpRequest,
     path: web::Path<String>,
-    query: web::Query<Page>,
+    query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let id = conversation_id(&path)?;
-    let limit = query.limit(&state.config)?;
-    let members: Vec<UserRecord> = state
-        .conversations
-        .members(&caller.user_id, id, query.after(), limit)
-        .await?
-        .into_iter()
-        .map(record)
-        .collect();
-    Ok(page(&req, &members, limit, |user| &user.id))
+    let page = query.page(&state)?;
+    let limit = page.limit;
+    let members = state.members(&caller.user_id, id, page).await?;
+    Ok(page_of(&req, &members, limit, |user| &user.id))
 }
 
 async fn remove_member(
@@ -539,24 +325,7 @@ async fn remove_member(
     let (conversation, member) = path.into_inner();
     let id = conversation_id(&conversation)?;
     let member = user_id(&member)?;
-    let removal = state
-        .conversations
-        .remove_member(&caller.user_id, id, member)
-        .await?;
-    state
-        .announce(MemberRemoved {
-            conversation: id.to_owned(),
-            user: member.to_owned(),
-        })
-        .await;
-    if removal == Removal::ConversationDeleted {
-        state
-            .announce(ConversationDeleted {
-                conversation: id.to_owned(),
-                members: vec![member.to_owned()],
-            })
-            .await;
-    }
+    state.remove_member(&caller.user_id, id, member).await?;
     Ok(HttpResponse::Ok().finish())
 }
 
@@ -567,59 +336,39 @@ struct ContactRequest {
     phone_number: String,
 }
 
-/// Adds the user holding a phone number as a contact, creating a blank user for a number that
-/// has not joined yet, as the original did.
 async fn add_contact(
     state: State,
     caller: Caller,
     body: web::Json<ContactRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let login = Login::Phone(parse_phone(&body.phone_number)?);
-    let (contact, _) = state.users.ensure(&login).await?;
-    if contact.id == caller.user_id {
-        return Err(invalid("invalid_contact", "you cannot add yourself"));
-    }
-    state.contacts.add(&caller.user_id, &contact.id).await?;
-    state
-        .announce(ContactAdded {
-            contact: ContactView {
-                usera: caller.user_id,
-                userb: contact.id.clone(),
-            },
-        })
-        .await;
-    Ok(HttpResponse::Ok().json(record(contact)))
+    let phone = PhoneNumber::parse(&body.phone_number).map_err(CoreError::from)?;
+    Ok(HttpResponse::Ok().json(state.add_contact(&caller.user_id, phone).await?))
 }
 
 async fn list_contacts(
     state: State,
     caller: Caller,
     req: HttpRequest,
-    query: web::Query<Page>,
+    query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = query.limit(&state.config)?;
-    let contacts: Vec<UserRecord> = state
-        .contacts
-        .list(&caller.user_id, query.after(), limit)
-        .await?
-        .into_iter()
-        .map(record)
-        .collect();
-    Ok(page(&req, &contacts, limit, |user| &user.id))
+    let page = query.page(&state)?;
+    let limit = page.limit;
+    let contacts = state.contacts(&caller.user_id, page).await?;
+    Ok(page_of(&req, &contacts, limit, |user| &user.id))
 }
 
 // ---- streams ----
 
 async fn subscribe_users(state: State, caller: Caller) -> impl Responder {
-    state.hub.subscribe(&caller.user_id, Topic::Users)
+    state.subscribe(&caller.user_id, Topic::Users)
 }
 
 async fn subscribe_contacts(state: State, caller: Caller) -> impl Responder {
-    state.hub.subscribe(&caller.user_id, Topic::Contacts)
+    state.subscribe(&caller.user_id, Topic::Contacts)
 }
 
 async fn subscribe_conversations(state: State, caller: Caller) -> impl Responder {
-    state.hub.subscribe(&caller.user_id, Topic::Conversations)
+    state.subscribe(&caller.user_id, Topic::Conversations)
 }
 
 async fn subscribe_members(
@@ -628,11 +377,5 @@ async fn subscribe_members(
     path: web::Path<String>,
 ) -> Result<impl Responder, ApiError> {
     let id = conversation_id(&path)?;
-    state
-        .conversations
-        .check_member(&caller.user_id, id)
-        .await?;
-    Ok(state
-        .hub
-        .subscribe(&caller.user_id, Topic::Members(id.to_owned())))
+    Ok(state.subscribe_members(&caller.user_id, id).await?)
 }

@@ -65,6 +65,21 @@ pub struct ProfilePatch {
     pub _phone_number: Option<serde::de::IgnoredAny>,
 }
 
+/// The original `POST /user` body: a whole profile.
+#[derive(Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NewUser {
+    /// Must be the caller's own id when sent.
+    pub id: Option<String>,
+    pub username: Option<String>,
+    pub bio: String,
+    pub profile_pic: String,
+    pub first_name: String,
+    pub last_name: String,
+    /// Must be the caller's verified number when sent.
+    pub phone_number: Option<String>,
+}
+
 /// Tells a field sent as `null` (`Some(None)`) from one not sent (`None`).
 pub fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
 where

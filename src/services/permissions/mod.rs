@@ -18,7 +18,6 @@ use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-use super::Service;
 use crate::config::{CacheConfig, PermissionsRoute};
 use crate::platform::Platform;
 use crate::platform::bus::{Bus, BusError, keep_listening};
@@ -28,6 +27,7 @@ use crate::platform::ids::is_prefixed_id;
 use crate::platform::membership::{
     AccessCheck, AccessError, ConversationDeleted, MemberAdded, MemberRemoved, SharedMembership,
 };
+use crate::platform::service::Service;
 use crate::platform::workers::Workers;
 
 const MEMBER: &[u8] = b"1";

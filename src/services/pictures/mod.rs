@@ -3,7 +3,7 @@
 //! Its routes, tables and workers arrive with its own issue; until then it is hosted (its
 //! migration table exists, it is listed in `beep`'s service set) and serves nothing.
 
-use super::Service;
+use crate::platform::service::Service;
 
 pub struct Pictures;
 

@@ -1,0 +1,315 @@
+//! What core does, one method per use case: each checks, writes and announces, so a handler
+//! only parses, calls one of these and answers.
+
+use std::sync::Arc;
+
+use actix_web::Responder;
+
+use super::contacts::{ContactView, Contacts};
+use super::conversations::{
+    ConversationPatch, ConversationView, Conversations, MAX_TITLE_CHARS, Removal,
+};
+use super::error::CoreError;
+use super::events::{
+    ContactAdded, ConversationCreated, ConversationUpdated, MemberUpdated, UserUpdated,
+};
+use super::streams::{Hub, Topic};
+use super::users::{NewUser, ProfilePatch, Users, record};
+use crate::config::CoreConfig;
+use crate::platform::bus::{Bus, Event};
+use crate::platform::membership::{ConversationDeleted, MemberAdded, MemberRemoved};
+use crate::platform::users::{Login, PhoneNumber, UserRecord};
+
+/// A page of a list: at most `limit` items after the cursor `after` (the last id seen).
+pub struct Page<'a> {
+    pub limit: u64,
+    pub after: Option<&'a str>,
+}
+
+pub struct CoreService {
+    users: Arc<Users>,
+    conversations: Arc<Conversations>,
+    contacts: Arc<Contacts>,
+    hub: Arc<Hub>,
+    bus: Bus,
+    pub(super) config: CoreConfig,
+}
+
+impl CoreService {
+    pub fn new(
+        users: Arc<Users>,
+        conversations: Arc<Conversations>,
+        contacts: Arc<Contacts>,
+        bus: Bus,
+        config: CoreConfig,
+    ) -> Self {
+        let hub = Arc::new(Hub::new(Arc::clone(&conversations), Arc::clone(&contacts)));
+        Self {
+            users,
+            conversations,
+            contacts,
+            hub,
+            bus,
+            config,
+        }
+    }
+
+    pub fn hub(&self) -> Arc<Hub> {
+        Arc::clone(&self.hub)
+    }
+
+    pub fn bus(&self) -> Bus {
+        self.bus.clone()
+    }
+
+    /// Publishes a change that is already committed. A bus failure cannot undo it, so it is
+    /// logged, not answered: streams and caches on other replicas miss this one event.
+    async fn announce<E: Event>(&self, event: E) {
+        if let Err(err) = self.bus.publish(event).await {
+            tracing::warn!(subject = E::SUBJECT, error = %err, "a core event was not published");
+        }
+    }
+
+    // ---- users ----
+
+    pub async fn user_by_phone(&self, phone: PhoneNumber) -> Result<UserRecord, CoreError> {
+        let found = self.users.by_login(&Login::Phone(phone)).await?;
+        found.map(record).ok_or(CoreError::UserNotFound)
+    }
+
+    pub async fn user_by_id(&self, id: &str) -> Result<UserRecord, CoreError> {
+        let found = self.users.by_id(id).await?;
+        found.map(record).ok_or(CoreError::UserNotFound)
+    }
+
+    pub async fn user_by_username(&self, username: &str) -> Result<UserRecord, CoreError> {
+        // Longer than any valid username: no need to ask the database.
+        if username.len() > 64 {
+            return Err(CoreError::UserNotFound);
+        }
+        let found = self.users.by_username(username).await?;
+        found.map(record).ok_or(CoreError::UserNotFound)
+    }
+
+    /// The original created (or overwrote) the user of any phone number, unauthenticated.
+    /// Here it fills in the caller's own profile: a number is only ever claimed through an
+    /// OTP login.
+    pub async fn fill_profile(&self, me: &str, profile: NewUser) -> Result<UserRecord, CoreError> {
+        let found = self.users.by_id(me).await?.ok_or(CoreError::UserNotFound)?;
+        if profile
+            .id
+            .as_deref()
+            .is_some_and(|id| !id.is_empty() && id != found.id)
+        {
+            return Err(CoreError::NotYourUser);
+        }
+        if let Some(phone) = profile.phone_number.as_deref().filter(|p| !p.is_empty()) {
+            let phone = PhoneNumber::parse(phone)?;
+            if found.phone_number.as_deref() != Some(phone.as_str()) {
+                return Err(CoreError::PhoneNotVerified);
+            }
+        }
+        if profile.first_name.trim().is_empty() || profile.last_name.trim().is_empty() {
+            return Err(CoreError::InvalidProfile(
+                "first_name and last_name are required".into(),
+            ));
+        }
+        let patch = ProfilePatch {
+            username: Some(profile.username),
+            bio: Some(profile.bio),
+            profile_pic: Some(profile.profile_pic),
+            first_name: Some(profile.first_name),
+            last_name: Some(profile.last_name),
+            ..ProfilePatch::default()
+        };
+        let user = record(self.users.update_profile(found, patch).await?);
+        self.announce(UserUpdated { user: user.clone() }).await;
+        Ok(user)
+    }
+
+    pub async fn update_profile(
+        &self,
+        me: &str,
+        patch: ProfilePatch,
+    ) -> Result<UserRecord, CoreError> {
+        let found = self.users.by_id(me).await?.ok_or(CoreError::UserNotFound)?;
+        let user = record(self.users.update_profile(found, patch).await?);
+        self.announce(UserUpdated { user: user.clone() }).await;
+        Ok(user)
+    }
+
+    // ---- conversations ----
+
+    pub async fn create_conversation(
+        &self,
+        me: &str,
+        patch: ConversationPatch,
+    ) -> Result<ConversationView, CoreError> {
+        checked_patch(&patch)?;
+        let created = self.conversations.create(me, patch).await?;
+        let view = ConversationView::new(created, false);
+        self.announce(ConversationCreated {
+            conversation: view.clone(),
+            by: me.to_owned(),
+        })
+        .await;
+        self.announce(MemberAdded {
+            conversation: view.id.clone(),
+            user: me.to_owned(),
+        })
+        .await;
+        Ok(view)
+    }
+
+    pub async fn conversations(
+        &self,
+        me: &str,
+        page: Page<'_>,
+    ) -> Result<Vec<ConversationView>, CoreError> {
+        Ok(self
+            .conversations
+            .list_for(me, page.after, page.limit)
+            .await?)
+    }
+
+    pub async fn conversation(&self, me: &str, id: &str) -> Result<ConversationView, CoreError> {
+        self.conversations.get_for(me, id).await
+    }
+
+    pub async fn update_conversation(
+        &self,
+        me: &str,
+        id: &str,
+        patch: ConversationPatch,
+    ) -> Result<ConversationView, CoreError> {
+        checked_patch(&patch)?;
+        let view = self.conversations.update(me, id, patch).await?;
+        self.announce(ConversationUpdated {
+            conversation: view.clone(),
+        })
+        .await;
+        Ok(view)
+    }
+
+    pub async fn delete_conversation(&self, me: &str, id: &str) -> Result<(), CoreError> {
+        let members = self.conversations.delete(me, id).await?;
+        self.announce(ConversationDeleted {
+            conversation: id.to_owned(),
+            members,
+        })
+        .await;
+        Ok(())
+    }
+
+    pub async fn set_pinned(&self, me: &str, id: &str, pinned: bool) -> Result<(), CoreError> {
+        self.conversations.set_pinned(me, id, pinned).await?;
+        self.announce(MemberUpdated {
+            user: me.to_owned(),
+            conversation: id.to_owned(),
+            pinned,
+        })
+        .await;
+        Ok(())
+    }
+
+    // ---- members ----
+
+    pub async fn add_member(&self, me: &str, id: &str, new_member: &str) -> Result<(), CoreError> {
+        if self.users.by_id(new_member).await?.is_none() {
+            return Err(CoreError::UserNotFound);
+        }
+        self.conversations.add_member(me, id, new_member).await?;
+        self.announce(MemberAdded {
+            conversation: id.to_owned(),
+            user: new_member.to_owned(),
+        })
+        .await;
+        Ok(())
+    }
+
+    /// The other members of a conversation `me` belongs to.
+    pub async fn members(
+        &self,
+        me: &str,
+        id: &str,
+        page: Page<'_>,
+    ) -> Result<Vec<UserRecord>, CoreError> {
+        let members = self
+            .conversations
+            .members(me, id, page.after, page.limit)
+            .await?;
+        Ok(members.into_iter().map(record).collect())
+    }
+
+    /// `me` leaves, or removes `member`; the last member leaving deletes the conversation.
+    pub async fn remove_member(&self, me: &str, id: &str, member: &str) -> Result<(), CoreError> {
+        let removal = self.conversations.remove_member(me, id, member).await?;
+        self.announce(MemberRemoved {
+            conversation: id.to_owned(),
+            user: member.to_owned(),
+        })
+        .await;
+        if removal == Removal::ConversationDeleted {
+            self.announce(ConversationDeleted {
+                conversation: id.to_owned(),
+                members: vec![member.to_owned()],
+            })
+            .await;
+        }
+        Ok(())
+    }
+
+    // ---- contacts ----
+
+    /// Adds the user holding a phone number as a contact, creating a blank user for a number
+    /// that has not joined yet, as the original did.
+    pub async fn add_contact(&self, me: &str, phone: PhoneNumber) -> Result<UserRecord, CoreError> {
+        let (contact, _) = self.users.ensure(&Login::Phone(phone)).await?;
+        if contact.id == me {
+            return Err(CoreError::InvalidContact("you cannot add yourself"));
+        }
+        self.contacts.add(me, &contact.id).await?;
+        self.announce(ContactAdded {
+            contact: ContactView {
+                usera: me.to_owned(),
+                userb: contact.id.clone(),
+            },
+        })
+        .await;
+        Ok(record(contact))
+    }
+
+    pub async fn contacts(&self, me: &str, page: Page<'_>) -> Result<Vec<UserRecord>, CoreError> {
+        let contacts = self.contacts.list(me, page.after, page.limit).await?;
+        Ok(contacts.into_iter().map(record).collect())
+    }
+
+    // ---- streams ----
+
+    pub fn subscribe(&self, me: &str, topic: Topic) -> impl Responder + use<> {
+        self.hub.subscribe(me, topic)
+    }
+
+    /// A conversation's member stream, for its members only.
+    pub async fn subscribe_members(
+        &self,
+        me: &str,
+        id: &str,
+    ) -> Result<impl Responder + use<>, CoreError> {
+        self.conversations.check_member(me, id).await?;
+        Ok(self.hub.subscribe(me, Topic::Members(id.to_owned())))
+    }
+}
+
+fn checked_patch(patch: &ConversationPatch) -> Result<(), CoreError> {
+    for (name, value) in [("title", &patch.title), ("picture", &patch.picture)] {
+        if let Some(Some(value)) = value
+            && value.chars().count() > MAX_TITLE_CHARS
+        {
+            return Err(CoreError::InvalidConversation(format!(
+                "{name} is longer than {MAX_TITLE_CHARS} characters"
+            )));
+        }
+    }
+    Ok(())
+}
