@@ -16,7 +16,7 @@ use actix_web::{HttpResponse, web};
 use beep::app::{self, Hosting, RunningApp};
 use beep::config::Config;
 use beep::platform::http::Caller;
-use beep::platform::service::Service;
+use beep::platform::service::{Routes, Service};
 use serde_json::{Value, json};
 
 // The shared load client; this bench uses part of it.
@@ -32,26 +32,30 @@ mod login;
 use login::{access_token, nonce, phone, verify};
 
 /// Two routes that differ only in the extractor: the same body length, the same work.
-struct Routes;
+struct BenchRoutes;
 
 const ANONYMOUS: &str = "u-00000000000000000000000000000000";
 
-impl Service for Routes {
+impl Service for BenchRoutes {
     fn name(&self) -> &'static str {
         "bench"
     }
 
-    fn routes(&self, cfg: &mut web::ServiceConfig) {
-        cfg.route(
-            "/bench/open",
-            web::get().to(|| async { HttpResponse::Ok().json(json!({ "user_id": ANONYMOUS })) }),
-        )
-        .route(
-            "/bench/me",
-            web::get().to(|caller: Caller| async move {
-                HttpResponse::Ok().json(json!({ "user_id": caller.user_id }))
-            }),
-        );
+    fn routes(&self, cfg: &mut Routes<'_>) {
+        // Test-only routes: mounted, not documented.
+        cfg.map(|cfg| {
+            cfg.route(
+                "/bench/open",
+                web::get()
+                    .to(|| async { HttpResponse::Ok().json(json!({ "user_id": ANONYMOUS })) }),
+            )
+            .route(
+                "/bench/me",
+                web::get().to(|caller: Caller| async move {
+                    HttpResponse::Ok().json(json!({ "user_id": caller.user_id }))
+                }),
+            )
+        });
     }
 }
 
@@ -87,7 +91,7 @@ async fn start(workers: usize) -> (RunningApp, tempfile::TempDir) {
         config,
         beep::services::COMPILED,
         Hosting {
-            extra_services: vec![Arc::new(Routes)],
+            extra_services: vec![Arc::new(BenchRoutes)],
             ..Hosting::default()
         },
     )

@@ -20,7 +20,7 @@ use beep::app::{self, Hosting, RunningApp};
 use beep::config::Config;
 use beep::platform::http::Caller;
 use beep::platform::ids::random_hex128;
-use beep::platform::service::Service;
+use beep::platform::service::{Routes, Service};
 use beep::platform::users::UserRecord;
 use sea_orm::{ConnectionTrait as _, DatabaseBackend, DatabaseConnection};
 
@@ -385,40 +385,43 @@ impl Service for SqlxUser {
         "bench"
     }
 
-    fn routes(&self, cfg: &mut web::ServiceConfig) {
+    fn routes(&self, cfg: &mut Routes<'_>) {
         let db = Arc::clone(&self.db);
-        cfg.app_data(web::Data::new(db)).route(
-            "/bench/sqlx/user/{id}",
-            web::get().to(
-                |_caller: Caller,
-                 db: web::Data<Arc<OnceLock<DatabaseConnection>>>,
-                 id: web::Path<String>| async move {
-                    let db = db.get().unwrap();
-                    match sqlx_user(db, &id).await {
-                        Some((
-                            id,
-                            username,
-                            bio,
-                            profile_pic,
-                            first_name,
-                            last_name,
-                            phone,
-                            _,
-                            _,
-                        )) => HttpResponse::Ok().json(UserRecord {
-                            id,
-                            username,
-                            bio,
-                            profile_pic,
-                            first_name,
-                            last_name,
-                            phone_number: phone.unwrap_or_default(),
-                        }),
-                        None => HttpResponse::NotFound().finish(),
-                    }
-                },
-            ),
-        );
+        // Test-only routes: mounted, not documented.
+        cfg.map(|cfg| {
+            cfg.app_data(web::Data::new(db)).route(
+                "/bench/sqlx/user/{id}",
+                web::get().to(
+                    |_caller: Caller,
+                     db: web::Data<Arc<OnceLock<DatabaseConnection>>>,
+                     id: web::Path<String>| async move {
+                        let db = db.get().unwrap();
+                        match sqlx_user(db, &id).await {
+                            Some((
+                                id,
+                                username,
+                                bio,
+                                profile_pic,
+                                first_name,
+                                last_name,
+                                phone,
+                                _,
+                                _,
+                            )) => HttpResponse::Ok().json(UserRecord {
+                                id,
+                                username,
+                                bio,
+                                profile_pic,
+                                first_name,
+                                last_name,
+                                phone_number: phone.unwrap_or_default(),
+                            }),
+                            None => HttpResponse::NotFound().finish(),
+                        }
+                    },
+                ),
+            )
+        });
     }
 }
 

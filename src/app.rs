@@ -20,16 +20,18 @@ use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
+use utoipa_actix_web::AppExt as _;
 
 use crate::config::Config;
 use crate::platform::http::cors::CorsPolicy;
+use crate::platform::http::openapi::{self, ApiDocument};
 use crate::platform::http::request::{self, PlatformLayer};
 use crate::platform::http::{self, tls};
 #[cfg(feature = "bites")]
 use crate::platform::membership::SharedAccess;
 #[cfg(feature = "permissions")]
 use crate::platform::membership::SharedMembership;
-use crate::platform::service::Service;
+use crate::platform::service::{Routes, Service};
 #[cfg(feature = "auth")]
 use crate::platform::users::SharedDirectory;
 use crate::platform::workers::Workers;
@@ -50,6 +52,8 @@ pub enum StartError {
     Config(String),
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
+    #[error("rendering the OpenAPI document: {0}")]
+    OpenApi(#[source] serde_json::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -248,18 +252,37 @@ pub async fn start(
             config.server.tls.cert_path.is_some(),
         ),
     });
+    // Every route, in the order actix matches them; the document is collected once from the
+    // same mounting each worker does, so it lists exactly what is served.
+    let mount = {
+        let services = services.clone();
+        let metrics = config.telemetry.metrics;
+        move |cfg: &mut Routes<'_>| {
+            health::routes(cfg, metrics);
+            openapi::routes(cfg);
+            services.iter().for_each(|service| service.routes(cfg));
+        }
+    };
+    let (_, collected) = App::new()
+        .into_utoipa_app()
+        .openapi(openapi::skeleton())
+        .configure(&mount)
+        .split_for_parts();
+    let document = web::Data::new(ApiDocument::new(collected).map_err(StartError::OpenApi)?);
+
     let app_platform = platform.clone();
-    let app_services = services.clone();
     let factory = move || {
         let platform = app_platform.clone();
         let config = Arc::clone(&platform.config);
-        let services = app_services.clone();
         let wrapper = Arc::clone(&wrapper);
         App::new()
             .app_data(web::Data::new(platform))
+            .app_data(document.clone())
             .configure(|cfg| http::configure_extractors(&config.http, cfg))
-            .configure(|cfg| health::routes(cfg, config.telemetry.metrics))
-            .configure(|cfg| services.iter().for_each(|service| service.routes(cfg)))
+            .into_utoipa_app()
+            .configure(&mount)
+            .default_service(web::to(openapi::unrouted))
+            .into_app()
             .wrap(PlatformLayer(wrapper))
     };
 

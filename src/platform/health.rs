@@ -1,20 +1,32 @@
 //! Liveness, readiness and metrics endpoints, at the root of the URL space.
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpResponse, get, web};
 
-use super::Platform;
+use super::service::Routes;
+use super::{Platform, Readiness};
 
-pub fn routes(cfg: &mut web::ServiceConfig, metrics: bool) {
-    // Resources (not bare routes) so another method on these paths is a 405, not a 404.
-    cfg.service(web::resource("/healthz").get(healthz))
-        .service(web::resource("/readyz").get(readyz));
+pub fn routes(cfg: &mut Routes<'_>, metrics: bool) {
+    cfg.service(healthz).service(readyz);
     if metrics {
-        cfg.service(web::resource("/metrics").get(prometheus));
+        cfg.service(prometheus);
     }
 }
 
+/// `{"status":"ok"}`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code, reason = "a schema only: the body is a constant")]
+struct Alive {
+    status: String,
+}
+
 /// The process is alive and serving; touches no backend.
+#[utoipa::path(
+    tag = "platform",
+    security(),
+    responses((status = 200, description = "Alive", body = Alive)),
+)]
+#[get("/healthz")]
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
@@ -22,6 +34,15 @@ async fn healthz() -> HttpResponse {
 }
 
 /// Every configured backend answers: 200, else 503; the body names each backend's state.
+#[utoipa::path(
+    tag = "platform",
+    security(),
+    responses(
+        (status = 200, description = "Every backend answers", body = Readiness),
+        (status = 503, description = "A backend does not answer", body = Readiness),
+    ),
+)]
+#[get("/readyz")]
 async fn readyz(platform: web::Data<Platform>) -> HttpResponse {
     let readiness = platform.readiness().await;
     let status = if readiness.is_ready() {
@@ -32,6 +53,13 @@ async fn readyz(platform: web::Data<Platform>) -> HttpResponse {
     HttpResponse::build(status).json(readiness)
 }
 
+/// Prometheus metrics (when `telemetry.metrics` is on).
+#[utoipa::path(
+    tag = "platform",
+    security(),
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")),
+)]
+#[get("/metrics")]
 async fn prometheus(platform: web::Data<Platform>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")

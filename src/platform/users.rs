@@ -124,7 +124,7 @@ pub struct KnownUser {
 }
 
 /// The profile sent to the original `POST /register/:code/:nonce` (core's `User` fields).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct NewProfile {
     pub username: Option<String>,
@@ -135,7 +135,8 @@ pub struct NewProfile {
 }
 
 /// A user as the original core serialised it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = User)]
 pub struct UserRecord {
     pub id: String,
     pub username: Option<String>,

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use beep::config::{Limit, SigningAlgorithm};
 use beep::platform::http::Caller;
-use beep::platform::service::Service;
+use beep::platform::service::{Routes, Service};
 use serde_json::{Value, json};
 
 use crate::helpers::{Column, TestApp, columns, error_code, sent_code, unique_phone};
@@ -22,17 +22,20 @@ impl Service for Whoami {
         "whoami"
     }
 
-    fn routes(&self, cfg: &mut web::ServiceConfig) {
-        cfg.route(
-            "/whoami",
-            web::get().to(|caller: Caller| async move {
-                HttpResponse::Ok().json(json!({
-                    "user_id": caller.user_id,
-                    "client_id": caller.client_id,
-                    "session_id": caller.session_id,
-                }))
-            }),
-        );
+    fn routes(&self, cfg: &mut Routes<'_>) {
+        // Test-only routes: mounted, not documented.
+        cfg.map(|cfg| {
+            cfg.route(
+                "/whoami",
+                web::get().to(|caller: Caller| async move {
+                    HttpResponse::Ok().json(json!({
+                        "user_id": caller.user_id,
+                        "client_id": caller.client_id,
+                        "session_id": caller.session_id,
+                    }))
+                }),
+            )
+        });
     }
 }
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use actix_web::{HttpResponse, web};
-use beep::platform::service::Service;
+use beep::platform::service::{Routes, Service};
 use serde::Deserialize;
 
 use crate::helpers::{Column, TestApp, columns, error_code};
@@ -27,32 +27,35 @@ impl Service for Echo {
         "echo"
     }
 
-    fn routes(&self, cfg: &mut web::ServiceConfig) {
-        cfg.service(
-            web::scope("/echo")
-                .route(
-                    "/json",
-                    web::post().to(|m: web::Json<Message>| async move {
-                        HttpResponse::Ok().json(m.into_inner())
-                    }),
-                )
-                .route(
-                    "/bytes",
-                    web::post().to(|b: web::Bytes| async move { HttpResponse::Ok().body(b) }),
-                )
-                .route(
-                    "/page",
-                    web::get().to(|p: web::Query<Page>| async move {
-                        HttpResponse::Ok().body(p.limit.to_string())
-                    }),
-                )
-                .route(
-                    "/item/{n}",
-                    web::get().to(|n: web::Path<u32>| async move {
-                        HttpResponse::Ok().body(n.to_string())
-                    }),
-                ),
-        );
+    fn routes(&self, cfg: &mut Routes<'_>) {
+        // Test-only routes: mounted, not documented.
+        cfg.map(|cfg| {
+            cfg.service(
+                web::scope("/echo")
+                    .route(
+                        "/json",
+                        web::post().to(|m: web::Json<Message>| async move {
+                            HttpResponse::Ok().json(m.into_inner())
+                        }),
+                    )
+                    .route(
+                        "/bytes",
+                        web::post().to(|b: web::Bytes| async move { HttpResponse::Ok().body(b) }),
+                    )
+                    .route(
+                        "/page",
+                        web::get().to(|p: web::Query<Page>| async move {
+                            HttpResponse::Ok().body(p.limit.to_string())
+                        }),
+                    )
+                    .route(
+                        "/item/{n}",
+                        web::get().to(|n: web::Path<u32>| async move {
+                            HttpResponse::Ok().body(n.to_string())
+                        }),
+                    ),
+            )
+        });
     }
 }
 

@@ -19,6 +19,7 @@ mod http;
 #[allow(dead_code)]
 #[path = "../common/login.rs"]
 mod login;
+mod openapi;
 #[cfg(feature = "bites")]
 #[path = "../common/peer.rs"]
 mod peer;

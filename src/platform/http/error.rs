@@ -67,20 +67,24 @@ impl ResponseError for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Detail<'a>,
+/// The error body, on the wire and in the OpenAPI document.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody<'a> {
+    #[schema(inline)]
+    error: ErrorDetail<'a>,
 }
 
-#[derive(Serialize)]
-struct Detail<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+struct ErrorDetail<'a> {
+    /// Stable and machine-readable, e.g. `not_a_member`; clients branch on it.
     code: &'a str,
+    /// For people; may change.
     message: &'a str,
 }
 
 pub fn error_response(status: StatusCode, code: &str, message: &str) -> HttpResponse {
-    HttpResponse::build(status).json(Body {
-        error: Detail { code, message },
+    HttpResponse::build(status).json(ErrorBody {
+        error: ErrorDetail { code, message },
     })
 }
 

@@ -4,6 +4,7 @@
 pub mod caller;
 pub mod cors;
 pub mod error;
+pub mod openapi;
 pub mod paging;
 pub mod request;
 pub mod tls;

@@ -17,8 +17,6 @@ pub mod sessions;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::web;
-
 pub use error::{AuthError, SetupError};
 use keys::KeyRing;
 use limits::Limiter;
@@ -30,7 +28,7 @@ use sessions::Sessions;
 use crate::config::AuthConfig;
 use crate::platform::Platform;
 use crate::platform::bus::unix_millis;
-use crate::platform::service::Service;
+use crate::platform::service::{Routes, Service};
 use crate::platform::users::SharedDirectory;
 use crate::platform::workers::Workers;
 
@@ -79,7 +77,7 @@ impl Service for Auth {
         "auth"
     }
 
-    fn routes(&self, cfg: &mut web::ServiceConfig) {
+    fn routes(&self, cfg: &mut Routes<'_>) {
         routes::routes(cfg, Arc::clone(&self.state));
     }
 

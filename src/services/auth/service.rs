@@ -18,7 +18,7 @@ use crate::platform::identity::{Claims, Identity};
 use crate::platform::users::{Login, NewProfile, SharedDirectory, UserRecord};
 
 /// What a successful login or refresh answers.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TokenResponse {
     pub access_token: String,
     pub refresh_token: String,

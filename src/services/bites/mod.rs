@@ -28,7 +28,7 @@ use crate::config::BitesConfig;
 use crate::platform::Platform;
 use crate::platform::bus::{Bus, BusError, keep_listening, unix_millis};
 use crate::platform::membership::{ConversationDeleted, MemberRemoved, SharedAccess};
-use crate::platform::service::Service;
+use crate::platform::service::{Routes, Service};
 use crate::platform::workers::Workers;
 
 pub use self::pipeline::BiteStored;
@@ -124,7 +124,7 @@ impl Service for Bites {
         "bites"
     }
 
-    fn routes(&self, cfg: &mut web::ServiceConfig) {
+    fn routes(&self, cfg: &mut Routes<'_>) {
         routes::configure(
             cfg,
             web::Data::new(StoreState {

@@ -4,16 +4,21 @@
 use std::sync::Arc;
 
 use actix_web::http::{StatusCode, header};
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, get, web};
 use actix_web_lab::sse;
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
+use utoipa::IntoParams;
+use utoipa_actix_web::scope;
 
-use super::store::{BiteMeta, SharedStore, StoreError, blocking};
+use super::store::{BiteMeta, Scan, SharedStore, StoreError, blocking};
 use crate::config::BitesConfig;
+use crate::platform::http::error::ErrorBody;
+use crate::platform::http::openapi::SseEvent;
 use crate::platform::http::{ApiError, Caller, SSE_KEEP_ALIVE, next_link, page_limit};
 use crate::platform::ids::is_prefixed_id;
 use crate::platform::membership::SharedAccess;
+use crate::platform::service::Routes;
 
 pub struct StoreState {
     pub store: SharedStore,
@@ -24,15 +29,25 @@ pub struct StoreState {
 
 type State = web::Data<StoreState>;
 
-pub fn configure(cfg: &mut web::ServiceConfig, state: State) {
+pub fn configure(cfg: &mut Routes<'_>, state: State) {
     cfg.service(
-        web::scope("/store/bite/{conversation}")
+        scope("/store/bite/{conversation}")
             .app_data(state)
-            .route("", web::get().to(list))
-            .route("/scan", web::get().to(scan))
-            .route("/start/{start}", web::get().to(audio))
-            .route("/subscribe", web::get().to(subscribe)),
+            .service(list)
+            .service(scan)
+            .service(audio)
+            .service(subscribe),
     );
+}
+
+/// The conversation path parameter every `/store` route takes.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code, reason = "documents the path; handlers read web::Path")]
+struct ConversationPath {
+    /// A conversation id: `c-` and 32 lowercase hex digits.
+    #[param(pattern = r"^c-[0-9a-f]{32}$")]
+    conversation: String,
 }
 
 impl From<StoreError> for ApiError {
@@ -72,10 +87,17 @@ pub async fn member_of(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Range {
+    /// Unix milliseconds, inclusive; 0 when absent.
+    #[param(value_type = Option<i64>, minimum = 0)]
     from: Option<u64>,
+    /// Unix milliseconds, inclusive; the end of time when absent.
+    #[param(value_type = Option<i64>, minimum = 0)]
     to: Option<u64>,
+    /// Bites per page (the list only): `bites.page_size` when absent.
+    #[param(value_type = Option<i64>, minimum = 1)]
     limit: Option<u64>,
 }
 
@@ -95,6 +117,17 @@ impl Range {
 
 /// `GET /store/bite/{conversation}/scan?from=&to=`: the original answer,
 /// `{"previous","starts","next"}`, with starts in Unix milliseconds and never `null`.
+#[utoipa::path(
+    tag = "bites",
+    params(ConversationPath, Range),
+    responses(
+        (status = 200, description = "The starts in the range and the pages either side", body = Scan),
+        (status = 400, description = "`invalid_id`, `invalid_range` (from after to)", body = ErrorBody),
+        (status = 403, description = "`not_a_member`", body = ErrorBody),
+        (status = 503, description = "Memberships cannot be read: `membership_unavailable`", body = ErrorBody),
+    ),
+)]
+#[get("/scan")]
 async fn scan(
     state: State,
     caller: Caller,
@@ -114,6 +147,18 @@ async fn scan(
 
 /// `GET /store/bite/{conversation}?from=&to=&limit=`: metadata, oldest first, with a
 /// `Link: <…?from=…>; rel="next"` header when the page is full.
+#[utoipa::path(
+    tag = "bites",
+    params(ConversationPath, Range),
+    responses(
+        (status = 200, description = "A page, oldest first", body = Vec<BiteMeta>,
+            headers(("link" = String, description = "The next page, when this one is full"))),
+        (status = 400, description = "`invalid_id`, `invalid_range`, `invalid_limit`", body = ErrorBody),
+        (status = 403, description = "`not_a_member`", body = ErrorBody),
+        (status = 503, description = "Memberships cannot be read: `membership_unavailable`", body = ErrorBody),
+    ),
+)]
+#[get("")]
 async fn list(
     state: State,
     caller: Caller,
@@ -150,14 +195,35 @@ async fn list(
     Ok(response.json(bites))
 }
 
-/// Picks one speaker's bite when two started in the same millisecond.
-#[derive(Deserialize)]
+/// Picks one speaker's bite when two started in the same millisecond: both or neither.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Speaker {
+    /// The speaker's user id.
     user: Option<String>,
+    /// The speaker's client id.
     client: Option<String>,
 }
 
 /// `GET /store/bite/{conversation}/start/{start}`: the Ogg Opus file, with range requests.
+#[utoipa::path(
+    tag = "bites",
+    params(
+        ConversationPath,
+        ("start" = i64, Path, minimum = 0, description = "The bite's start, Unix milliseconds"),
+        Speaker,
+    ),
+    responses(
+        (status = 200, description = "The whole file", body = Vec<u8>, content_type = "audio/ogg"),
+        (status = 206, description = "The requested range", body = Vec<u8>, content_type = "audio/ogg"),
+        (status = 400, description = "`invalid_id`, `invalid_speaker` (user without client or the reverse)", body = ErrorBody),
+        (status = 403, description = "`not_a_member`", body = ErrorBody),
+        (status = 404, description = "No bite starts then: `bite_not_found`", body = ErrorBody),
+        (status = 416, description = "`range_not_satisfiable`", body = ErrorBody),
+        (status = 503, description = "Memberships cannot be read: `membership_unavailable`", body = ErrorBody),
+    ),
+)]
+#[get("/start/{start}")]
 async fn audio(
     state: State,
     caller: Caller,
@@ -277,6 +343,17 @@ fn byte_range(header: &str, total: u64) -> RangeAnswer {
 /// `GET /store/bite/{conversation}/subscribe`: an `event: bite` with the metadata of each new
 /// bite of the conversation, as it is stored. The stream ends when the caller stops being a
 /// member (checked at each bite) or falls too far behind (a client reconnects).
+#[utoipa::path(
+    tag = "bites",
+    params(ConversationPath),
+    responses(
+        (status = 200, description = "`event: bite` with a bite's metadata as each is stored", content_type = "text/event-stream", body = SseEvent),
+        (status = 400, description = "`invalid_id`", body = ErrorBody),
+        (status = 403, description = "`not_a_member`", body = ErrorBody),
+        (status = 503, description = "Memberships cannot be read: `membership_unavailable`", body = ErrorBody),
+    ),
+)]
+#[get("/subscribe")]
 async fn subscribe(
     state: State,
     caller: Caller,

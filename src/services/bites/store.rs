@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 /// What is known of one stored bite besides its audio. Also the JSON of the list route and
 /// of the `bite_stored` event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BiteMeta {
     pub conversation: String,
     /// The speaker's user id and the client (device) they spoke from.
@@ -37,7 +37,7 @@ pub struct NewBite {
 }
 
 /// The original scan's answer: starts in `[from, to]`, and hints for the pages either side.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Scan {
     /// The last start before `from`, or 0.
     pub previous: u64,

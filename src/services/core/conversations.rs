@@ -82,7 +82,8 @@ pub mod member {
 }
 
 /// A conversation as the original served it: with the caller's own pin flag.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = Conversation)]
 pub struct ConversationView {
     pub id: String,
     pub title: Option<String>,
@@ -110,11 +111,15 @@ pub struct MemberView {
 }
 
 /// What `POST`/`PATCH /user/conversation` may set; absent fields are left alone.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub struct ConversationPatch {
+    /// `null` clears it.
     #[serde(default, deserialize_with = "super::users::present")]
+    #[schema(value_type = Option<String>, max_length = 256)]
     pub title: Option<Option<String>>,
+    /// A picture name from `/pictures/upload`; `null` clears it.
     #[serde(default, deserialize_with = "super::users::present")]
+    #[schema(value_type = Option<String>, max_length = 256)]
     pub picture: Option<Option<String>>,
     /// Sent by the original clients for direct messages; the original ignored it too.
     #[serde(default, rename = "dm")]

@@ -16,12 +16,10 @@ pub mod users;
 
 use std::sync::Arc;
 
-use actix_web::web;
-
 pub use self::error::CoreError;
 pub use self::service::CoreService;
 use crate::platform::Platform;
-use crate::platform::service::Service;
+use crate::platform::service::{Routes, Service};
 use crate::platform::workers::Workers;
 
 pub struct Core {
@@ -56,7 +54,7 @@ impl Service for Core {
         "core"
     }
 
-    fn routes(&self, cfg: &mut web::ServiceConfig) {
+    fn routes(&self, cfg: &mut Routes<'_>) {
         routes::routes(cfg, Arc::clone(&self.service));
     }
 

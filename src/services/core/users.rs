@@ -48,33 +48,45 @@ pub struct Users {
 }
 
 /// A partial profile update: absent fields keep their value (the original overwrote them all).
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProfilePatch {
     /// `null` clears the username; absent keeps it.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, pattern = r"^([A-Za-z0-9_.]{3,32})?$")]
     pub username: Option<Option<String>>,
+    #[schema(max_length = 256)]
     pub bio: Option<String>,
+    #[schema(max_length = 256)]
     pub profile_pic: Option<String>,
+    #[schema(max_length = 256)]
     pub first_name: Option<String>,
+    #[schema(max_length = 256)]
     pub last_name: Option<String>,
     /// Original clients send the whole user back; its id and number are not changed this way.
     #[serde(default, rename = "id")]
+    #[schema(value_type = Option<String>)]
     pub _id: Option<serde::de::IgnoredAny>,
     #[serde(default, rename = "phone_number")]
+    #[schema(value_type = Option<String>)]
     pub _phone_number: Option<serde::de::IgnoredAny>,
 }
 
 /// The original `POST /user` body: a whole profile.
-#[derive(Default, serde::Deserialize)]
+#[derive(Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct NewUser {
     /// Must be the caller's own id when sent.
     pub id: Option<String>,
+    #[schema(pattern = r"^([A-Za-z0-9_.]{3,32})?$")]
     pub username: Option<String>,
+    #[schema(max_length = 256)]
     pub bio: String,
+    #[schema(max_length = 256)]
     pub profile_pic: String,
+    #[schema(max_length = 256)]
     pub first_name: String,
+    #[schema(max_length = 256)]
     pub last_name: String,
     /// Must be the caller's verified number when sent.
     pub phone_number: Option<String>,

@@ -9,17 +9,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
 use serde_json::json;
 use tokio::sync::mpsc;
+use utoipa_actix_web::scope;
 use webrtc::peer_connection::RTCIceCandidateInit;
 
 use super::peer::{Negotiation, Participant};
 use super::{JoinError, Sfu};
 use crate::config::IceServer;
+use crate::platform::http::error::ErrorBody;
 use crate::platform::http::{ApiError, Caller};
 use crate::platform::membership::SharedAccess;
+use crate::platform::service::Routes;
 use crate::services::bites::routes::member_of;
 
 pub struct SignalState {
@@ -34,22 +37,39 @@ type State = web::Data<SignalState>;
 /// Pings keep the socket open through proxies that close idle connections.
 const PING_EVERY: Duration = Duration::from_secs(25);
 
-pub fn configure(cfg: &mut web::ServiceConfig, state: State) {
+pub fn configure(cfg: &mut Routes<'_>, state: State) {
     cfg.service(
-        web::scope("/webrtc")
+        scope("/webrtc")
             .app_data(state)
-            .route("/connect", web::get().to(connect))
-            .route("/join/{conversation}", web::post().to(join))
-            .route("/config", web::get().to(ice_config)),
+            .service(connect)
+            .service(join)
+            .service(ice_config),
     );
 }
 
 /// `GET /webrtc/config`: `{"iceServers":[…]}`, as a browser's `RTCPeerConnection` takes it.
+#[utoipa::path(
+    tag = "bites",
+    responses((status = 200, description = "`{\"iceServers\":[{\"urls\":[…],\"username\"?,\"credential\"?}]}`", body = Object)),
+)]
+#[get("/config")]
 async fn ice_config(state: State, _caller: Caller) -> HttpResponse {
     HttpResponse::Ok().json(json!({ "iceServers": state.ice_servers }))
 }
 
 /// `POST /webrtc/join/{conversation}`: members only; leaves the previous room.
+#[utoipa::path(
+    tag = "bites",
+    params(("conversation" = String, Path, description = "A conversation id: `c-` and 32 lowercase hex digits", pattern = r"^c-[0-9a-f]{32}$")),
+    responses(
+        (status = 200, description = "In the room"),
+        (status = 400, description = "`invalid_id`", body = ErrorBody),
+        (status = 403, description = "`not_a_member`", body = ErrorBody),
+        (status = 409, description = "`room_full`", body = ErrorBody),
+        (status = 503, description = "Memberships cannot be read: `membership_unavailable`", body = ErrorBody),
+    ),
+)]
+#[post("/join/{conversation}")]
 async fn join(
     state: State,
     caller: Caller,
@@ -66,6 +86,23 @@ async fn join(
 }
 
 /// `GET /webrtc/connect`: upgrades to the signalling socket and opens the media connection.
+/// A WebSocket: frames `offer::<sdp>`, `answer::<sdp>`, `ice::<candidate>` both ways and
+/// `error::{"code","message"}` from the server.
+#[utoipa::path(
+    tag = "bites",
+    params(
+        ("Upgrade" = String, Header, description = "`websocket`"),
+        ("Sec-WebSocket-Version" = String, Header, description = "`13`"),
+        ("Sec-WebSocket-Key" = String, Header, description = "The client's nonce"),
+    ),
+    responses(
+        (status = 101, description = "Switching Protocols: the signalling socket"),
+        (status = 400, description = "Not a WebSocket handshake: `websocket_required`", body = ErrorBody),
+        (status = 503, description = "`media_unavailable`", body = ErrorBody),
+    ),
+    extensions(("x-websocket" = json!(true))),
+)]
+#[get("/connect")]
 async fn connect(
     state: State,
     caller: Caller,
