@@ -1,0 +1,21 @@
+//! `[core]`.
+
+use serde::{Deserialize, Serialize};
+
+/// Users, contacts, conversations and members.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoreConfig {
+    /// Items per page of a list when the request gives no `limit`, and the largest `limit`.
+    pub page_size: u64,
+    pub max_page_size: u64,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        Self {
+            page_size: 100,
+            max_page_size: 1000,
+        }
+    }
+}
