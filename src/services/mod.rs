@@ -158,9 +158,9 @@ pub fn build(names: &[&str], platform: &Platform) -> Result<Vec<Arc<dyn Service>
                     reason: "needs permissions in the same process to check memberships".into(),
                 })?;
                 let bites =
-                    bites::Bites::new(platform, access).map_err(|reason| BuildError::Service {
+                    bites::Bites::new(platform, access).map_err(|err| BuildError::Service {
                         service: "bites",
-                        reason,
+                        reason: err.to_string(),
                     })?;
                 Arc::new(bites)
             }
