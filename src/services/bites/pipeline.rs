@@ -6,26 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::Counter;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use super::events::BiteStored;
 use super::ogg;
 use super::store::{self, BiteMeta, NewBite, SharedStore};
 use super::utterance::{Incoming, Segmenter, SpeechRules, Utterance};
-use crate::platform::bus::{Bus, Event, unix_millis};
-
-/// A bite was stored (and is durable). With NATS it goes through JetStream, so a consumer
-/// running apart (transcription) gets every one.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BiteStored {
-    #[serde(flatten)]
-    pub bite: BiteMeta,
-}
-
-impl Event for BiteStored {
-    const SUBJECT: &'static str = "bites.bite_stored";
-}
+use crate::platform::bus::{Bus, unix_millis};
 
 /// Packets a speaker's task may fall behind by before new ones are dropped (from the bite,
 /// never from forwarding): over two seconds of 20 ms audio.

@@ -11,7 +11,8 @@ use tokio::sync::{broadcast, mpsc};
 use utoipa::IntoParams;
 use utoipa_actix_web::scope;
 
-use super::store::{BiteMeta, Scan, SharedStore, StoreError, blocking};
+use super::error::BitesError;
+use super::store::{BiteMeta, Scan, SharedStore, blocking};
 use crate::config::BitesConfig;
 use crate::platform::http::error::ErrorBody;
 use crate::platform::http::openapi::SseEvent;
@@ -50,40 +51,19 @@ struct ConversationPath {
     conversation: String,
 }
 
-impl From<StoreError> for ApiError {
-    fn from(err: StoreError) -> Self {
-        ApiError::internal(&err)
-    }
-}
-
 /// Refuses anyone but a member, and malformed ids before any lookup.
 pub async fn member_of(
     access: &SharedAccess,
     caller: &Caller,
     conversation: &str,
-) -> Result<(), ApiError> {
+) -> Result<(), BitesError> {
     if !is_prefixed_id(conversation, "c-") {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_id",
-            "conversation ids are c- followed by 32 lowercase hex digits",
-        ));
+        return Err(BitesError::InvalidId);
     }
     match access.may_access(&caller.user_id, conversation).await {
         Ok(true) => Ok(()),
-        Ok(false) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "not_a_member",
-            "you are not a member of this conversation",
-        )),
-        Err(err) => {
-            tracing::warn!(error = %err, "membership check failed");
-            Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "membership_unavailable",
-                "membership cannot be checked right now",
-            ))
-        }
+        Ok(false) => Err(BitesError::NotAMember),
+        Err(err) => Err(BitesError::MembershipUnavailable(err)),
     }
 }
 
@@ -102,14 +82,10 @@ struct Range {
 }
 
 impl Range {
-    fn bounds(&self) -> Result<(u64, u64), ApiError> {
+    fn bounds(&self) -> Result<(u64, u64), BitesError> {
         let (from, to) = (self.from.unwrap_or(0), self.to.unwrap_or(u64::MAX));
         if from > to {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_range",
-                "from must not be after to",
-            ));
+            return Err(BitesError::InvalidRange);
         }
         Ok((from, to))
     }
@@ -236,13 +212,7 @@ async fn audio(
     let speaker = match (&query.user, &query.client) {
         (Some(user), Some(client)) => Some((user.clone(), client.clone())),
         (None, None) => None,
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_speaker",
-                "give both user and client, or neither",
-            ));
-        }
+        _ => return Err(BitesError::InvalidSpeaker.into()),
     };
     let found = blocking(&state.store, move |store| {
         let speaker = speaker.as_ref().map(|(u, c)| (u.as_str(), c.as_str()));
@@ -250,11 +220,7 @@ async fn audio(
     })
     .await?;
     let Some((_meta, bytes)) = found else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "bite_not_found",
-            "no bite starts at that time",
-        ));
+        return Err(BitesError::BiteNotFound.into());
     };
     let total = bytes.len() as u64;
     let mut response = HttpResponse::Ok();

@@ -1,4 +1,5 @@
-//! One forwarded stream: a source participant's audio into one listener's connection.
+//! Forwarding, the hot path: each packet of a participant's track into every listener's
+//! connection ([`DownTrack`], one per source and listener) and to the speaker's bite task.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -8,13 +9,22 @@ use futures_util::FutureExt as _;
 use metrics::Counter;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtp;
+use rtc::rtp::extension::audio_level_extension::AudioLevelExtension;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpSendParameters,
     RtpCodecKind,
 };
 use rtc::sdp::extmap::AUDIO_LEVEL_URI;
+use rtc::shared::marshal::Unmarshal as _;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+
+use super::Stats;
+use super::peer::Participant;
+use crate::platform::bus::unix_millis;
+use crate::services::bites::pipeline::{SpeakerFeed, Spoken};
+use crate::services::bites::utterance::Incoming;
 
 /// Ready bit plus the payload type and audio-level extension id negotiated on the listener's
 /// leg, packed so the hot path reads them with one load.
@@ -30,7 +40,7 @@ pub struct DownTrack {
     dropped: Counter,
 }
 
-/// The Opus codec as the SFU registers it (`peer::media_engine`) and sends it.
+/// The Opus codec as the SFU registers it (`transport::media_engine`) and sends it.
 pub fn opus() -> RTCRtpCodec {
     RTCRtpCodec {
         mime_type: "audio/opus".into(),
@@ -130,6 +140,47 @@ impl DownTrack {
         // dropped, without a task per listener in between.
         if !matches!(self.track.write_rtp(packet).now_or_never(), Some(Ok(()))) {
             self.dropped.increment(1);
+        }
+    }
+}
+
+/// The hot path: each packet of a participant's track goes to the tracks of everyone else in
+/// the room, and to the speaker's bite task. Nothing here waits.
+pub async fn forward(
+    participant: Arc<Participant>,
+    track: Arc<dyn TrackRemote>,
+    feed: Option<SpeakerFeed>,
+    stats: Arc<Stats>,
+) {
+    while let Some(event) = track.poll().await {
+        let TrackRemoteEvent::OnRtpPacket(packet) = event else {
+            continue;
+        };
+        stats.received.increment(1);
+        let level_id = participant.level_id.load(Ordering::Relaxed);
+        // The level byte as received: listeners get it as is, under their own id.
+        let level_bytes = match level_id {
+            0 => None,
+            id => packet.header.get_extension(id),
+        };
+        let level = level_bytes
+            .clone()
+            .and_then(|mut bytes| AudioLevelExtension::unmarshal(&mut bytes).ok());
+        let route = participant.route();
+        for down in &route.listeners {
+            down.send(&packet, level_bytes.as_ref());
+        }
+        stats.forwarded.increment(route.listeners.len() as u64);
+        if let (Some(feed), Some(room)) = (&feed, &route.room) {
+            feed.push(Spoken {
+                conversation: Arc::clone(room),
+                packet: Incoming {
+                    timestamp: packet.header.timestamp,
+                    arrived_ms: unix_millis(),
+                    level: level.map(|level| level.level),
+                    payload: packet.payload,
+                },
+            });
         }
     }
 }

@@ -7,26 +7,27 @@
 //! their own, so HTTP load and media do not queue behind each other.
 
 mod forward;
+mod negotiation;
 pub mod peer;
+mod sdp;
 mod signal;
+mod transport;
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use rtc::rtp::extension::audio_level_extension::AudioLevelExtension;
-use rtc::shared::marshal::Unmarshal as _;
-use tokio::sync::mpsc;
-use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
-
-use self::forward::DownTrack;
-use self::peer::{Participant, PeerError, Route, Transport};
-use super::pipeline::{Ingest, Spoken};
-use super::utterance::Incoming;
-use crate::config::SfuConfig;
-use crate::platform::bus::unix_millis;
-use crate::platform::telemetry::Metrics;
 use metrics::Counter;
+use tokio::sync::mpsc;
+use webrtc::media_stream::track_remote::TrackRemote;
+
+use self::forward::{DownTrack, forward};
+use self::negotiation::Negotiation;
+use self::peer::{Participant, Route};
+use self::transport::Transport;
+use super::error::BitesError;
+use super::pipeline::Ingest;
+use crate::config::SfuConfig;
+use crate::platform::telemetry::Metrics;
 
 pub use signal::{SignalState, configure};
 
@@ -58,12 +59,6 @@ struct Rooms {
     rooms: HashMap<Arc<str>, Vec<Arc<Participant>>>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum JoinError {
-    #[error("the room of this conversation is full ({0} participants)")]
-    Full(usize),
-}
-
 /// A tokio runtime that may be dropped from async code (it is shut down in the background).
 struct MediaRuntime(Option<tokio::runtime::Runtime>);
 
@@ -90,7 +85,7 @@ impl Sfu {
         config: &SfuConfig,
         ingest: Option<Ingest>,
         metrics: &Metrics,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, BitesError> {
         let threads = match config.threads {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
@@ -100,7 +95,7 @@ impl Sfu {
             .thread_name("beep-media")
             .enable_all()
             .build()
-            .map_err(|err| format!("media runtime: {err}"))?;
+            .map_err(BitesError::MediaRuntimeFailed)?;
         Ok(Self {
             transport: Arc::new(Transport::new(config)?),
             media: MediaRuntime(Some(runtime)),
@@ -125,7 +120,7 @@ impl Sfu {
         self: &Arc<Self>,
         user: &str,
         client: &str,
-    ) -> Result<(Arc<Participant>, mpsc::Receiver<String>), PeerError> {
+    ) -> Result<(Arc<Participant>, mpsc::Receiver<String>), BitesError> {
         let (outbox, frames) = mpsc::channel(64);
         let media = self.media.handle();
         let built = media
@@ -136,7 +131,7 @@ impl Sfu {
                 outbox,
             ))
             .await
-            .map_err(|err| PeerError::Task(err.to_string()))??;
+            .map_err(BitesError::MediaTaskFailed)??;
         let participant = built.participant;
         media.spawn(built.negotiator.run());
         media.spawn(Arc::clone(self).receive_tracks(Arc::clone(&participant), built.tracks));
@@ -177,7 +172,7 @@ impl Sfu {
 
     /// Puts the client in the conversation's room, out of any other. The caller has checked
     /// membership. A client not connected yet enters when it connects.
-    pub fn join(&self, user: &str, client: &str, conversation: &str) -> Result<(), JoinError> {
+    pub fn join(&self, user: &str, client: &str, conversation: &str) -> Result<(), BitesError> {
         let key = (user.to_owned(), client.to_owned());
         let mut rooms = self.rooms();
         match rooms.connected.get(&key).cloned() {
@@ -220,13 +215,15 @@ impl Sfu {
         rooms: &mut Rooms,
         participant: &Arc<Participant>,
         conversation: Arc<str>,
-    ) -> Result<(), JoinError> {
+    ) -> Result<(), BitesError> {
         if participant.route().room.as_deref() == Some(&*conversation) {
             return Ok(());
         }
         let size = rooms.rooms.get(&conversation).map_or(0, Vec::len);
         if size >= self.max_room_size {
-            return Err(JoinError::Full(self.max_room_size));
+            return Err(BitesError::RoomFull {
+                capacity: self.max_room_size,
+            });
         }
         self.leave(rooms, participant);
         let room = rooms.rooms.entry(Arc::clone(&conversation)).or_default();
@@ -320,46 +317,5 @@ impl Sfu {
 
 fn close(participant: &Participant) {
     participant.closed.cancel();
-    let _gone = participant.negotiate.send(peer::Negotiation::Close);
-}
-
-/// The hot path: each packet of a participant's track goes to the tracks of everyone else in
-/// the room, and to the speaker's bite task. Nothing here waits.
-async fn forward(
-    participant: Arc<Participant>,
-    track: Arc<dyn TrackRemote>,
-    feed: Option<super::pipeline::SpeakerFeed>,
-    stats: Arc<Stats>,
-) {
-    while let Some(event) = track.poll().await {
-        let TrackRemoteEvent::OnRtpPacket(packet) = event else {
-            continue;
-        };
-        stats.received.increment(1);
-        let level_id = participant.level_id.load(Ordering::Relaxed);
-        // The level byte as received: listeners get it as is, under their own id.
-        let level_bytes = match level_id {
-            0 => None,
-            id => packet.header.get_extension(id),
-        };
-        let level = level_bytes
-            .clone()
-            .and_then(|mut bytes| AudioLevelExtension::unmarshal(&mut bytes).ok());
-        let route = participant.route();
-        for down in &route.listeners {
-            down.send(&packet, level_bytes.as_ref());
-        }
-        stats.forwarded.increment(route.listeners.len() as u64);
-        if let (Some(feed), Some(room)) = (&feed, &route.room) {
-            feed.push(Spoken {
-                conversation: Arc::clone(room),
-                packet: Incoming {
-                    timestamp: packet.header.timestamp,
-                    arrived_ms: unix_millis(),
-                    level: level.map(|level| level.level),
-                    payload: packet.payload,
-                },
-            });
-        }
-    }
+    let _gone = participant.negotiate.send(Negotiation::Close);
 }

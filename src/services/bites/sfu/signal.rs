@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
 use serde_json::json;
@@ -16,13 +15,15 @@ use tokio::sync::mpsc;
 use utoipa_actix_web::scope;
 use webrtc::peer_connection::RTCIceCandidateInit;
 
-use super::peer::{Negotiation, Participant};
-use super::{JoinError, Sfu};
+use super::Sfu;
+use super::negotiation::Negotiation;
+use super::peer::Participant;
 use crate::config::IceServer;
 use crate::platform::http::error::ErrorBody;
 use crate::platform::http::{ApiError, Caller};
 use crate::platform::membership::SharedAccess;
 use crate::platform::service::Routes;
+use crate::services::bites::error::BitesError;
 use crate::services::bites::routes::member_of;
 
 pub struct SignalState {
@@ -76,12 +77,7 @@ async fn join(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     member_of(&state.access, &caller, &path).await?;
-    state
-        .sfu
-        .join(&caller.user_id, &caller.client_id, &path)
-        .map_err(|err| match err {
-            JoinError::Full(_) => ApiError::new(StatusCode::CONFLICT, "room_full", err.to_string()),
-        })?;
+    state.sfu.join(&caller.user_id, &caller.client_id, &path)?;
     Ok(HttpResponse::Ok().finish())
 }
 
@@ -109,25 +105,12 @@ async fn connect(
     req: HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let (response, session, stream) = actix_ws::handle(&req, body).map_err(|err| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "websocket_required",
-            format!("this route speaks WebSocket: {err}"),
-        )
-    })?;
+    let (response, session, stream) = actix_ws::handle(&req, body)
+        .map_err(|err| BitesError::WebSocketRequired(err.to_string()))?;
     let (participant, frames) = state
         .sfu
         .connect(&caller.user_id, &caller.client_id)
-        .await
-        .map_err(|err| {
-            tracing::warn!(error = %err, "a media connection could not be opened");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "media_unavailable",
-                "the media connection cannot be opened right now",
-            )
-        })?;
+        .await?;
     let stream = stream
         .max_frame_size(state.max_message_bytes)
         .aggregate_continuations()

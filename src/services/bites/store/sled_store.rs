@@ -1,110 +1,15 @@
-//! Where bites live: the [`BiteStore`] seam, and its sled engine.
-//!
-//! Keys keep the original store's shape and order, `bite+<conversation>@<start>`, with the
-//! start in milliseconds (8 bytes, big-endian) and the speaker appended, so two speakers who
-//! start in the same millisecond never overwrite each other.
+//! The sled engine of the bite store.
 //!
 //! Two trees: `audio` (key → the Ogg file) and `index`, which holds the metadata (key → JSON,
 //! small, so scans never read audio) and, under `expiry+<start><key>`, the bites in order of
-//! age, so retention reads only what it deletes.
+//! age, so retention reads only what it deletes. Keys are laid out in `key`.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 
-/// What is known of one stored bite besides its audio. Also the JSON of the list route and
-/// of the `bite_stored` event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct BiteMeta {
-    pub conversation: String,
-    /// The speaker's user id and the client (device) they spoke from.
-    pub user: String,
-    pub client: String,
-    /// Unix milliseconds of the first packet of speech.
-    pub start: u64,
-    /// Milliseconds of speech.
-    pub duration: u64,
-    /// Bytes of the Ogg Opus file.
-    pub size: u64,
-}
-
-#[derive(Debug, Clone)]
-pub struct NewBite {
-    pub meta: BiteMeta,
-    pub audio: Bytes,
-}
-
-/// The original scan's answer: starts in `[from, to]`, and hints for the pages either side.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct Scan {
-    /// The last start before `from`, or 0.
-    pub previous: u64,
-    pub starts: Vec<u64>,
-    /// The first start after those answered, or 0.
-    pub next: u64,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("bite store: {0}")]
-    Engine(#[from] sled::Error),
-    #[error("bite store task: {0}")]
-    Task(String),
-    #[error("bite store: undecodable metadata under {key}: {source}")]
-    Corrupt {
-        key: String,
-        source: serde_json::Error,
-    },
-}
-
-/// The bite store's operations. Synchronous (the engine is); call from a blocking thread.
-pub trait BiteStore: Send + Sync {
-    /// Writes bites atomically and durably: when this returns, a crash keeps them.
-    fn insert(&self, bites: &[NewBite]) -> Result<(), StoreError>;
-    fn scan(
-        &self,
-        conversation: &str,
-        from: u64,
-        to: u64,
-        limit: usize,
-    ) -> Result<Scan, StoreError>;
-    /// Metadata of the bites starting in `[from, to]`, oldest first. Stops after `limit`, but
-    /// not inside a run of equal starts, so paging by start neither repeats nor skips.
-    fn list(
-        &self,
-        conversation: &str,
-        from: u64,
-        to: u64,
-        limit: usize,
-    ) -> Result<Vec<BiteMeta>, StoreError>;
-    /// The bite starting at `start`: the given speaker's, or else the first.
-    fn get(
-        &self,
-        conversation: &str,
-        start: u64,
-        speaker: Option<(&str, &str)>,
-    ) -> Result<Option<(BiteMeta, Bytes)>, StoreError>;
-    /// Deletes every bite of a conversation; returns how many.
-    fn delete_conversation(&self, conversation: &str) -> Result<usize, StoreError>;
-    /// Deletes up to `max` bites that started before `cutoff`; returns how many.
-    fn delete_started_before(&self, cutoff: u64, max: usize) -> Result<usize, StoreError>;
-    fn size_on_disk(&self) -> Result<u64, StoreError>;
-}
-
-pub type SharedStore = Arc<dyn BiteStore>;
-
-/// Runs a store call on a blocking thread, as async callers must: the engine is synchronous.
-pub async fn blocking<T: Send + 'static>(
-    store: &SharedStore,
-    work: impl FnOnce(&dyn BiteStore) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    let store = Arc::clone(store);
-    tokio::task::spawn_blocking(move || work(store.as_ref()))
-        .await
-        .map_err(|err| StoreError::Task(err.to_string()))?
-}
+use super::key;
+use super::{BiteMeta, BiteStore, NewBite, Scan, StoreError};
 
 pub struct SledStore {
     db: sled::Db,
@@ -302,59 +207,6 @@ impl BiteStore for SledStore {
     }
 }
 
-/// The byte layout of keys.
-mod key {
-    pub fn prefix(conversation: &str) -> Vec<u8> {
-        let mut prefix = Vec::with_capacity(6 + conversation.len() + 8 + 80);
-        prefix.extend_from_slice(b"bite+");
-        prefix.extend_from_slice(conversation.as_bytes());
-        prefix.push(b'@');
-        prefix
-    }
-
-    /// The first possible key at `start`.
-    pub fn at(prefix: &[u8], start: u64) -> Vec<u8> {
-        let mut key = prefix.to_vec();
-        key.extend_from_slice(&start.to_be_bytes());
-        key
-    }
-
-    /// Just past every key of the prefix (`@` + 1 is `A`).
-    pub fn end(prefix: &[u8]) -> Vec<u8> {
-        let mut end = prefix.to_vec();
-        if let Some(last) = end.last_mut() {
-            *last += 1;
-        }
-        end
-    }
-
-    pub fn bite(conversation: &str, start: u64, user: &str, client: &str) -> Vec<u8> {
-        let mut key = at(&prefix(conversation), start);
-        key.extend_from_slice(user.as_bytes());
-        key.push(b'/');
-        key.extend_from_slice(client.as_bytes());
-        key
-    }
-
-    /// The start of a bite key: the 8 bytes after the first `@` (conversation ids have none).
-    pub fn start_of(key: &[u8]) -> Option<u64> {
-        let at = key.iter().position(|&b| b == b'@')?;
-        let bytes = key.get(at + 1..at + 9)?;
-        Some(u64::from_be_bytes(bytes.try_into().ok()?))
-    }
-
-    /// Where the index keeps bites in order of age (bite keys start with `bite+`).
-    pub const EXPIRY: &[u8] = b"expiry+";
-
-    pub fn expiry(start: u64, key: &[u8]) -> Vec<u8> {
-        let mut expiry = Vec::with_capacity(EXPIRY.len() + 8 + key.len());
-        expiry.extend_from_slice(EXPIRY);
-        expiry.extend_from_slice(&start.to_be_bytes());
-        expiry.extend_from_slice(key);
-        expiry
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,16 +230,6 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = SledStore::open(dir.path()).expect("open");
         (dir, store)
-    }
-
-    #[test]
-    fn keys_keep_the_original_shape_and_order() {
-        let key = key::bite("c-1", 0x0102, "u-a", "phone");
-        assert_eq!(&key[..9], b"bite+c-1@");
-        assert_eq!(&key[9..17], &[0, 0, 0, 0, 0, 0, 1, 2]);
-        assert_eq!(&key[17..], b"u-a/phone");
-        assert_eq!(key::start_of(&key), Some(0x0102));
-        assert!(key::bite("c-1", 255, "u-z", "z") < key::bite("c-1", 256, "u-a", "a"));
     }
 
     #[test]
