@@ -42,20 +42,24 @@ pub fn routes(cfg: &mut Routes<'_>, state: Arc<AuthService>) {
 
 #[derive(Deserialize, ToSchema)]
 struct PhoneLogin {
-    /// International form with its country code, e.g. `+6591234567`.
+    /// International form with its country code.
+    #[schema(example = "+6591234567")]
     phone_number: String,
 }
 
 #[derive(Deserialize, ToSchema)]
 struct EmailLogin {
+    #[schema(format = Email, example = "ada@example.com")]
     email: String,
 }
 
 #[derive(Deserialize, ToSchema)]
 struct VerifyRequest {
     /// The six digits sent.
+    #[schema(pattern = r"^[0-9]{6}$", example = "000000")]
     code: String,
     /// What `/login/init` answered.
+    #[schema(pattern = r"^[0-9a-f]{32}$")]
     nonce: String,
     /// The device: 1 to 128 printable characters.
     clientid: String,

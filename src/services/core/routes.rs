@@ -143,8 +143,9 @@ fn page_of<T: Serialize>(
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct PhoneQuery {
-    /// International form with its country code, e.g. `+6591234567` (a `+` sent unencoded,
-    /// which arrives as a space, is accepted too).
+    /// International form with its country code (a `+` sent unencoded, which arrives as a
+    /// space, is accepted too).
+    #[param(example = "+6591234567")]
     phone_number: String,
 }
 
@@ -522,7 +523,8 @@ async fn remove_member(
 
 #[derive(Deserialize, ToSchema)]
 struct ContactRequest {
-    /// International form with its country code, e.g. `+6591234567`.
+    /// International form with its country code.
+    #[schema(example = "+6591234568")]
     phone_number: String,
 }
 
