@@ -9,7 +9,7 @@ use sea_orm::{
     IntoActiveModel as _, QueryFilter, SqlErr,
 };
 
-use crate::platform::bus::unix_millis;
+use crate::platform::clock::Clock;
 use crate::platform::db::by_key;
 use crate::platform::ids::random_hex128;
 use crate::platform::users::{
@@ -45,6 +45,7 @@ const MAX_FIELD_CHARS: usize = 256;
 
 pub struct Users {
     db: DatabaseConnection,
+    clock: Clock,
 }
 
 /// A partial profile update: absent fields keep their value (the original overwrote them all).
@@ -95,8 +96,8 @@ pub fn new_user_id() -> String {
 }
 
 impl Users {
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+    pub fn new(db: DatabaseConnection, clock: Clock) -> Self {
+        Self { db, clock }
     }
 
     pub async fn by_id(&self, id: &str) -> Result<Option<user::Model>, DbErr> {
@@ -172,7 +173,7 @@ impl Users {
         {
             return Ok((found, false));
         }
-        let mut row = empty_user(login);
+        let mut row = empty_user(login, self.clock.now_millis());
         row.id = Set(new_user_id());
         // Insert-if-absent on the login's unique column, as the original's upsert did, so two
         // concurrent first logins of one number make one user.
@@ -200,7 +201,7 @@ impl Users {
     ) -> DirectoryResult<UserRecord> {
         normalise(&mut profile);
         validate_profile(&profile, true)?;
-        let mut row = empty_user(login);
+        let mut row = empty_user(login, self.clock.now_millis());
         let id = new_user_id();
         row.id = Set(id.clone());
         row.username = Set(profile.username);
@@ -246,7 +247,7 @@ fn login_column(login: &Login) -> user::Column {
     }
 }
 
-fn empty_user(login: &Login) -> user::ActiveModel {
+fn empty_user(login: &Login, now: i64) -> user::ActiveModel {
     let (phone_number, email) = match login {
         Login::Phone(phone) => (Some(phone.as_str().to_owned()), None),
         Login::Email(email) => (None, Some(email.as_str().to_owned())),
@@ -260,7 +261,7 @@ fn empty_user(login: &Login) -> user::ActiveModel {
         last_name: Set(String::new()),
         phone_number: Set(phone_number),
         email: Set(email),
-        created_at: Set(unix_millis()),
+        created_at: Set(now),
     }
 }
 
