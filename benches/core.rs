@@ -476,7 +476,7 @@ async fn orm(postgres: Option<&str>) {
 
     // The queries alone, in-process, without HTTP.
     let connection = platform.db.connection().clone();
-    let users = beep::services::core::users::Users::new(connection.clone());
+    let users = beep::services::core::users::Users::new(connection.clone(), platform.clock.clone());
     let mut ratios = Vec::new();
     let (mut orm_us, mut raw_us) = (Vec::new(), Vec::new());
     for _ in 0..9 {

@@ -23,6 +23,7 @@ use actix_web::{App, HttpServer, web};
 use utoipa_actix_web::AppExt as _;
 
 use crate::config::Config;
+use crate::platform::clock::Clock;
 use crate::platform::http::cors::CorsPolicy;
 use crate::platform::http::openapi::{self, ApiDocument};
 use crate::platform::http::request::{self, PlatformLayer};
@@ -196,6 +197,8 @@ pub struct Hosting {
     /// Services hosted beside the compiled-in ones, behind the same middleware (tests use it
     /// to exercise the platform through routes no real service has yet).
     pub extra_services: Vec<Arc<dyn Service>>,
+    /// The system's time, or one a test can advance.
+    pub clock: Clock,
 }
 
 /// A started app: bound, serving once `run` is awaited.
@@ -224,7 +227,7 @@ pub async fn start(
 
     // Checked again by `build_services`; here so a wrong name touches nothing.
     check_compiled(service_names)?;
-    let platform = Platform::open(config).await?;
+    let platform = Platform::open(config, hosting.clock).await?;
     for name in service_names {
         let applied = platform
             .db

@@ -150,21 +150,31 @@ async fn migrate(config: &Config, services: &[&str]) -> Result<(), AnyError> {
 
 #[cfg(feature = "auth")]
 fn rotate_keys(config: &Config) -> Result<(), AnyError> {
+    use crate::platform::clock::Clock;
     use crate::services::auth::keys;
     if config.auth.keys.private_key_path.is_some() {
         return Err("auth.keys.private_key_path is set: replace that file to change keys".into());
     }
-    let kid = keys::rotate(&config.server.data_dir, config.auth.keys.algorithm)?;
+    let kid = keys::rotate(
+        &config.server.data_dir,
+        config.auth.keys.algorithm,
+        &Clock::system(),
+    )?;
     println!("{kid}");
     Ok(())
 }
 
 #[cfg(feature = "auth")]
 async fn users(config: &Config, command: UsersCommand) -> Result<(), AnyError> {
+    use crate::platform::clock::Clock;
     use crate::services::auth::sessions::Sessions;
     let db = Db::open(&config.database, &config.server.data_dir).await?;
     db.migrate("auth").await?;
-    let sessions = Sessions::new(db.connection().clone(), config.auth.refresh_token_ttl_secs);
+    let sessions = Sessions::new(
+        db.connection().clone(),
+        config.auth.refresh_token_ttl_secs,
+        Clock::system(),
+    );
     match command {
         UsersCommand::Block { user_id } => {
             sessions.block(&user_id).await?;

@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt as _;
@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use super::clock::Clock;
 use super::fanout::{Fanout, FanoutReceiver};
 use super::ids::random_hex128;
 use crate::config::BusConfig;
@@ -55,6 +56,8 @@ pub struct Bus {
     durable_max_age: Duration,
     /// Subjects whose JetStream stream this process has made sure of.
     durable_streams: Arc<tokio::sync::Mutex<HashSet<String>>>,
+    /// Stamps the envelopes.
+    clock: Clock,
 }
 
 #[derive(Clone)]
@@ -66,7 +69,7 @@ enum Transport {
 impl Bus {
     /// Opens the bus. A NATS server that is down does not stop the start: the client keeps
     /// reconnecting and readiness reports the bus as down meanwhile.
-    pub async fn open(config: &BusConfig) -> Result<Self, BusError> {
+    pub async fn open(config: &BusConfig, clock: Clock) -> Result<Self, BusError> {
         let transport = if config.url == "memory" {
             Transport::Memory(Fanout::new(config.capacity))
         } else if config.url.starts_with("nats://") || config.url.starts_with("tls://") {
@@ -87,6 +90,7 @@ impl Bus {
             prefix: config.subject_prefix.as_str().into(),
             durable_max_age: Duration::from_secs(config.durable_max_age_secs),
             durable_streams: Arc::default(),
+            clock,
         })
     }
 
@@ -103,7 +107,7 @@ impl Bus {
     }
 
     pub async fn publish<E: Event>(&self, event: E) -> Result<(), BusError> {
-        let payload = encode(event)?;
+        let payload = self.encode(event)?;
         let subject = self.subject::<E>();
         match &self.transport {
             Transport::Memory(fanout) => {
@@ -142,7 +146,7 @@ impl Bus {
                 known.insert(subject.clone());
             }
         }
-        let payload = encode(event)?;
+        let payload = self.encode(event)?;
         jetstream
             .publish(subject, payload)
             .await
@@ -195,6 +199,15 @@ impl Bus {
         }
     }
 
+    fn encode<E: Event>(&self, event: E) -> Result<Bytes, BusError> {
+        let envelope = Envelope {
+            id: random_hex128(),
+            ts: self.clock.now_millis(),
+            data: event,
+        };
+        Ok(Bytes::from(serde_json::to_vec(&envelope)?))
+    }
+
     /// Pushes out anything still buffered; called on shutdown.
     pub async fn flush(&self) {
         if let Transport::Nats(client) = &self.transport
@@ -204,15 +217,6 @@ impl Bus {
             tracing::warn!(error = %err, "flushing the bus on shutdown failed");
         }
     }
-}
-
-fn encode<E: Event>(event: E) -> Result<Bytes, BusError> {
-    let envelope = Envelope {
-        id: random_hex128(),
-        ts: unix_millis(),
-        data: event,
-    };
-    Ok(Bytes::from(serde_json::to_vec(&envelope)?))
 }
 
 /// JetStream stream names may not contain `.`, `*`, `>` or spaces.
@@ -278,11 +282,4 @@ where
             _ = tokio::time::sleep(RESUBSCRIBE_AFTER) => {}
         }
     }
-}
-
-pub fn unix_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }

@@ -3,17 +3,25 @@
 //!
 //! Every key and channel is prefixed with `cache.prefix`, so deployments (and tests) can share
 //! one Redis without seeing each other.
+//!
+//! Expiry follows the platform's [`Clock`], not the backend's, so a test that advances the
+//! clock sees entries expire. Each entry carries its expiry time (Unix ms on that clock) and is
+//! absent once it has passed; in Redis the value is stored as `<expires_at>:<bytes>` (a
+//! counter's bytes are its count), and the key also gets a TTL of the same length so Redis
+//! deletes it. With the system clock the two expiries coincide. Redis 6.2 or later (`GETDEL`,
+//! `KEEPTTL`).
 
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use deadpool_redis::redis::{self, AsyncCommands as _};
 use futures_util::{Stream, StreamExt as _};
 
+use super::clock::{self, Clock};
 use super::fanout::{Fanout, FanoutReceiver};
 use crate::config::CacheConfig;
 
@@ -43,12 +51,15 @@ pub enum Cache {
 }
 
 impl Cache {
-    pub fn open(config: &CacheConfig) -> Result<Self, CacheError> {
+    pub fn open(config: &CacheConfig, clock: Clock) -> Result<Self, CacheError> {
         if config.url == "memory" {
-            return Ok(Self::Memory(Arc::new(MemoryCache::new(&config.prefix))));
+            return Ok(Self::Memory(Arc::new(MemoryCache::new(
+                &config.prefix,
+                clock,
+            ))));
         }
         if config.url.starts_with("redis://") || config.url.starts_with("rediss://") {
-            return RedisCache::open(config).map(Self::Redis);
+            return RedisCache::open(config, clock).map(Self::Redis);
         }
         Err(CacheError::Url(
             "expected \"memory\", redis://… or rediss://…".into(),
@@ -166,7 +177,8 @@ enum Value {
 
 struct Entry {
     value: Value,
-    expires_at: Instant,
+    /// Unix ms on the cache's clock.
+    expires_at: i64,
 }
 
 pub struct MemoryCache {
@@ -174,18 +186,20 @@ pub struct MemoryCache {
     entries: Mutex<HashMap<String, Entry>>,
     writes: AtomicU64,
     channels: Arc<Fanout>,
+    clock: Clock,
 }
 
 /// Pub/sub messages buffered per in-process subscriber.
 const MEMORY_CHANNEL_CAPACITY: usize = 256;
 
 impl MemoryCache {
-    fn new(prefix: &str) -> Self {
+    fn new(prefix: &str, clock: Clock) -> Self {
         Self {
             prefix: prefix.to_owned(),
             entries: Mutex::new(HashMap::new()),
             writes: AtomicU64::new(0),
             channels: Fanout::new(MEMORY_CHANNEL_CAPACITY),
+            clock,
         }
     }
 
@@ -199,7 +213,7 @@ impl MemoryCache {
 
     fn get(&self, key: &str) -> Option<Bytes> {
         let key = self.key(key);
-        let now = Instant::now();
+        let now = self.clock.now_millis();
         let mut entries = self.entries();
         match entries.get(&key) {
             Some(entry) if entry.expires_at <= now => {
@@ -220,7 +234,7 @@ impl MemoryCache {
 
     fn set(&self, key: &str, value: Bytes, ttl: Duration) {
         let key = self.key(key);
-        let expires_at = Instant::now() + ttl;
+        let expires_at = self.clock.now_millis().saturating_add(clock::millis(ttl));
         let mut entries = self.entries();
         self.sweep_now_and_then(&mut entries);
         entries.insert(
@@ -234,7 +248,7 @@ impl MemoryCache {
 
     fn delete(&self, key: &str) -> bool {
         let key = self.key(key);
-        let now = Instant::now();
+        let now = self.clock.now_millis();
         self.entries()
             .remove(&key)
             .is_some_and(|entry| entry.expires_at > now)
@@ -242,20 +256,21 @@ impl MemoryCache {
 
     fn increment(&self, key: &str, window: Duration) -> Count {
         let key = self.key(key);
-        let now = Instant::now();
+        let now = self.clock.now_millis();
+        let closes_at = now.saturating_add(clock::millis(window));
         let mut entries = self.entries();
         self.sweep_now_and_then(&mut entries);
         let entry = entries.entry(key).or_insert(Entry {
             value: Value::Counter(0),
-            expires_at: now + window,
+            expires_at: closes_at,
         });
         if entry.expires_at <= now {
             *entry = Entry {
                 value: Value::Counter(0),
-                expires_at: now + window,
+                expires_at: closes_at,
             };
         }
-        // A counter written over a plain value restarts, as Redis INCR would refuse it.
+        // A counter written over a plain value restarts, as it does in Redis.
         let value = match &mut entry.value {
             Value::Counter(n) => {
                 *n += 1;
@@ -268,7 +283,7 @@ impl MemoryCache {
         };
         Count {
             value,
-            resets_in: entry.expires_at - now,
+            resets_in: clock::from_millis(entry.expires_at - now),
         }
     }
 
@@ -276,7 +291,7 @@ impl MemoryCache {
         if self.writes.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY_WRITES
             == SWEEP_EVERY_WRITES - 1
         {
-            let now = Instant::now();
+            let now = self.clock.now_millis();
             entries.retain(|_, entry| entry.expires_at > now);
         }
     }
@@ -284,22 +299,37 @@ impl MemoryCache {
 
 // ---- Redis ----
 
-/// INCR, start the window on the first increment (or if the key somehow has no TTL), and
-/// return the count with the time left, in one round trip.
-const INCREMENT_SCRIPT: &str = "local n = redis.call('INCR', KEYS[1]) \
-     local t = redis.call('PTTL', KEYS[1]) \
-     if t < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) t = tonumber(ARGV[1]) end \
-     return {n, t}";
+/// One increment in one round trip: while the stored window (`<closes_at>:<count>`) is open
+/// at `now` (ARGV[1]), count on and keep its TTL; otherwise (absent, closed, or not a counter)
+/// open a window closing at ARGV[3] with the count 1 and a TTL of the window, ARGV[2].
+/// Returns the count and the milliseconds left. Large times come in as strings, so Lua's
+/// number formatting never writes them.
+const INCREMENT_SCRIPT: &str = "\
+local now = tonumber(ARGV[1]) \
+local stored = redis.call('GET', KEYS[1]) \
+if stored then \
+  local at = string.find(stored, ':', 1, true) \
+  local closes_at = at and tonumber(string.sub(stored, 1, at - 1)) \
+  local n = at and tonumber(string.sub(stored, at + 1)) \
+  if closes_at and n and closes_at > now then \
+    n = n + 1 \
+    redis.call('SET', KEYS[1], string.sub(stored, 1, at) .. n, 'KEEPTTL') \
+    return {n, closes_at - now} \
+  end \
+end \
+redis.call('SET', KEYS[1], ARGV[3] .. ':1', 'PX', ARGV[2]) \
+return {1, tonumber(ARGV[2])}";
 
 #[derive(Clone)]
 pub struct RedisCache {
     pool: deadpool_redis::Pool,
     client: redis::Client,
     prefix: String,
+    clock: Clock,
 }
 
 impl RedisCache {
-    fn open(config: &CacheConfig) -> Result<Self, CacheError> {
+    fn open(config: &CacheConfig, clock: Clock) -> Result<Self, CacheError> {
         let pool = deadpool_redis::Config::from_url(&config.url)
             .builder()
             .map_err(|err| CacheError::Url(err.to_string()))?
@@ -314,6 +344,7 @@ impl RedisCache {
             pool,
             client,
             prefix: config.prefix.clone(),
+            clock,
         })
     }
 
@@ -326,38 +357,61 @@ impl RedisCache {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
-        let value: Option<Vec<u8>> = self.connection().await?.get(self.key(key)).await?;
-        Ok(value.map(Bytes::from))
+        let stored: Option<Vec<u8>> = self.connection().await?.get(self.key(key)).await?;
+        Ok(stored.and_then(|stored| self.live(stored)))
     }
 
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), CacheError> {
-        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let ttl_ms = clock::millis(ttl).max(1);
+        let expires_at = self.clock.now_millis().saturating_add(ttl_ms);
+        let mut stored = format!("{expires_at}:").into_bytes();
+        stored.extend_from_slice(value);
         let () = self
             .connection()
             .await?
-            .pset_ex(self.key(key), value, millis)
+            .pset_ex(self.key(key), stored, u64::try_from(ttl_ms).unwrap_or(1))
             .await?;
         Ok(())
     }
 
+    /// GETDEL (Redis 6.2), so an entry past its expiry but not yet deleted by Redis does not
+    /// count as removed.
     async fn delete(&self, key: &str) -> Result<bool, CacheError> {
-        let removed: u64 = self.connection().await?.del(self.key(key)).await?;
-        Ok(removed > 0)
+        let stored: Option<Vec<u8>> = redis::cmd("GETDEL")
+            .arg(self.key(key))
+            .query_async(&mut self.connection().await?)
+            .await?;
+        Ok(stored.and_then(|stored| self.live(stored)).is_some())
     }
 
     async fn increment(&self, key: &str, window: Duration) -> Result<Count, CacheError> {
-        let millis = u64::try_from(window.as_millis()).unwrap_or(u64::MAX).max(1);
-        let (value, left_ms): (u64, u64) = redis::cmd("EVAL")
+        let window_ms = clock::millis(window).max(1);
+        let now = self.clock.now_millis();
+        let (value, left_ms): (u64, i64) = redis::cmd("EVAL")
             .arg(INCREMENT_SCRIPT)
             .arg(1)
             .arg(self.key(key))
-            .arg(millis)
+            .arg(now.to_string())
+            .arg(window_ms.to_string())
+            .arg(now.saturating_add(window_ms).to_string())
             .query_async(&mut self.connection().await?)
             .await?;
         Ok(Count {
             value,
-            resets_in: Duration::from_millis(left_ms),
+            // A window opened by a replica whose clock runs ahead closes within `window` here.
+            resets_in: clock::from_millis(left_ms.min(window_ms)),
         })
+    }
+
+    /// The bytes of a stored `<expires_at>:<bytes>` still live on the clock; anything else
+    /// (expired, or not written in this form) is absent.
+    fn live(&self, stored: Vec<u8>) -> Option<Bytes> {
+        let at = stored.iter().position(|&b| b == b':')?;
+        let expires_at: i64 = std::str::from_utf8(&stored[..at]).ok()?.parse().ok()?;
+        if expires_at <= self.clock.now_millis() {
+            return None;
+        }
+        Some(Bytes::from(stored).slice(at + 1..))
     }
 
     async fn publish(&self, channel: &str, payload: &[u8]) -> Result<(), CacheError> {
@@ -390,19 +444,37 @@ mod tests {
 
     #[test]
     fn memory_counter_windows_restart() {
-        let cache = MemoryCache::new("p:");
-        let window = Duration::from_millis(30);
+        let clock = Clock::adjustable();
+        let cache = MemoryCache::new("p:", clock.clone());
+        let window = Duration::from_secs(30);
         assert_eq!(cache.increment("k", window).value, 1);
         let second = cache.increment("k", window);
         assert_eq!(second.value, 2);
         assert!(second.resets_in <= window);
-        std::thread::sleep(Duration::from_millis(40));
+        clock.advance(Duration::from_secs(20));
+        let third = cache.increment("k", window);
+        assert_eq!(third.value, 3);
+        assert!(third.resets_in <= Duration::from_secs(10));
+        clock.advance(Duration::from_secs(10));
         assert_eq!(cache.increment("k", window).value, 1);
     }
 
     #[test]
+    fn memory_values_expire_on_the_clock() {
+        let clock = Clock::adjustable();
+        let cache = MemoryCache::new("", clock.clone());
+        cache.set("k", Bytes::from_static(b"v"), Duration::from_secs(60));
+        assert_eq!(cache.get("k").as_deref(), Some(&b"v"[..]));
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(cache.get("k"), None);
+        cache.set("k", Bytes::from_static(b"v"), Duration::from_secs(60));
+        clock.advance(Duration::from_secs(61));
+        assert!(!cache.delete("k"));
+    }
+
+    #[test]
     fn memory_sweep_drops_expired_entries() {
-        let cache = MemoryCache::new("");
+        let cache = MemoryCache::new("", Clock::system());
         for i in 0..SWEEP_EVERY_WRITES - 1 {
             cache.set(&i.to_string(), Bytes::new(), Duration::ZERO);
         }

@@ -16,6 +16,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 
 use super::cache::{Cache, CacheError};
+use super::clock::Clock;
 use crate::config::AuthConfig;
 
 /// The claims of an access token. `userid` and `clientid` keep the original names.
@@ -75,10 +76,11 @@ struct Inner {
     leeway_secs: u64,
     revocation_ttl: Duration,
     cache: Cache,
+    clock: Clock,
 }
 
 impl Identity {
-    pub fn new(config: &AuthConfig, cache: Cache) -> Self {
+    pub fn new(config: &AuthConfig, cache: Cache, clock: Clock) -> Self {
         Self(Arc::new(Inner {
             keys: RwLock::new(Arc::new(Vec::new())),
             verified: Mutex::new(HashMap::new()),
@@ -87,6 +89,7 @@ impl Identity {
             // A revoked session's access tokens all expire within this.
             revocation_ttl: Duration::from_secs(config.access_token_ttl_secs + config.leeway_secs),
             cache,
+            clock,
         }))
     }
 
@@ -127,13 +130,9 @@ impl Identity {
 
     /// Signature, algorithm, issuer and expiry, without the revocation check.
     pub fn verify_signature(&self, token: &str) -> Result<Arc<Claims>, TokenError> {
-        let now = jsonwebtoken::get_current_timestamp();
+        let now = self.0.clock.now_secs();
         if let Some(claims) = self.remembered(token) {
-            return if claims.exp + self.0.leeway_secs > now {
-                Ok(claims)
-            } else {
-                Err(TokenError::Expired)
-            };
+            return self.unexpired(claims, now);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         let kid = header.kid.ok_or(TokenError::UnknownKey)?;
@@ -146,7 +145,9 @@ impl Identity {
             return Err(TokenError::Invalid);
         }
         let mut validation = Validation::new(key.algorithm);
-        validation.leeway = self.0.leeway_secs;
+        // jsonwebtoken would compare with the system time; expiry is checked below against
+        // the platform's clock instead.
+        validation.validate_exp = false;
         validation.set_issuer(&[&self.0.issuer]);
         validation.set_required_spec_claims(&["exp", "iat", "iss"]);
         validation.validate_aud = false;
@@ -160,9 +161,22 @@ impl Identity {
                     _ => TokenError::Invalid,
                 },
             )?;
-        let claims = Arc::new(data.claims);
+        let claims = self.unexpired(Arc::new(data.claims), now)?;
         self.remember(token, &claims, now);
         Ok(claims)
+    }
+
+    fn unexpired(&self, claims: Arc<Claims>, now: u64) -> Result<Arc<Claims>, TokenError> {
+        if self.is_live(&claims, now) {
+            Ok(claims)
+        } else {
+            Err(TokenError::Expired)
+        }
+    }
+
+    /// Live until `leeway_secs` past `exp`, as jsonwebtoken counts it.
+    fn is_live(&self, claims: &Claims, now: u64) -> bool {
+        claims.exp.saturating_add(self.0.leeway_secs) >= now
     }
 
     fn remembered(&self, token: &str) -> Option<Arc<Claims>> {
@@ -181,8 +195,7 @@ impl Identity {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if verified.len() >= VERIFIED_CAPACITY {
-            let leeway = self.0.leeway_secs;
-            verified.retain(|_, c| c.exp + leeway > now);
+            verified.retain(|_, c| self.is_live(c, now));
             if verified.len() >= VERIFIED_CAPACITY {
                 verified.clear();
             }

@@ -4,6 +4,7 @@
 pub mod blobs;
 pub mod bus;
 pub mod cache;
+pub mod clock;
 pub mod db;
 mod fanout;
 pub mod health;
@@ -27,6 +28,7 @@ use crate::config::Config;
 use blobs::{Blobs, BlobsError};
 use bus::{Bus, BusError};
 use cache::{Cache, CacheError};
+use clock::Clock;
 use db::{Db, DbError};
 use identity::Identity;
 use telemetry::Metrics;
@@ -53,6 +55,8 @@ pub struct Platform {
     pub bus: Bus,
     pub blobs: Blobs,
     pub metrics: Metrics,
+    /// Where every "now" is read, so tests can skip ahead instead of sleeping.
+    pub clock: Clock,
     /// Verifies access tokens; its keys come from auth (in-process) or `auth.jwks_url`.
     pub identity: Identity,
 }
@@ -63,14 +67,14 @@ const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
 const METRICS_UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 impl Platform {
-    pub async fn open(config: Config) -> Result<Self, PlatformError> {
+    pub async fn open(config: Config, clock: Clock) -> Result<Self, PlatformError> {
         install_crypto_provider();
         let data_dir = config.server.data_dir.clone();
         let db = Db::open(&config.database, &data_dir).await?;
-        let cache = Cache::open(&config.cache)?;
-        let bus = Bus::open(&config.bus).await?;
+        let cache = Cache::open(&config.cache, clock.clone())?;
+        let bus = Bus::open(&config.bus, clock.clone()).await?;
         let blobs = Blobs::open(&config.blobs, &data_dir)?;
-        let identity = Identity::new(&config.auth, cache.clone());
+        let identity = Identity::new(&config.auth, cache.clone(), clock.clone());
         Ok(Self {
             config: Arc::new(config),
             db,
@@ -78,6 +82,7 @@ impl Platform {
             bus,
             blobs,
             metrics: Metrics::new(),
+            clock,
             identity,
         })
     }

@@ -438,7 +438,7 @@ async fn codes_are_single_use_expire_and_die_after_five_wrong_tries() {
         // Expiry.
         let nonce = request_code(&app, &phone).await;
         let code = sent_code(&phone);
-        tokio::time::sleep(Duration::from_millis(2200)).await;
+        app.clock.advance(Duration::from_millis(2200));
         let response = verify(&app, &nonce, &code, "c").await;
         assert_eq!(error_code(response, 401).await, "invalid_code");
         app.stop().await;
@@ -475,7 +475,8 @@ async fn rate_limits_answer_429_with_retry_after_and_recover() {
         let response = verify(&app, unknown, "123456", "c").await;
         assert_eq!(error_code(response, 429).await, "rate_limited");
 
-        tokio::time::sleep(Duration::from_secs(wait) + Duration::from_millis(100)).await;
+        app.clock
+            .advance(Duration::from_secs(wait) + Duration::from_millis(100));
         request_code(&app, &phone).await;
         let response = verify(&app, unknown, "123456", "c").await;
         assert_eq!(error_code(response, 401).await, "invalid_code");
@@ -635,7 +636,7 @@ async fn forged_expired_none_and_confused_tokens_are_refused() {
         // about the tokens, not the test's signing.
         assert_eq!(whoami(&app, &sign(&key, &kid, &claims)).await.status(), 200);
 
-        let now = jsonwebtoken::get_current_timestamp();
+        let now = app.clock.now_secs();
         let mut expired = claims.clone();
         expired["iat"] = json!(now - 7200);
         expired["exp"] = json!(now - 3600);
@@ -723,7 +724,7 @@ async fn access_tokens_expire() {
         .await;
         let tokens = login(&app).await;
         assert_eq!(whoami(&app, &tokens.access).await.status(), 200);
-        tokio::time::sleep(Duration::from_millis(2100)).await;
+        app.clock.advance(Duration::from_millis(2100));
         let response = whoami(&app, &tokens.access).await;
         assert_eq!(error_code(response, 401).await, "token_expired");
         // The refresh token still gets a new one.

@@ -369,7 +369,7 @@ async fn speech_becomes_bites_that_members_read() {
         let mut a = Peer::connect(&ws, &alice.tokens.access).await;
         assert_eq!(join(&app, &alice.tokens, &conversation).await.status(), 200);
         // Speech 1 s, silence 1 s, speech 0.6 s.
-        let began = beep::platform::bus::unix_millis() as u64;
+        let began = app.clock.now_millis() as u64;
         a.speak(&packets[..50], SPEECH).await;
         a.speak(&packets[50..100], SILENCE).await;
         a.speak(&packets[100..130], SPEECH).await;

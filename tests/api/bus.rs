@@ -31,7 +31,9 @@ async fn published_events_reach_subscribers_in_an_envelope() {
             conversation: "c-1".into(),
             user: "u-1".into(),
         };
-        let before = beep::platform::bus::unix_millis();
+        // The envelope is stamped with the app's clock.
+        app.clock.advance(Duration::from_secs(3600));
+        let before = app.clock.now_millis();
         bus.publish(event.clone()).await.unwrap();
         let envelope = tokio::time::timeout(WAIT, subscription.next())
             .await

@@ -10,11 +10,11 @@ async fn values_expire_after_their_ttl() {
         let app = TestApp::spawn(column).await;
         let cache = &app.platform.cache;
         cache
-            .set("otp:1", b"123456", Duration::from_millis(300))
+            .set("otp:1", b"123456", Duration::from_secs(30))
             .await
             .unwrap();
         cache
-            .set("long", b"kept", Duration::from_secs(60))
+            .set("long", b"kept", Duration::from_secs(3600))
             .await
             .unwrap();
         assert_eq!(
@@ -22,7 +22,7 @@ async fn values_expire_after_their_ttl() {
             Some(&b"123456"[..]),
             "{column:?}"
         );
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        app.clock.advance(Duration::from_secs(31));
         assert_eq!(cache.get("otp:1").await.unwrap(), None, "{column:?}");
         assert_eq!(
             cache.get("long").await.unwrap().as_deref(),
@@ -40,7 +40,7 @@ async fn counters_count_within_a_window_then_restart() {
     for column in columns() {
         let app = TestApp::spawn(column).await;
         let cache = &app.platform.cache;
-        let window = Duration::from_millis(400);
+        let window = Duration::from_secs(30);
         for expected in 1..=5 {
             let count = cache.increment("rate:ip:1", window).await.unwrap();
             assert_eq!(count.value, expected, "{column:?}");
@@ -55,7 +55,12 @@ async fn counters_count_within_a_window_then_restart() {
             .collect();
         values.sort_unstable();
         assert_eq!(values, (1..=20).collect::<Vec<_>>(), "{column:?}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Still the same window just before it closes.
+        app.clock.advance(window - Duration::from_secs(2));
+        let count = cache.increment("rate:ip:1", window).await.unwrap();
+        assert_eq!(count.value, 6, "{column:?}");
+        assert!(count.resets_in <= Duration::from_secs(2), "{column:?}");
+        app.clock.advance(Duration::from_secs(2));
         assert_eq!(
             cache.increment("rate:ip:1", window).await.unwrap().value,
             1,

@@ -8,6 +8,7 @@ use actix_web::dev::ServerHandle;
 use beep::app::{self, Hosting};
 use beep::config::{Config, Secret};
 use beep::platform::Platform;
+use beep::platform::clock::Clock;
 use beep::platform::ids::random_hex128;
 use beep::platform::service::Service;
 use sea_orm::{ConnectionTrait, Database};
@@ -136,6 +137,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub client: reqwest::Client,
     pub platform: Platform,
+    /// The app's clock: `app.clock.advance(…)` skips to an expiry instead of sleeping to it.
+    pub clock: Clock,
     handle: ServerHandle,
     task: JoinHandle<std::io::Result<()>>,
     postgres_database: Option<String>,
@@ -208,12 +211,14 @@ impl TestApp {
         let data_dir = tempfile::tempdir().unwrap();
         let (mut config, postgres_database) = test_config(column, &data_dir).await;
         adjust(&mut config);
+        let clock = Clock::adjustable();
         let running = app::start(
             config,
             services,
             Hosting {
                 handle_signals: false,
                 extra_services,
+                clock: clock.clone(),
             },
         )
         .await
@@ -226,6 +231,7 @@ impl TestApp {
             addr,
             client: reqwest::Client::new(),
             platform,
+            clock,
             handle,
             task,
             postgres_database,

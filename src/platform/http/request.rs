@@ -17,7 +17,7 @@ use actix_web::{Error, HttpResponse};
 use tracing::Instrument as _;
 
 use super::cors::CorsPolicy;
-use super::error::into_json_error;
+use super::error::{error_response, into_json_error};
 use crate::platform::ids::random_hex128;
 use crate::platform::telemetry::Metrics;
 
@@ -125,11 +125,24 @@ where
             .as_ref()
             .and_then(|_| req.headers().get(header::ORIGIN).cloned());
         let preflight = origin.is_some() && req.method() == Method::OPTIONS;
+        // A NUL decoded from the path or query would reach a lookup that PostgreSQL refuses
+        // (a 500) and SQLite answers: refused here once, for every route.
+        let nul = req
+            .uri()
+            .path_and_query()
+            .is_some_and(|target| target.as_str().contains("%00"));
         let service = Rc::clone(&self.service);
         Box::pin(
             async move {
                 let result = if preflight {
                     let response = HttpResponse::new(StatusCode::NO_CONTENT);
+                    Ok(req.into_response(response).map_into_right_body())
+                } else if nul {
+                    let response = error_response(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        "the URL carries a NUL byte (%00)",
+                    );
                     Ok(req.into_response(response).map_into_right_body())
                 } else {
                     service.call(req).await.map(into_json_error)

@@ -22,7 +22,7 @@ use rsa::traits::PublicKeyParts as _;
 use sha2::{Digest as _, Sha256};
 
 use crate::config::{AuthConfig, SigningAlgorithm};
-use crate::platform::bus::unix_millis;
+use crate::platform::clock::Clock;
 use crate::platform::identity::VerifyingKey;
 use crate::platform::ids::hex;
 
@@ -110,6 +110,8 @@ pub struct KeyRing {
     /// How long a superseded key stays published.
     retain_secs: u64,
     state: RwLock<Arc<Keys>>,
+    /// Dates new keys and ages old ones.
+    clock: Clock,
 }
 
 enum Source {
@@ -127,7 +129,7 @@ pub struct Keys {
 
 impl KeyRing {
     /// Loads the keys, generating the first one if the directory has none.
-    pub fn open(config: &AuthConfig, data_dir: &Path) -> Result<Self, KeyError> {
+    pub fn open(config: &AuthConfig, data_dir: &Path, clock: Clock) -> Result<Self, KeyError> {
         let source = match &config.keys.private_key_path {
             Some(path) => Source::File(path.clone()),
             None => Source::Directory {
@@ -136,11 +138,12 @@ impl KeyRing {
             },
         };
         let retain_secs = config.access_token_ttl_secs + config.leeway_secs;
-        let keys = load(&source, retain_secs, true)?;
+        let keys = load(&source, retain_secs, true, &clock)?;
         Ok(Self {
             source,
             retain_secs,
             state: RwLock::new(Arc::new(keys)),
+            clock,
         })
     }
 
@@ -154,12 +157,12 @@ impl KeyRing {
         // The common case, nothing rotated or retired, costs one directory listing.
         if let Source::Directory { dir, .. } = &self.source {
             let stored = list(dir)?;
-            let (live, retired) = partition(&stored, unix_millis(), self.retain_secs);
+            let (live, retired) = partition(&stored, self.clock.now_millis(), self.retain_secs);
             if retired.is_empty() && live == kids(&before) {
                 return Ok(false);
             }
         }
-        let keys = load(&self.source, self.retain_secs, false)?;
+        let keys = load(&self.source, self.retain_secs, false, &self.clock)?;
         let changed = kids(&before) != kids(&keys);
         if changed {
             *self.state.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
@@ -207,11 +210,20 @@ pub fn otp_secret(config: &AuthConfig, data_dir: &Path) -> Result<[u8; 32], KeyE
 const OTP_SECRET_FILE: &str = "otp.secret";
 
 /// Adds a new signing key to `<data_dir>/keys` (`beep keys rotate`); returns its kid.
-pub fn rotate(data_dir: &Path, algorithm: SigningAlgorithm) -> Result<String, KeyError> {
-    generate(&keys_dir(data_dir), algorithm)
+pub fn rotate(
+    data_dir: &Path,
+    algorithm: SigningAlgorithm,
+    clock: &Clock,
+) -> Result<String, KeyError> {
+    generate(&keys_dir(data_dir), algorithm, clock)
 }
 
-fn load(source: &Source, retain_secs: u64, may_generate: bool) -> Result<Keys, KeyError> {
+fn load(
+    source: &Source,
+    retain_secs: u64,
+    may_generate: bool,
+    clock: &Clock,
+) -> Result<Keys, KeyError> {
     match source {
         Source::File(path) => {
             let pem = fs::read_to_string(path).map_err(io_error(path))?;
@@ -226,10 +238,10 @@ fn load(source: &Source, retain_secs: u64, may_generate: bool) -> Result<Keys, K
         Source::Directory { dir, algorithm } => {
             let mut stored = list(dir)?;
             if stored.is_empty() && may_generate {
-                generate(dir, *algorithm)?;
+                generate(dir, *algorithm, clock)?;
                 stored = list(dir)?;
             }
-            let (live, retired) = partition(&stored, unix_millis(), retain_secs);
+            let (live, retired) = partition(&stored, clock.now_millis(), retain_secs);
             for kid in retired {
                 // Its tokens are all expired; a failed removal only leaves a stale file.
                 let path = dir.join(format!("{kid}.pem"));
@@ -296,7 +308,7 @@ fn list(dir: &Path) -> Result<Vec<(i64, String)>, KeyError> {
     Ok(keys)
 }
 
-fn generate(dir: &Path, algorithm: SigningAlgorithm) -> Result<String, KeyError> {
+fn generate(dir: &Path, algorithm: SigningAlgorithm, clock: &Clock) -> Result<String, KeyError> {
     let (tag, pem) = match algorithm {
         SigningAlgorithm::EdDSA => {
             let seed: [u8; 32] = rand::rng().random();
@@ -317,7 +329,7 @@ fn generate(dir: &Path, algorithm: SigningAlgorithm) -> Result<String, KeyError>
         }
     };
     let suffix: [u8; 4] = rand::rng().random();
-    let kid = format!("{}-{tag}-{}", unix_millis(), hex(&suffix));
+    let kid = format!("{}-{tag}-{}", clock.now_millis(), hex(&suffix));
     write_private(dir, &format!("{kid}.pem"), pem.as_bytes())?;
     tracing::info!(kid, "signing key generated");
     Ok(kid)
@@ -348,9 +360,10 @@ mod tests {
 
     /// A generated key renamed as if it had been created `age_ms` ago.
     fn key_aged(dir: &Path, age_ms: i64) -> String {
-        let kid = generate(dir, SigningAlgorithm::EdDSA).unwrap_or_default();
+        let clock = Clock::system();
+        let kid = generate(dir, SigningAlgorithm::EdDSA, &clock).unwrap_or_default();
         let (_, rest) = kid.split_once('-').unwrap_or_default();
-        let aged = format!("{}-{rest}", unix_millis() - age_ms);
+        let aged = format!("{}-{rest}", clock.now_millis() - age_ms);
         fs::rename(
             dir.join(format!("{kid}.pem")),
             dir.join(format!("{aged}.pem")),
@@ -372,7 +385,8 @@ mod tests {
         };
         // Tokens live 15 minutes: `previous` was superseded 1 s ago and stays published;
         // `oldest` was superseded an hour ago, so every token it signed has expired.
-        let keys = load(&source, 900, false).unwrap_or_else(|err| panic!("{err}"));
+        let keys =
+            load(&source, 900, false, &Clock::system()).unwrap_or_else(|err| panic!("{err}"));
         assert_eq!(keys.signer.kid(), newest);
         assert_eq!(kids(&keys), vec![newest.as_str(), previous.as_str()]);
         assert!(!dir.join(format!("{oldest}.pem")).exists());

@@ -27,7 +27,6 @@ use sessions::Sessions;
 
 use crate::config::AuthConfig;
 use crate::platform::Platform;
-use crate::platform::bus::unix_millis;
 use crate::platform::service::{Routes, Service};
 use crate::platform::users::SharedDirectory;
 use crate::platform::workers::Workers;
@@ -41,8 +40,12 @@ impl Auth {
     pub fn new(platform: &Platform, users: SharedDirectory) -> Result<Self, SetupError> {
         let config = Arc::clone(&platform.config);
         check_dev_bypass(&config.auth, !cfg!(debug_assertions))?;
-        let keys =
-            KeyRing::open(&config.auth, &config.server.data_dir).map_err(SetupError::Keys)?;
+        let keys = KeyRing::open(
+            &config.auth,
+            &config.server.data_dir,
+            platform.clock.clone(),
+        )
+        .map_err(SetupError::Keys)?;
         let current = keys.current();
         platform.identity.install_keys(current.published.clone());
         let challenges = Challenges::new(
@@ -57,10 +60,12 @@ impl Auth {
             sessions: Sessions::new(
                 platform.db.connection().clone(),
                 config.auth.refresh_token_ttl_secs,
+                platform.clock.clone(),
             ),
             limiter: Limiter::new(platform.cache.clone()),
             blocked: config.auth.blocked_users.iter().cloned().collect(),
             identity: platform.identity.clone(),
+            clock: platform.clock.clone(),
             challenges,
             keys,
             users,
@@ -100,7 +105,8 @@ impl Service for Auth {
             let mut tick = tokio::time::interval(every);
             // Revocations made before a restart still matter while their tokens live.
             let lifetime = state.config.auth.access_token_ttl_secs + state.config.auth.leeway_secs;
-            let mut since = unix_millis() - i64::try_from(lifetime * 1000).unwrap_or(i64::MAX / 2);
+            let mut since =
+                state.clock.now_millis() - i64::try_from(lifetime * 1000).unwrap_or(i64::MAX / 2);
             state.block_configured_users().await;
             loop {
                 tokio::select! {

@@ -13,6 +13,7 @@ use super::otp::{self, Challenges};
 use super::senders::Senders;
 use super::sessions::{self, Issued, RefreshError, Sessions};
 use crate::config::Config;
+use crate::platform::clock::Clock;
 use crate::platform::http::Caller;
 use crate::platform::identity::{Claims, Identity};
 use crate::platform::users::{Login, NewProfile, SharedDirectory, UserRecord};
@@ -39,6 +40,7 @@ pub struct AuthService {
     pub(super) users: SharedDirectory,
     /// `auth.blocked_users`; `beep users block` adds rows to a table instead.
     pub(super) blocked: HashSet<String>,
+    pub(super) clock: Clock,
 }
 
 impl AuthService {
@@ -226,7 +228,7 @@ impl AuthService {
         client_id: &str,
         session_id: &str,
     ) -> Result<(String, u64), AuthError> {
-        let now = jsonwebtoken::get_current_timestamp();
+        let now = self.clock.now_secs();
         let ttl = self.config.auth.access_token_ttl_secs;
         let claims = Claims {
             userid: user_id.to_owned(),

@@ -11,7 +11,7 @@ use sea_orm::{
 };
 use sha2::{Digest as _, Sha256};
 
-use crate::platform::bus::unix_millis;
+use crate::platform::clock::Clock;
 use crate::platform::db::by_key;
 use crate::platform::ids::{hex, random_hex128};
 
@@ -104,18 +104,23 @@ const MAX_LISTED_SESSIONS: u64 = 200;
 pub struct Sessions {
     db: DatabaseConnection,
     refresh_ttl_ms: i64,
+    clock: Clock,
 }
 
 impl Sessions {
-    pub fn new(db: DatabaseConnection, refresh_ttl_secs: u64) -> Self {
+    pub fn new(db: DatabaseConnection, refresh_ttl_secs: u64, clock: Clock) -> Self {
         let refresh_ttl_ms =
             i64::try_from(refresh_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-        Self { db, refresh_ttl_ms }
+        Self {
+            db,
+            refresh_ttl_ms,
+            clock,
+        }
     }
 
     /// Opens a session for a fresh login.
     pub async fn open(&self, user_id: &str, client_id: &str) -> Result<Issued, DbErr> {
-        let now = unix_millis();
+        let now = self.clock.now_millis();
         let session_id = random_hex128();
         let (refresh_token, refresh_row) = self.new_refresh_token(&session_id, now);
         let session = session::Model {
@@ -157,7 +162,7 @@ impl Sessions {
     /// Spends `presented` and issues the session's next refresh token.
     pub async fn refresh(&self, presented: &str) -> Result<Issued, RefreshError> {
         let hash = token_hash(presented);
-        let now = unix_millis();
+        let now = self.clock.now_millis();
         // The conditional update is the single-use guarantee: of two concurrent refreshes with
         // one token, exactly one changes the row.
         let spent = refresh_token::Entity::update_many()
@@ -244,7 +249,10 @@ impl Sessions {
     /// Marks the still-live sessions matching `which` revoked; returns how many.
     async fn revoke_where(&self, which: SimpleExpr, reason: &str) -> Result<u64, DbErr> {
         Ok(session::Entity::update_many()
-            .col_expr(session::Column::RevokedAt, Expr::value(unix_millis()))
+            .col_expr(
+                session::Column::RevokedAt,
+                Expr::value(self.clock.now_millis()),
+            )
             .col_expr(session::Column::RevokedReason, Expr::value(reason))
             .filter(which)
             .filter(session::Column::RevokedAt.is_null())
@@ -258,7 +266,7 @@ impl Sessions {
         session::Entity::find()
             .filter(session::Column::UserId.eq(user_id))
             .filter(session::Column::RevokedAt.is_null())
-            .filter(session::Column::ExpiresAt.gt(unix_millis()))
+            .filter(session::Column::ExpiresAt.gt(self.clock.now_millis()))
             .order_by_desc(session::Column::LastUsedAt)
             .limit(MAX_LISTED_SESSIONS)
             .all(&self.db)
@@ -280,7 +288,7 @@ impl Sessions {
     pub async fn block(&self, user_id: &str) -> Result<(), DbErr> {
         let row = blocked_user::ActiveModel {
             user_id: Set(user_id.to_owned()),
-            blocked_at: Set(unix_millis()),
+            blocked_at: Set(self.clock.now_millis()),
         };
         blocked_user::Entity::insert(row)
             .on_conflict(

@@ -34,6 +34,7 @@ use self::store::{NewBite, SharedStore, SledStore};
 use crate::config::BitesConfig;
 use crate::platform::Platform;
 use crate::platform::bus::Bus;
+use crate::platform::clock::Clock;
 use crate::platform::membership::SharedAccess;
 use crate::platform::service::{Routes, Service};
 use crate::platform::workers::Workers;
@@ -47,6 +48,7 @@ const ANNOUNCE_BUFFER: usize = 256;
 
 pub struct Bites {
     config: BitesConfig,
+    clock: Clock,
     store: SharedStore,
     sfu: Arc<Sfu>,
     access: SharedAccess,
@@ -67,7 +69,8 @@ impl Bites {
         let dropped = platform
             .metrics
             .counter("beep_bites_packets_dropped_total", &[]);
-        let (ingest, finished) = Ingest::new(SpeechRules::from(&config), dropped);
+        let (ingest, finished) =
+            Ingest::new(SpeechRules::from(&config), dropped, platform.clock.clone());
         let sfu = Arc::new(Sfu::new(
             &config.sfu,
             config.record.then_some(ingest),
@@ -75,6 +78,7 @@ impl Bites {
         )?);
         Ok(Self {
             config,
+            clock: platform.clock.clone(),
             store,
             sfu,
             access,
@@ -133,6 +137,7 @@ impl Service for Bites {
                 store: Arc::clone(&self.store),
                 max_age: Duration::from_secs(self.config.retention_secs),
                 every: Duration::from_secs(self.config.retention_sweep_secs.max(1)),
+                clock: self.clock.clone(),
             };
             workers.spawn("bites-retention", move |stop| retention.run(stop));
         }

@@ -13,7 +13,8 @@ use super::events::BiteStored;
 use super::ogg;
 use super::store::{self, BiteMeta, NewBite, SharedStore};
 use super::utterance::{Incoming, Segmenter, SpeechRules, Utterance};
-use crate::platform::bus::{Bus, unix_millis};
+use crate::platform::bus::Bus;
+use crate::platform::clock::Clock;
 
 /// Packets a speaker's task may fall behind by before new ones are dropped (from the bite,
 /// never from forwarding): over two seconds of 20 ms audio.
@@ -30,6 +31,7 @@ pub struct Ingest {
     rules: SpeechRules,
     bites: mpsc::Sender<NewBite>,
     dropped: Counter,
+    clock: Clock,
 }
 
 /// One packet of a speaker, with the conversation it was spoken in.
@@ -42,9 +44,15 @@ pub struct Spoken {
 pub struct SpeakerFeed {
     packets: mpsc::Sender<Spoken>,
     dropped: Counter,
+    clock: Clock,
 }
 
 impl SpeakerFeed {
+    /// A packet's arrival time, on the clock the speaker's task cuts bites by.
+    pub fn now_millis(&self) -> i64 {
+        self.clock.now_millis()
+    }
+
     /// Never waits: a packet the speaker's task has no room for is left out of the bite.
     pub fn push(&self, spoken: Spoken) {
         if self.packets.try_send(spoken).is_err() {
@@ -55,12 +63,17 @@ impl SpeakerFeed {
 
 impl Ingest {
     /// `dropped` counts packets the speakers' tasks had no room for.
-    pub fn new(rules: SpeechRules, dropped: Counter) -> (Self, mpsc::Receiver<NewBite>) {
+    pub fn new(
+        rules: SpeechRules,
+        dropped: Counter,
+        clock: Clock,
+    ) -> (Self, mpsc::Receiver<NewBite>) {
         let (bites, finished) = mpsc::channel(WRITER_QUEUE);
         let ingest = Self {
             rules,
             bites,
             dropped,
+            clock,
         };
         (ingest, finished)
     }
@@ -74,11 +87,13 @@ impl Ingest {
             segmenter: Segmenter::new(self.rules),
             conversation: None,
             bites: self.bites.clone(),
+            clock: self.clock.clone(),
         };
         tokio::spawn(task.run(received));
         SpeakerFeed {
             packets,
             dropped: self.dropped.clone(),
+            clock: self.clock.clone(),
         }
     }
 }
@@ -89,13 +104,14 @@ struct SpeakerTask {
     segmenter: Segmenter,
     conversation: Option<Arc<str>>,
     bites: mpsc::Sender<NewBite>,
+    clock: Clock,
 }
 
 impl SpeakerTask {
     async fn run(mut self, mut received: mpsc::Receiver<Spoken>) {
         loop {
             let deadline = self.segmenter.deadline_ms().map(|deadline_ms| {
-                let wait = u64::try_from(deadline_ms - unix_millis()).unwrap_or(0);
+                let wait = u64::try_from(deadline_ms - self.clock.now_millis()).unwrap_or(0);
                 tokio::time::Instant::now() + Duration::from_millis(wait)
             });
             tokio::select! {
@@ -111,7 +127,7 @@ impl SpeakerTask {
                     self.emit(finished).await;
                 }
                 () = sleep_until(deadline) => {
-                    let finished = self.segmenter.expire(unix_millis());
+                    let finished = self.segmenter.expire(self.clock.now_millis());
                     self.emit(finished).await;
                 }
             }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::store::{self, SharedStore, StoreError};
-use crate::platform::bus::unix_millis;
+use crate::platform::clock::Clock;
 
 /// Bites deleted per batch, so one sweep never holds the store for long.
 const BATCH: usize = 1024;
@@ -15,6 +15,7 @@ pub struct Retention {
     pub store: SharedStore,
     pub max_age: Duration,
     pub every: Duration,
+    pub clock: Clock,
 }
 
 impl Retention {
@@ -25,7 +26,7 @@ impl Retention {
                 () = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let cutoff = u64::try_from(unix_millis())
+            let cutoff = u64::try_from(self.clock.now_millis())
                 .unwrap_or(0)
                 .saturating_sub(self.max_age.as_millis() as u64);
             match sweep(&self.store, cutoff).await {

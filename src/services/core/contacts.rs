@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::CoreError;
 use super::users::user;
-use crate::platform::bus::unix_millis;
+use crate::platform::clock::Clock;
 
 pub mod contact {
     use sea_orm::entity::prelude::*;
@@ -51,18 +51,19 @@ pub struct ContactView {
 
 pub struct Contacts {
     db: DatabaseConnection,
+    clock: Clock,
 }
 
 impl Contacts {
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+    pub fn new(db: DatabaseConnection, clock: Clock) -> Self {
+        Self { db, clock }
     }
 
     pub async fn add(&self, user: &str, contact: &str) -> Result<(), CoreError> {
         let row = contact::ActiveModel {
             user: Set(user.to_owned()),
             contact: Set(contact.to_owned()),
-            created_at: Set(unix_millis()),
+            created_at: Set(self.clock.now_millis()),
         };
         match contact::Entity::insert(row)
             .exec_without_returning(&self.db)

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::CoreError;
 use super::users::user;
-use crate::platform::bus::unix_millis;
+use crate::platform::clock::Clock;
 use crate::platform::db::by_key;
 use crate::platform::ids::random_hex128;
 use crate::platform::membership::MembershipSource;
@@ -139,6 +139,7 @@ pub enum Removal {
 
 pub struct Conversations {
     db: DatabaseConnection,
+    clock: Clock,
 }
 
 /// `c-` + 128 random bits, the original's conversation id form.
@@ -147,8 +148,8 @@ pub fn new_conversation_id() -> String {
 }
 
 impl Conversations {
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+    pub fn new(db: DatabaseConnection, clock: Clock) -> Self {
+        Self { db, clock }
     }
 
     /// Creates a conversation with `creator` as its first member, in one transaction.
@@ -157,7 +158,7 @@ impl Conversations {
         creator: &str,
         patch: ConversationPatch,
     ) -> Result<conversation::Model, DbErr> {
-        let now = unix_millis();
+        let now = self.clock.now_millis();
         let row = conversation::Model {
             id: new_conversation_id(),
             title: patch.title.flatten(),
@@ -173,7 +174,7 @@ impl Conversations {
         })
         .exec_without_returning(&txn)
         .await?;
-        member::Entity::insert(new_member(creator, &row.id))
+        member::Entity::insert(new_member(creator, &row.id, now))
             .exec_without_returning(&txn)
             .await?;
         txn.commit().await?;
@@ -303,7 +304,7 @@ impl Conversations {
     /// Adds `new_member` (an existing user) to a conversation `by` belongs to.
     pub async fn add_member(&self, by: &str, id: &str, new_member: &str) -> Result<(), CoreError> {
         self.check_member(by, id).await?;
-        match member::Entity::insert(self::new_member(new_member, id))
+        match member::Entity::insert(self::new_member(new_member, id, self.clock.now_millis()))
             .exec_without_returning(&self.db)
             .await
         {
@@ -397,12 +398,12 @@ async fn member_ids(db: &impl sea_orm::ConnectionTrait, id: &str) -> Result<Vec<
         .await
 }
 
-fn new_member(user: &str, conversation: &str) -> member::ActiveModel {
+fn new_member(user: &str, conversation: &str, now: i64) -> member::ActiveModel {
     member::ActiveModel {
         user: Set(user.to_owned()),
         conversation: Set(conversation.to_owned()),
         pinned: Set(false),
-        joined_at: Set(unix_millis()),
+        joined_at: Set(now),
     }
 }
 

@@ -32,12 +32,13 @@ pub struct Core {
 impl Core {
     pub fn new(platform: &Platform) -> Self {
         let db = platform.db.connection().clone();
-        let users = Arc::new(users::Users::new(db.clone()));
-        let conversations = Arc::new(conversations::Conversations::new(db.clone()));
+        let clock = &platform.clock;
+        let users = Arc::new(users::Users::new(db.clone(), clock.clone()));
+        let conversations = Arc::new(conversations::Conversations::new(db.clone(), clock.clone()));
         let service = Arc::new(CoreService::new(
             Arc::clone(&users),
             Arc::clone(&conversations),
-            Arc::new(contacts::Contacts::new(db)),
+            Arc::new(contacts::Contacts::new(db, clock.clone())),
             platform.bus.clone(),
             platform.config.core.clone(),
         ));

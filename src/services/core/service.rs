@@ -303,11 +303,16 @@ impl CoreService {
 
 fn checked_patch(patch: &ConversationPatch) -> Result<(), CoreError> {
     for (name, value) in [("title", &patch.title), ("picture", &patch.picture)] {
-        if let Some(Some(value)) = value
-            && value.chars().count() > MAX_TITLE_CHARS
-        {
+        let Some(Some(value)) = value else { continue };
+        if value.chars().count() > MAX_TITLE_CHARS {
             return Err(CoreError::InvalidConversation(format!(
                 "{name} is longer than {MAX_TITLE_CHARS} characters"
+            )));
+        }
+        // PostgreSQL cannot store it (and SQLite would, so the columns would differ).
+        if value.contains('\0') {
+            return Err(CoreError::InvalidConversation(format!(
+                "{name} contains a NUL character"
             )));
         }
     }

@@ -9,7 +9,7 @@ use sea_orm::{
     IntoActiveModel as _, QueryFilter, SqlErr,
 };
 
-use crate::platform::bus::unix_millis;
+use crate::platform::clock::Clock;
 use crate::platform::db::by_key;
 use crate::platform::ids::random_hex128;
 use crate::platform::users::{
@@ -45,6 +45,7 @@ const MAX_FIELD_CHARS: usize = 256;
 
 pub struct Users {
     db: DatabaseConnection,
+    clock: Clock,
 }
 
 /// A partial profile update: absent fields keep their value (the original overwrote them all).
@@ -107,8 +108,8 @@ pub fn new_user_id() -> String {
 }
 
 impl Users {
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+    pub fn new(db: DatabaseConnection, clock: Clock) -> Self {
+        Self { db, clock }
     }
 
     pub async fn by_id(&self, id: &str) -> Result<Option<user::Model>, DbErr> {
@@ -184,7 +185,7 @@ impl Users {
         {
             return Ok((found, false));
         }
-        let mut row = empty_user(login);
+        let mut row = empty_user(login, self.clock.now_millis());
         row.id = Set(new_user_id());
         // Insert-if-absent on the login's unique column, as the original's upsert did, so two
         // concurrent first logins of one number make one user.
@@ -212,7 +213,7 @@ impl Users {
     ) -> DirectoryResult<UserRecord> {
         normalise(&mut profile);
         validate_profile(&profile, true)?;
-        let mut row = empty_user(login);
+        let mut row = empty_user(login, self.clock.now_millis());
         let id = new_user_id();
         row.id = Set(id.clone());
         row.username = Set(profile.username);
@@ -258,7 +259,7 @@ fn login_column(login: &Login) -> user::Column {
     }
 }
 
-fn empty_user(login: &Login) -> user::ActiveModel {
+fn empty_user(login: &Login, now: i64) -> user::ActiveModel {
     let (phone_number, email) = match login {
         Login::Phone(phone) => (Some(phone.as_str().to_owned()), None),
         Login::Email(email) => (None, Some(email.as_str().to_owned())),
@@ -272,7 +273,7 @@ fn empty_user(login: &Login) -> user::ActiveModel {
         last_name: Set(String::new()),
         phone_number: Set(phone_number),
         email: Set(email),
-        created_at: Set(unix_millis()),
+        created_at: Set(now),
     }
 }
 
@@ -295,6 +296,12 @@ fn validate_profile(profile: &NewProfile, names_required: bool) -> DirectoryResu
         if value.chars().count() > MAX_FIELD_CHARS {
             return Err(DirectoryError::Invalid(format!(
                 "{name} is longer than {MAX_FIELD_CHARS} characters"
+            )));
+        }
+        // PostgreSQL cannot store it (and SQLite would, so the columns would differ).
+        if value.contains('\0') {
+            return Err(DirectoryError::Invalid(format!(
+                "{name} contains a NUL character"
             )));
         }
     }

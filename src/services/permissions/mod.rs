@@ -36,7 +36,7 @@ impl Permissions {
             url: "memory".into(),
             ..CacheConfig::default()
         };
-        let (local, shared) = match Cache::open(&in_process) {
+        let (local, shared) = match Cache::open(&in_process, platform.clock.clone()) {
             Ok(local) if platform.cache.backend() != "memory" => {
                 (local, Some(platform.cache.clone()))
             }

@@ -22,7 +22,6 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 
 use super::Stats;
 use super::peer::Participant;
-use crate::platform::bus::unix_millis;
 use crate::services::bites::pipeline::{SpeakerFeed, Spoken};
 use crate::services::bites::utterance::Incoming;
 
@@ -176,7 +175,7 @@ pub async fn forward(
                 conversation: Arc::clone(room),
                 packet: Incoming {
                     timestamp: packet.header.timestamp,
-                    arrived_ms: unix_millis(),
+                    arrived_ms: feed.now_millis(),
                     level: level.map(|level| level.level),
                     payload: packet.payload,
                 },
