@@ -41,7 +41,10 @@ impl Service for BenchRoutes {
         "bench"
     }
 
-    #[allow(clippy::disallowed_methods, reason = "test-only routes stay out of the API document")]
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "test-only routes stay out of the API document"
+    )]
     fn routes(&self, cfg: &mut Routes<'_>) {
         // Test-only routes: mounted, not documented.
         cfg.map(|cfg| {

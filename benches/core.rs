@@ -385,7 +385,10 @@ impl Service for SqlxUser {
         "bench"
     }
 
-    #[allow(clippy::disallowed_methods, reason = "test-only routes stay out of the API document")]
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "test-only routes stay out of the API document"
+    )]
     fn routes(&self, cfg: &mut Routes<'_>) {
         let db = Arc::clone(&self.db);
         // Test-only routes: mounted, not documented.

@@ -91,7 +91,10 @@ fn resident_mb(pid: u32) -> f64 {
     kb / 1024.0
 }
 
-#[allow(clippy::disallowed_methods, reason = "the reference servers are not beep's API")]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the reference servers are not beep's API"
+)]
 async fn throughput() {
     let data_dir = tempfile::tempdir().unwrap();
     let mut config = Config::default();

@@ -140,14 +140,13 @@ fn complete(doc: &mut OpenApi) {
                      `session_revoked`",
                 );
             }
-            if operation.parameters.as_ref().is_some_and(|p| !p.is_empty()) {
-                add_error(
-                    operation,
-                    "400",
-                    "A parameter is malformed: `invalid_query`, `invalid_path`, or the \
-                     route's own code",
-                );
-            }
+            // Any URL can carry a NUL (`%00`), refused before routing.
+            add_error(
+                operation,
+                "400",
+                "The request is malformed: `invalid_query`, `invalid_path`, \
+                 `invalid_request` (a NUL in the URL), or the route's own code",
+            );
             if operation.request_body.is_some() {
                 add_error(
                     operation,
