@@ -4,7 +4,9 @@ use actix_web::{HttpRequest, HttpResponse, delete, get, patch, post, web};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{ConversationPath, MemberPath, PageQuery, State, conversation_id, page_of, user_id};
+use super::{
+    ConversationPath, MemberPath, MembersOnly, PageQuery, State, conversation_id, page_of, user_id,
+};
 use crate::platform::http::error::ErrorBody;
 use crate::platform::http::{ApiError, Caller, text_or_json};
 use crate::platform::users::UserRecord;
@@ -59,9 +61,7 @@ pub(super) async fn list_conversations(
     params(ConversationPath),
     responses(
         (status = 200, description = "The conversation", body = ConversationView),
-        (status = 400, description = "Not a conversation id: `invalid_id`", body = ErrorBody),
-        (status = 403, description = "`not_a_member`", body = ErrorBody),
-        (status = 404, description = "`conversation_not_found`", body = ErrorBody),
+        MembersOnly,
     ),
 )]
 #[get("/user/conversation/{conversation}")]
@@ -106,9 +106,7 @@ pub(super) async fn update_conversation(
     params(ConversationPath),
     responses(
         (status = 200, description = "Deleted"),
-        (status = 400, description = "Not a conversation id: `invalid_id`", body = ErrorBody),
-        (status = 403, description = "`not_a_member`", body = ErrorBody),
-        (status = 404, description = "`conversation_not_found`", body = ErrorBody),
+        MembersOnly,
     ),
 )]
 #[delete("/user/conversation/{conversation}")]
@@ -128,9 +126,7 @@ pub(super) async fn delete_conversation(
     params(ConversationPath),
     responses(
         (status = 200, description = "Pinned"),
-        (status = 400, description = "Not a conversation id: `invalid_id`", body = ErrorBody),
-        (status = 403, description = "`not_a_member`", body = ErrorBody),
-        (status = 404, description = "`conversation_not_found`", body = ErrorBody),
+        MembersOnly,
     ),
 )]
 #[post("/user/conversation/{conversation}/pin")]
@@ -150,9 +146,7 @@ pub(super) async fn pin(
     params(ConversationPath),
     responses(
         (status = 200, description = "Unpinned"),
-        (status = 400, description = "Not a conversation id: `invalid_id`", body = ErrorBody),
-        (status = 403, description = "`not_a_member`", body = ErrorBody),
-        (status = 404, description = "`conversation_not_found`", body = ErrorBody),
+        MembersOnly,
     ),
 )]
 #[delete("/user/conversation/{conversation}/pin")]

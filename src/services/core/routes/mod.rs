@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
-use utoipa::IntoParams;
+use utoipa::{IntoParams, IntoResponses};
+
+use crate::platform::http::error::ErrorBody;
 use utoipa_actix_web::scope;
 
 use super::error::CoreError;
@@ -59,6 +61,21 @@ pub(super) struct ConversationPath {
     /// A conversation id: `c-` and 32 lowercase hex digits.
     #[param(pattern = r"^c-[0-9a-f]{32}$")]
     conversation: String,
+}
+
+/// What every route of a conversation the caller must be in may answer besides its own.
+#[derive(IntoResponses)]
+#[allow(
+    dead_code,
+    reason = "documents the responses; handlers answer CoreError"
+)]
+pub(super) enum MembersOnly {
+    #[response(status = 400, description = "Not a conversation id: `invalid_id`")]
+    InvalidId(ErrorBody<'static>),
+    #[response(status = 403, description = "`not_a_member`")]
+    NotAMember(ErrorBody<'static>),
+    #[response(status = 404, description = "`conversation_not_found`")]
+    ConversationNotFound(ErrorBody<'static>),
 }
 
 #[derive(IntoParams)]

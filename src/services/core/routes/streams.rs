@@ -2,8 +2,7 @@
 
 use actix_web::{Responder, get, web};
 
-use super::{ConversationPath, State, conversation_id};
-use crate::platform::http::error::ErrorBody;
+use super::{ConversationPath, MembersOnly, State, conversation_id};
 use crate::platform::http::openapi::SseEvent;
 use crate::platform::http::{ApiError, Caller};
 use crate::services::core::streams::Topic;
@@ -59,9 +58,7 @@ pub(super) async fn subscribe_conversations(state: State, caller: Caller) -> imp
     responses(
         (status = 200, description = "Events as on the other streams; ends when the caller is removed",
             content_type = "text/event-stream", body = SseEvent),
-        (status = 400, description = "Not a conversation id: `invalid_id`", body = ErrorBody),
-        (status = 403, description = "`not_a_member`", body = ErrorBody),
-        (status = 404, description = "`conversation_not_found`", body = ErrorBody),
+        MembersOnly,
     ),
 )]
 #[get("/user/subscribe/conversation/{conversation}/member")]
