@@ -8,8 +8,7 @@
 //! clock sees entries expire. Each entry carries its expiry time (Unix ms on that clock) and is
 //! absent once it has passed; in Redis the value is stored as `<expires_at>:<bytes>` (a
 //! counter's bytes are its count), and the key also gets a TTL of the same length so Redis
-//! deletes it. With the system clock the two expiries coincide. Redis 6.2 or later (`GETDEL`,
-//! `KEEPTTL`).
+//! deletes it. With the system clock the two expiries coincide. Redis 6.0 or later (`KEEPTTL`).
 
 use std::pin::Pin;
 use std::sync::Arc;

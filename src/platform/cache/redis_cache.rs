@@ -10,6 +10,12 @@ use super::{CacheError, CacheSubscription, Count};
 use crate::config::CacheConfig;
 use crate::platform::clock::{self, Clock};
 
+/// GET then DEL of KEYS[1], atomically; answers what was stored.
+const GET_AND_DELETE_SCRIPT: &str = "\
+local stored = redis.call('GET', KEYS[1]) \
+if stored then redis.call('DEL', KEYS[1]) end \
+return stored";
+
 /// One increment in one round trip: while the stored window (`<closes_at>:<count>`) is open
 /// at `now` (ARGV[1]), count on and keep its TTL; otherwise (absent, closed, or not a counter)
 /// open a window closing at ARGV[3] with the count 1 and a TTL of the window, ARGV[2].
@@ -90,10 +96,12 @@ impl RedisCache {
         Ok(())
     }
 
-    /// GETDEL (Redis 6.2), so an entry past its expiry but not yet deleted by Redis does not
-    /// count as removed.
+    /// Reads and deletes in one step, so an entry past its expiry but not yet deleted by Redis
+    /// does not count as removed (a script: GETDEL needs Redis 6.2).
     pub(super) async fn delete(&self, key: &str) -> Result<bool, CacheError> {
-        let stored: Option<Vec<u8>> = redis::cmd("GETDEL")
+        let stored: Option<Vec<u8>> = redis::cmd("EVAL")
+            .arg(GET_AND_DELETE_SCRIPT)
+            .arg(1)
             .arg(self.key(key))
             .query_async(&mut self.connection().await?)
             .await?;
@@ -119,15 +127,24 @@ impl RedisCache {
         })
     }
 
-    /// The bytes of a stored `<expires_at>:<bytes>` still live on the clock; anything else
-    /// (expired, or not written in this form) is absent.
+    /// The bytes of a stored `<expires_at>:<bytes>` still live on the clock. A value without
+    /// the prefix (written by an earlier release sharing this Redis, such as a revocation
+    /// marker) is taken whole and left to its Redis TTL, so it is never mistaken for absent.
     pub(super) fn live(&self, stored: Vec<u8>) -> Option<Bytes> {
-        let at = stored.iter().position(|&b| b == b':')?;
-        let expires_at: i64 = std::str::from_utf8(&stored[..at]).ok()?.parse().ok()?;
-        if expires_at <= self.clock.now_millis() {
-            return None;
+        let expires_at = stored.iter().position(|&b| b == b':').and_then(|at| {
+            Some((
+                at,
+                std::str::from_utf8(&stored[..at])
+                    .ok()?
+                    .parse::<i64>()
+                    .ok()?,
+            ))
+        });
+        match expires_at {
+            Some((_, expires_at)) if expires_at <= self.clock.now_millis() => None,
+            Some((at, _)) => Some(Bytes::from(stored).slice(at + 1..)),
+            None => Some(Bytes::from(stored)),
         }
-        Some(Bytes::from(stored).slice(at + 1..))
     }
 
     pub(super) async fn publish(&self, channel: &str, payload: &[u8]) -> Result<(), CacheError> {

@@ -137,7 +137,12 @@ fn complete(doc: &mut OpenApi) {
                     operation,
                     "401",
                     "No valid token: `missing_token`, `invalid_token`, `token_expired`, \
-                     `session_revoked`",
+                     `token_revoked`",
+                );
+                add_error(
+                    operation,
+                    "503",
+                    "Tokens cannot be checked right now: `auth_unavailable`",
                 );
             }
             // Any URL can carry a NUL (`%00`), refused before routing.
@@ -145,7 +150,8 @@ fn complete(doc: &mut OpenApi) {
                 operation,
                 "400",
                 "The request is malformed: `invalid_query`, `invalid_path`, \
-                 `invalid_request` (a NUL in the URL), or the route's own code",
+                 `invalid_request` (a NUL in the URL), `invalid_claim` (a forged \
+                 `X-User-Claim` behind a proxy), or the route's own code",
             );
             if operation.request_body.is_some() {
                 add_error(
@@ -240,7 +246,7 @@ fn methods_of(item: &PathItem) -> Vec<Method> {
 /// This document.
 #[utoipa::path(
     tag = "platform",
-    security(()),
+    security(),
     responses((status = 200, description = "The OpenAPI 3.1 document of every route served", content_type = "application/json")),
 )]
 #[get("/openapi.json")]
@@ -257,7 +263,8 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
 /// What no route matched: 405 with `Allow` for a documented path, else 404 (both made JSON
 /// by the request wrapper).
 pub async fn unrouted(req: HttpRequest, doc: web::Data<ApiDocument>) -> HttpResponse {
-    match doc.allowed(req.path()) {
+    // The path as the router matched it (percent-decoded), not as sent.
+    match doc.allowed(req.match_info().as_str()) {
         Some(methods) if !methods.is_empty() => {
             let allow = methods
                 .iter()

@@ -319,7 +319,8 @@ async fn end_session(
     responses(
         (status = 200, description = "Verified", headers(("x-user-claim" = String, description = "`{\"userid\",\"clientid\"}`"))),
         (status = 400, description = "No token: `missing_token`", body = ErrorBody),
-        (status = 401, description = "`invalid_token`, `token_expired`, `session_revoked`", body = ErrorBody),
+        (status = 401, description = "`invalid_token`, `token_expired`, `token_revoked`", body = ErrorBody),
+        (status = 503, description = "Tokens cannot be checked right now: `auth_unavailable`", body = ErrorBody),
     ),
 )]
 #[route(

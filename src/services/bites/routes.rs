@@ -8,7 +8,7 @@ use actix_web::{HttpRequest, HttpResponse, get, web};
 use actix_web_lab::sse;
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_actix_web::scope;
 
 use super::error::BitesError;
@@ -144,6 +144,7 @@ async fn list(
 ) -> Result<HttpResponse, ApiError> {
     member_of(&state.access, &caller, &path).await?;
     let (from, to) = query.bounds()?;
+    let query_to = query.to;
     let config = &state.config;
     let limit = page_limit(query.limit, config.page_size, config.max_page_size)?;
     // Bounded by `max_page_size`.
@@ -159,17 +160,22 @@ async fn list(
         && let Some(next) = bites.last().and_then(|last| last.start.checked_add(1))
         && next <= to
     {
-        response.insert_header(next_link(
-            &req,
-            &[
-                ("from", &next.to_string()),
-                ("to", &to.to_string()),
-                ("limit", &limit.to_string()),
-            ],
-        ));
+        let (next, limit, to) = (next.to_string(), limit.to_string(), to.to_string());
+        let mut query = vec![("from", next.as_str()), ("limit", limit.as_str())];
+        // An open end stays open rather than becoming the largest number.
+        if query_to.is_some() {
+            query.push(("to", to.as_str()));
+        }
+        response.insert_header(next_link(&req, &query));
     }
     Ok(response.json(bites))
 }
+
+/// An Ogg Opus file, as bytes.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code, reason = "a schema only: the body is the stored file")]
+struct OggOpus(Vec<u8>);
 
 /// Picks one speaker's bite when two started in the same millisecond: both or neither.
 #[derive(Deserialize, IntoParams)]
@@ -190,8 +196,8 @@ struct Speaker {
         Speaker,
     ),
     responses(
-        (status = 200, description = "The whole file", body = Vec<u8>, content_type = "audio/ogg"),
-        (status = 206, description = "The requested range", body = Vec<u8>, content_type = "audio/ogg"),
+        (status = 200, description = "The whole file", body = OggOpus, content_type = "audio/ogg"),
+        (status = 206, description = "The requested range", body = OggOpus, content_type = "audio/ogg"),
         (status = 400, description = "`invalid_id`, `invalid_speaker` (user without client or the reverse)", body = ErrorBody),
         (status = 403, description = "`not_a_member`", body = ErrorBody),
         (status = 404, description = "No bite starts then: `bite_not_found`", body = ErrorBody),

@@ -117,7 +117,7 @@ pub struct ConversationPatch {
     #[serde(default, deserialize_with = "super::users::present")]
     #[schema(value_type = Option<String>, max_length = 256)]
     pub title: Option<Option<String>>,
-    /// A picture name from `/pictures/upload`; `null` clears it.
+    /// A picture's stored name (from the pictures service); `null` clears it.
     #[serde(default, deserialize_with = "super::users::present")]
     #[schema(value_type = Option<String>, max_length = 256)]
     pub picture: Option<Option<String>>,
