@@ -894,3 +894,246 @@ async fn media_ports_and_addresses_follow_the_configuration() {
     b.close().await;
     app.stop().await;
 }
+
+/// A bare signalling socket, for clients that misbehave.
+async fn raw_socket(
+    app: &TestApp,
+    token: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let url = format!("{}/webrtc/connect?token={token}", ws_base(app));
+    tokio_tungstenite::connect_async(url).await.unwrap().0
+}
+
+/// Sends `frames` (stopping when the server has closed), then reads until the server closes:
+/// the `error::` codes it sent and its close code. Fails if it does not close within 10 s.
+async fn flood_until_closed(
+    socket: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    frames: impl Iterator<Item = String> + Send + 'static,
+) -> (Vec<String>, Option<u16>) {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut sink, mut stream) = socket.split();
+    let sender = tokio::spawn(async move {
+        for frame in frames {
+            if sink.send(Message::text(frame)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut codes = Vec::new();
+    let mut closed = None;
+    let read = async {
+        while let Some(Ok(message)) = stream.next().await {
+            match message {
+                Message::Text(text) => {
+                    if let Some(error) = text.strip_prefix("error::") {
+                        let error: Value = serde_json::from_str(error).unwrap();
+                        codes.push(error["code"].as_str().unwrap().to_owned());
+                    }
+                }
+                Message::Close(frame) => {
+                    closed = Some(frame.map_or(1005, |f| u16::from(f.code)));
+                    break;
+                }
+                _ => {}
+            }
+        }
+    };
+    let finished = tokio::time::timeout(Duration::from_secs(10), read).await;
+    sender.abort();
+    assert!(
+        finished.is_ok(),
+        "the server kept the socket open; errors so far: {codes:?}"
+    );
+    (codes, closed)
+}
+
+/// The resident memory of this process (the app runs in it), in kB.
+fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signalling_floods_are_bounded_and_closed() {
+    let app = TestApp::spawn(Column::Embedded).await;
+    let alice = member(&app, "phone").await;
+    let before = rss_kb();
+
+    // The audit's flood: 3,000 candidates of ~65 KB before any offer. The first is refused and
+    // the socket closed; nothing is kept.
+    let socket = raw_socket(&app, &alice.tokens.access).await;
+    let big = format!("ice::candidate:{}", "x".repeat(65_000));
+    let (codes, closed) = flood_until_closed(socket, std::iter::repeat_n(big, 3000)).await;
+    assert_eq!(codes, vec!["candidate_too_large"]);
+    assert_eq!(closed, Some(1008), "closed as a policy violation");
+
+    // Candidates of honest size, but without end: refused past the limit, then closed.
+    let socket = raw_socket(&app, &alice.tokens.access).await;
+    let frames = (0..3000).map(|i| {
+        format!(
+            "ice::candidate:{i} 1 udp 2130706431 10.{}.{}.{} 5000 typ host",
+            i / 65536 % 256,
+            i / 256 % 256,
+            i % 256
+        )
+    });
+    let (codes, closed) = flood_until_closed(socket, frames).await;
+    // Past the candidate limit, or faster than the server reads them: either bound.
+    assert!(
+        codes == ["too_many_candidates"] || codes == ["too_many_messages"],
+        "{codes:?}"
+    );
+    assert_eq!(closed, Some(1008));
+    let grown_mb = rss_kb().saturating_sub(before) / 1024;
+    eprintln!("RSS growth over the candidate floods: {grown_mb} MB");
+
+    // An offer of more m-lines than any client needs is refused; the socket stays.
+    let mut socket = raw_socket(&app, &alice.tokens.access).await;
+    let mut sdp = String::from(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n",
+    );
+    for mid in 0..300 {
+        sdp.push_str(&format!(
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:{mid}\r\na=recvonly\r\na=rtpmap:111 opus/48000/2\r\n"
+        ));
+    }
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    socket
+        .send(Message::text(format!("offer::{sdp}")))
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(10), socket.next())
+        .await
+        .expect("a reply to the offer")
+        .unwrap()
+        .unwrap();
+    let text = reply.into_text().unwrap();
+    assert!(text.contains("too_many_media"), "{text}");
+
+    // A frame over bites.sfu.max_message_bytes (an SDP included) closes the socket.
+    socket
+        .send(Message::text(format!("offer::{}", "v".repeat(70 * 1024))))
+        .await
+        .unwrap();
+    let mut closed = None;
+    while let Ok(Some(Ok(message))) =
+        tokio::time::timeout(Duration::from_secs(10), socket.next()).await
+    {
+        if let Message::Close(frame) = message {
+            closed = frame.map(|f| u16::from(f.code));
+            break;
+        }
+    }
+    assert_eq!(closed, Some(1009), "closed as too big");
+    app.stop().await;
+}
+
+/// The first offer of `sdp` without its ICE credentials: it parses, but cannot be applied.
+fn without_ice_credentials(sdp: &str) -> Vec<String> {
+    let stripped: String = sdp
+        .split_inclusive('\n')
+        .filter(|line| !line.starts_with("a=ice-ufrag:") && !line.starts_with("a=ice-pwd:"))
+        .collect();
+    vec![format!("offer::{stripped}")]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_offer_does_not_wedge_the_connection() {
+    let app = TestApp::spawn(Column::Embedded).await;
+    let ws = ws_base(&app);
+    let alice = member(&app, "alice-phone").await;
+    let bob = member(&app, "bob-phone").await;
+    let conversation = conversation_of(&app, &alice.tokens, &[&bob.tokens]).await;
+
+    // Alice's first offer is refused; her next one, on the same socket, is answered.
+    let mut a = Peer::connect_after(&ws, &alice.tokens.access, without_ice_credentials).await;
+    let errors = a.errors.lock().unwrap().clone();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("invalid_offer"), "{errors:?}");
+    let mut b = Peer::connect(&ws, &bob.tokens.access).await;
+    assert_eq!(join(&app, &alice.tokens, &conversation).await.status(), 200);
+    assert_eq!(join(&app, &bob.tokens, &conversation).await.status(), 200);
+
+    // Later, a bad renegotiation: refused, and the next offer is answered.
+    let answers = a.answers.load(std::sync::atomic::Ordering::SeqCst);
+    let sdp = a.pc.local_description().await.unwrap().sdp;
+    a.signal(&without_ice_credentials(&sdp)[0]);
+    eventually(Duration::from_secs(5), "the bad offer refused", || {
+        a.errors.lock().unwrap().len() == 2
+    })
+    .await;
+    a.offer().await;
+    eventually(Duration::from_secs(5), "the good offer answered", || {
+        a.answers.load(std::sync::atomic::Ordering::SeqCst) > answers
+    })
+    .await;
+
+    for _ in 0..10 {
+        talk(&mut a, 100).await;
+        talk(&mut b, 100).await;
+        if a.heard_from(&bob.tokens.user_id) > 0 && b.heard_from(&alice.tokens.user_id) > 0 {
+            break;
+        }
+    }
+    assert!(a.heard_from(&bob.tokens.user_id) > 0, "Alice hears Bob");
+    assert!(b.heard_from(&alice.tokens.user_id) > 0, "Bob hears Alice");
+    a.close().await;
+    b.close().await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offers_crossing_are_resolved() {
+    let app = TestApp::spawn(Column::Embedded).await;
+    let ws = ws_base(&app);
+    let alice = member(&app, "alice-phone").await;
+    let bob = member(&app, "bob-phone").await;
+    let conversation = conversation_of(&app, &alice.tokens, &[&bob.tokens]).await;
+    let mut a = Peer::connect(&ws, &alice.tokens.access).await;
+    let mut b = Peer::connect(&ws, &bob.tokens.access).await;
+    assert_eq!(join(&app, &alice.tokens, &conversation).await.status(), 200);
+
+    // Bob joins: the server offers Alice his track, and she offers at the same moment.
+    a.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(join(&app, &bob.tokens, &conversation).await.status(), 200);
+    eventually(Duration::from_secs(5), "the server's offer", || {
+        !a.held.lock().unwrap().is_empty()
+    })
+    .await;
+    a.hold.store(false, std::sync::atomic::Ordering::SeqCst);
+    let answers = a.answers.load(std::sync::atomic::Ordering::SeqCst);
+    a.offer().await;
+
+    // The server answers hers, then offers again: she hears Bob.
+    eventually(Duration::from_secs(5), "Alice's offer answered", || {
+        a.answers.load(std::sync::atomic::Ordering::SeqCst) > answers
+    })
+    .await;
+    eventually(
+        Duration::from_secs(5),
+        "the server's offer made again",
+        || a.offers.load(std::sync::atomic::Ordering::SeqCst) > 0,
+    )
+    .await;
+    for _ in 0..10 {
+        talk(&mut b, 100).await;
+        talk(&mut a, 100).await;
+        if a.heard_from(&bob.tokens.user_id) > 0 && b.heard_from(&alice.tokens.user_id) > 0 {
+            break;
+        }
+    }
+    assert!(a.heard_from(&bob.tokens.user_id) > 0, "Alice hears Bob");
+    assert!(b.heard_from(&alice.tokens.user_id) > 0, "Bob hears Alice");
+    assert!(a.errors.lock().unwrap().is_empty());
+    a.close().await;
+    b.close().await;
+    app.stop().await;
+}

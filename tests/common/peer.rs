@@ -3,7 +3,7 @@
 //! audio levels, answers the server's renegotiations and records what it hears, per track.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,6 +53,11 @@ pub struct Peer {
     pub errors: Arc<Mutex<Vec<String>>>,
     /// Offers the server made (renegotiations) and that this peer answered.
     pub offers: Arc<AtomicUsize>,
+    /// While set, the server's offers are kept in `held`, unanswered.
+    pub hold: Arc<AtomicBool>,
+    pub held: Arc<Mutex<Vec<String>>>,
+    /// Answers the server sent.
+    pub answers: Arc<AtomicUsize>,
     signalling: mpsc::UnboundedSender<String>,
     level_id: u8,
 }
@@ -117,6 +122,15 @@ impl Peer {
     /// Opens the signalling socket with `token`, offers a microphone track and waits for the
     /// server's answer.
     pub async fn connect(base_ws: &str, token: &str) -> Peer {
+        Self::connect_after(base_ws, token, |_| Vec::new()).await
+    }
+
+    /// As [`Peer::connect`], sending first the frames `before` makes of the real offer's SDP.
+    pub async fn connect_after(
+        base_ws: &str,
+        token: &str,
+        before: impl FnOnce(&str) -> Vec<String>,
+    ) -> Peer {
         let mut engine = MediaEngine::default();
         engine
             .register_codec(
@@ -195,15 +209,24 @@ impl Peer {
         let _ = gathered.wait_for(|done| *done).await;
         let sdp = pc.local_description().await.unwrap().sdp;
         let level_id = extmap_id(&sdp, AUDIO_LEVEL_URI);
+        for frame in before(&sdp) {
+            signalling.send(frame).unwrap();
+        }
         signalling.send(format!("offer::{sdp}")).unwrap();
 
         let errors = Arc::new(Mutex::new(Vec::new()));
         let offers = Arc::new(AtomicUsize::new(0));
+        let hold = Arc::new(AtomicBool::new(false));
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let answers = Arc::new(AtomicUsize::new(0));
         let (answered_tx, mut answered) = watch::channel(false);
         {
             let pc = Arc::clone(&pc);
             let errors = Arc::clone(&errors);
             let offers = Arc::clone(&offers);
+            let hold = Arc::clone(&hold);
+            let held = Arc::clone(&held);
+            let answers = Arc::clone(&answers);
             let signalling = signalling.clone();
             tokio::spawn(async move {
                 while let Some(Ok(message)) = stream.next().await {
@@ -217,7 +240,11 @@ impl Peer {
                         "answer" => {
                             let answer = RTCSessionDescription::answer(payload.to_owned()).unwrap();
                             pc.set_remote_description(answer).await.unwrap();
+                            answers.fetch_add(1, Ordering::SeqCst);
                             answered_tx.send_replace(true);
+                        }
+                        "offer" if hold.load(Ordering::SeqCst) => {
+                            held.lock().unwrap().push(payload.to_owned());
                         }
                         "offer" => {
                             let offer = RTCSessionDescription::offer(payload.to_owned()).unwrap();
@@ -258,9 +285,20 @@ impl Peer {
             heard,
             errors,
             offers,
+            hold,
+            held,
+            answers,
             signalling,
             level_id,
         }
+    }
+
+    /// Offers again (as a client renegotiating does), without waiting for the answer.
+    pub async fn offer(&self) {
+        let offer = self.pc.create_offer(None).await.unwrap();
+        self.pc.set_local_description(offer).await.unwrap();
+        let sdp = self.pc.local_description().await.unwrap().sdp;
+        self.signal(&format!("offer::{sdp}"));
     }
 
     /// Sends a raw signalling frame.

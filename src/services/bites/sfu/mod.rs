@@ -21,8 +21,7 @@ use tokio::sync::mpsc;
 use webrtc::media_stream::track_remote::TrackRemote;
 
 use self::forward::{DownTrack, forward};
-use self::negotiation::Negotiation;
-use self::peer::{Participant, Route};
+use self::peer::{Frame, Participant, Route};
 use self::transport::Transport;
 use super::error::BitesError;
 use super::pipeline::Ingest;
@@ -120,8 +119,8 @@ impl Sfu {
         self: &Arc<Self>,
         user: &str,
         client: &str,
-    ) -> Result<(Arc<Participant>, mpsc::Receiver<String>), BitesError> {
-        let (outbox, frames) = mpsc::channel(64);
+    ) -> Result<(Arc<Participant>, mpsc::Receiver<Frame>), BitesError> {
+        let (outbox, frames) = mpsc::channel(peer::OUTBOX);
         let media = self.media.handle();
         let built = media
             .spawn(peer::build(
@@ -181,6 +180,25 @@ impl Sfu {
                 rooms.pending.insert(key, conversation.into());
                 Ok(())
             }
+        }
+    }
+
+    /// Takes the client out of the conversation's room, or its join made before connecting;
+    /// a client elsewhere stays where it is.
+    pub fn left(&self, user: &str, client: &str, conversation: &str) {
+        let key = (user.to_owned(), client.to_owned());
+        let mut rooms = self.rooms();
+        if let Some(participant) = rooms.connected.get(&key).cloned()
+            && participant.route().room.as_deref() == Some(conversation)
+        {
+            self.leave(&mut rooms, &participant);
+        }
+        if rooms
+            .pending
+            .get(&key)
+            .is_some_and(|room| &**room == conversation)
+        {
+            rooms.pending.remove(&key);
         }
     }
 
@@ -317,5 +335,4 @@ impl Sfu {
 
 fn close(participant: &Participant) {
     participant.closed.cancel();
-    let _gone = participant.negotiate.send(Negotiation::Close);
 }

@@ -5,32 +5,88 @@
 //! participant ([`Negotiator`]), so they never interleave. The server offers only while the
 //! signalling state is stable, after the client's first offer has been answered; changes that
 //! arrive meanwhile are folded into the next offer.
+//!
+//! Everything a client can make it hold is bounded: the messages waiting for it
+//! ([`super::peer::MESSAGE_QUEUE`]), the candidates of an ICE session ([`MAX_CANDIDATES`],
+//! those before the first offer also by size, [`MAX_EARLY_CANDIDATE_BYTES`]) and the m-lines
+//! of an offer ([`MAX_MEDIA_SECTIONS`]); an offer's size is bounded by the socket's
+//! `bites.sfu.max_message_bytes`. A description that fails to apply is rolled back, so the
+//! next one is taken.
 
 use std::collections::HashMap;
+use std::fmt::Display;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::sdp::extmap::AUDIO_LEVEL_URI;
 use serde::Serialize;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::peer_connection::{PeerConnection, RTCIceCandidateInit};
 use webrtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit, RtpSender};
 
 use super::forward::DownTrack;
-use super::peer::Participant;
+use super::peer::{Frame, Participant};
 use super::sdp::{advertise, candidates, extmap_id};
 use super::transport::Transport;
 
-/// Work for a participant's negotiator.
+/// Most remote candidates in one ICE session (reset by an ICE restart). A browser gathers a
+/// host candidate per interface and address family, a server-reflexive and a few relayed ones:
+/// a few dozen at most. Past it the socket closes (`too_many_candidates`).
+pub const MAX_CANDIDATES: usize = 100;
+
+/// Most bytes of candidates kept while waiting for the client's first offer.
+pub const MAX_EARLY_CANDIDATE_BYTES: usize = 32 * 1024;
+
+/// Most m-lines in a client's offer: its microphone and one per track it has been sent
+/// (a track's m-line stays after the speaker leaves). Past it the offer is refused
+/// (`too_many_media`) and the connection stays as it was.
+pub const MAX_MEDIA_SECTIONS: usize = 256;
+
+/// A client's signalling message, for its negotiator.
 pub enum Negotiation {
-    /// The participant is gone: close the connection (which ends its tracks' loops).
-    Close,
     Offer(String),
     Answer(String),
     Candidate(RTCIceCandidateInit),
+}
+
+/// Why a client message was not used: the `error::` code and message, and whether the socket
+/// closes after it (a limit no honest client reaches).
+pub struct Refusal {
+    code: &'static str,
+    message: String,
+    fatal: bool,
+}
+
+impl Refusal {
+    fn new(code: &'static str, message: impl Display) -> Self {
+        Self {
+            code,
+            message: message.to_string(),
+            fatal: false,
+        }
+    }
+
+    fn fatal(code: &'static str, message: impl Display) -> Self {
+        Self {
+            fatal: true,
+            ..Self::new(code, message)
+        }
+    }
+}
+
+/// `map_err` for a webrtc call: refused with `code` and the library's message.
+fn refuse(code: &'static str) -> impl FnOnce(webrtc::error::Error) -> Refusal {
+    move |err| Refusal::new(code, err)
+}
+
+/// What woke the negotiator.
+enum Step {
+    Client(Negotiation),
     Sync,
+    Stop,
 }
 
 /// The participant's negotiation task; see the module comment.
@@ -38,7 +94,9 @@ pub struct Negotiator {
     participant: Weak<Participant>,
     pc: Arc<dyn PeerConnection>,
     transport: Arc<Transport>,
-    work: mpsc::UnboundedReceiver<Negotiation>,
+    work: mpsc::Receiver<Negotiation>,
+    resync: Arc<Notify>,
+    closed: CancellationToken,
     gathered: watch::Receiver<bool>,
     connected: watch::Receiver<bool>,
     answered_first: bool,
@@ -46,7 +104,13 @@ pub struct Negotiator {
     offering: Option<Vec<Arc<DownTrack>>>,
     /// Tracks changed while an offer was out: offer again after the answer.
     dirty: bool,
+    /// Our last offer was rolled back: offer again even if no track changed since.
+    unoffered: bool,
     early_candidates: Vec<RTCIceCandidateInit>,
+    early_bytes: usize,
+    /// Remote candidates taken in this ICE session, and its username fragment.
+    candidates: usize,
+    ice_ufrag: Option<String>,
     attached: HashMap<u64, (Arc<DownTrack>, Arc<dyn RtpSender>)>,
 }
 
@@ -60,40 +124,66 @@ struct SignalError<'a> {
 impl Negotiator {
     /// The negotiator of a connection just built: nothing attached, nothing offered yet.
     pub fn new(
-        participant: Weak<Participant>,
+        participant: &Arc<Participant>,
         pc: Arc<dyn PeerConnection>,
         transport: Arc<Transport>,
-        work: mpsc::UnboundedReceiver<Negotiation>,
+        work: mpsc::Receiver<Negotiation>,
         gathered: watch::Receiver<bool>,
         connected: watch::Receiver<bool>,
     ) -> Self {
         Self {
-            participant,
+            participant: Arc::downgrade(participant),
             pc,
             transport,
             work,
+            resync: Arc::clone(&participant.resync),
+            closed: participant.closed.clone(),
             gathered,
             connected,
             answered_first: false,
             offering: None,
             dirty: false,
+            unoffered: false,
             early_candidates: Vec::new(),
+            early_bytes: 0,
+            candidates: 0,
+            ice_ufrag: None,
             attached: HashMap::new(),
         }
     }
 
     pub async fn run(mut self) {
-        while let Some(work) = self.work.recv().await {
-            let result = match work {
-                Negotiation::Offer(sdp) => self.client_offer(sdp).await,
-                Negotiation::Answer(sdp) => self.client_answer(sdp).await,
-                Negotiation::Candidate(candidate) => self.candidate(candidate).await,
-                Negotiation::Sync => self.sync().await,
-                Negotiation::Close => break,
+        loop {
+            let step = tokio::select! {
+                biased;
+                () = self.closed.cancelled() => Step::Stop,
+                work = self.work.recv() => work.map_or(Step::Stop, Step::Client),
+                () = self.resync.notified() => Step::Sync,
             };
-            if let Err((code, err)) = result {
-                tracing::debug!(code, error = %err, "signalling message refused");
-                self.send_error(code, err.to_string()).await;
+            let result = match step {
+                Step::Stop => break,
+                Step::Sync => self.sync().await,
+                Step::Client(Negotiation::Offer(sdp)) => self.client_offer(sdp).await,
+                Step::Client(Negotiation::Answer(sdp)) => self.client_answer(sdp).await,
+                Step::Client(Negotiation::Candidate(candidate)) => self.candidate(candidate).await,
+            };
+            let Err(refusal) = result else { continue };
+            tracing::debug!(code = refusal.code, error = %refusal.message, "signalling message refused");
+            let body = serde_json::to_string(&SignalError {
+                code: refusal.code,
+                message: refusal.message,
+            })
+            .unwrap_or_default();
+            if refusal.fatal {
+                self.send_frame(Frame::Refuse(body)).await;
+                break;
+            }
+            self.send(format!("error::{body}")).await;
+            // A rolled-back description may leave changes to offer.
+            if self.dirty
+                && let Err(refusal) = self.sync().await
+            {
+                tracing::debug!(code = refusal.code, error = %refusal.message, "offering after a refusal");
             }
         }
         if let Err(err) = self.pc.close().await {
@@ -102,53 +192,40 @@ impl Negotiator {
     }
 
     async fn send(&self, text: String) {
+        self.send_frame(Frame::Text(text)).await;
+    }
+
+    async fn send_frame(&self, frame: Frame) {
         if let Some(participant) = self.participant.upgrade() {
-            let _closed = participant.outbox.send(text).await;
+            let _closed = participant.outbox.send(frame).await;
         }
     }
 
-    async fn send_error(&self, code: &str, message: String) {
-        let body = serde_json::to_string(&SignalError { code, message }).unwrap_or_default();
-        self.send(format!("error::{body}")).await;
-    }
-
-    async fn client_offer(
-        &mut self,
-        sdp: String,
-    ) -> Result<(), (&'static str, webrtc::error::Error)> {
-        let offer =
-            RTCSessionDescription::offer(sdp.clone()).map_err(|err| ("invalid_offer", err))?;
+    async fn client_offer(&mut self, sdp: String) -> Result<(), Refusal> {
+        let media = sdp.lines().filter(|line| line.starts_with("m=")).count();
+        if media > MAX_MEDIA_SECTIONS {
+            return Err(Refusal::new(
+                "too_many_media",
+                format!("an offer has at most {MAX_MEDIA_SECTIONS} m-lines, not {media}"),
+            ));
+        }
+        let offer = RTCSessionDescription::offer(sdp.clone()).map_err(refuse("invalid_offer"))?;
         if self.offering.take().is_some() {
             // Both sides offered at once: the client's offer wins; ours is made again after.
-            self.pc
-                .set_local_description(
-                    RTCSessionDescription::rollback(None).map_err(|err| ("rollback", err))?,
-                )
-                .await
-                .map_err(|err| ("rollback", err))?;
+            self.rollback_local().await.map_err(refuse("rollback"))?;
             self.dirty = true;
+            self.unoffered = true;
         }
-        self.pc
-            .set_remote_description(offer)
-            .await
-            .map_err(|err| ("invalid_offer", err))?;
-        if let Some(participant) = self.participant.upgrade() {
-            participant
-                .level_id
-                .store(extmap_id(&sdp, AUDIO_LEVEL_URI), Ordering::Relaxed);
+        if let Err(refusal) = self.take_offer(offer, &sdp).await {
+            // An offer that parsed but could not be applied (or answered) leaves the
+            // connection waiting to answer it: back to stable, so the next offer is taken.
+            if self.pc.pending_remote_description().await.is_some()
+                && let Err(err) = self.rollback_remote().await
+            {
+                tracing::warn!(error = %err, "rolling back a refused offer");
+            }
+            return Err(refusal);
         }
-        for candidate in std::mem::take(&mut self.early_candidates) {
-            self.add_candidate(candidate).await;
-        }
-        let answer = self
-            .pc
-            .create_answer(None)
-            .await
-            .map_err(|err| ("negotiation_failed", err))?;
-        self.pc
-            .set_local_description(answer)
-            .await
-            .map_err(|err| ("negotiation_failed", err))?;
         let sdp = self.local_sdp().await;
         self.send(format!("answer::{sdp}")).await;
         // Clients that expect trickled candidates get them too (they are also in the SDP).
@@ -164,18 +241,77 @@ impl Negotiator {
         Ok(())
     }
 
-    async fn client_answer(
-        &mut self,
-        sdp: String,
-    ) -> Result<(), (&'static str, webrtc::error::Error)> {
+    /// Applies the client's offer and our answer to it.
+    async fn take_offer(&mut self, offer: RTCSessionDescription, sdp: &str) -> Result<(), Refusal> {
+        self.pc
+            .set_remote_description(offer)
+            .await
+            .map_err(refuse("invalid_offer"))?;
+        let ufrag = sdp
+            .lines()
+            .find_map(|line| line.strip_prefix("a=ice-ufrag:"))
+            .map(|ufrag| ufrag.trim().to_owned());
+        if self.ice_ufrag.is_some() && ufrag != self.ice_ufrag {
+            // An ICE restart: the remote candidates gathered so far are gone.
+            self.candidates = 0;
+        }
+        self.ice_ufrag = ufrag;
+        if let Some(participant) = self.participant.upgrade() {
+            participant
+                .level_id
+                .store(extmap_id(sdp, AUDIO_LEVEL_URI), Ordering::Relaxed);
+        }
+        self.early_bytes = 0;
+        for candidate in std::mem::take(&mut self.early_candidates) {
+            self.add_candidate(candidate).await;
+        }
+        let answer = self
+            .pc
+            .create_answer(None)
+            .await
+            .map_err(refuse("negotiation_failed"))?;
+        self.pc
+            .set_local_description(answer)
+            .await
+            .map_err(refuse("negotiation_failed"))
+    }
+
+    async fn rollback_local(&self) -> Result<(), webrtc::error::Error> {
+        self.pc
+            .set_local_description(RTCSessionDescription::rollback(None)?)
+            .await
+    }
+
+    async fn rollback_remote(&self) -> Result<(), webrtc::error::Error> {
+        self.pc
+            .set_remote_description(RTCSessionDescription::rollback(None)?)
+            .await
+    }
+
+    async fn client_answer(&mut self, sdp: String) -> Result<(), Refusal> {
         let Some(offered) = self.offering.take() else {
             return Ok(());
         };
-        let answer = RTCSessionDescription::answer(sdp).map_err(|err| ("invalid_answer", err))?;
-        self.pc
-            .set_remote_description(answer)
-            .await
-            .map_err(|err| ("invalid_answer", err))?;
+        let applied = match RTCSessionDescription::answer(sdp) {
+            Ok(answer) => self.pc.set_remote_description(answer).await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = applied {
+            // Our offer stays unanswered: withdraw it and offer again.
+            if self.pc.pending_local_description().await.is_some()
+                && let Err(err) = self.rollback_local().await
+            {
+                tracing::warn!(error = %err, "rolling back an offer after a refused answer");
+            }
+            if self.pc.pending_remote_description().await.is_some()
+                && let Err(err) = self.rollback_remote().await
+            {
+                tracing::warn!(error = %err, "rolling back a refused answer");
+            }
+            self.dirty = true;
+            self.unoffered = true;
+            return Err(Refusal::new("invalid_answer", err));
+        }
         for down in offered {
             if let Some((_, sender)) = self.attached.get(&down.source)
                 && let Ok(parameters) = sender.get_parameters().await
@@ -200,11 +336,25 @@ impl Negotiator {
         Ok(())
     }
 
-    async fn candidate(
-        &mut self,
-        candidate: RTCIceCandidateInit,
-    ) -> Result<(), (&'static str, webrtc::error::Error)> {
-        if self.pc.remote_description().await.is_none() {
+    async fn candidate(&mut self, candidate: RTCIceCandidateInit) -> Result<(), Refusal> {
+        self.candidates += 1;
+        if self.candidates > MAX_CANDIDATES {
+            return Err(Refusal::fatal(
+                "too_many_candidates",
+                format!("at most {MAX_CANDIDATES} candidates per ICE session"),
+            ));
+        }
+        // Before the first offer is taken there is no remote description to add them to.
+        if !self.answered_first {
+            self.early_bytes += candidate_bytes(&candidate);
+            if self.early_bytes > MAX_EARLY_CANDIDATE_BYTES {
+                return Err(Refusal::fatal(
+                    "too_many_candidates",
+                    format!(
+                        "at most {MAX_EARLY_CANDIDATE_BYTES} bytes of candidates before the offer"
+                    ),
+                ));
+            }
             self.early_candidates.push(candidate);
         } else {
             self.add_candidate(candidate).await;
@@ -219,7 +369,7 @@ impl Negotiator {
     }
 
     /// Adds and removes tracks to match what the participant should hear, then offers.
-    async fn sync(&mut self) -> Result<(), (&'static str, webrtc::error::Error)> {
+    async fn sync(&mut self) -> Result<(), Refusal> {
         if !self.answered_first || self.offering.is_some() {
             self.dirty = true;
             return Ok(());
@@ -238,7 +388,7 @@ impl Negotiator {
             })
             .copied()
             .collect();
-        let mut changed = !gone.is_empty();
+        let mut changed = !gone.is_empty() || std::mem::take(&mut self.unoffered);
         for source in gone {
             if let Some((_, sender)) = self.attached.remove(&source)
                 && let Err(err) = self.pc.remove_track(&sender).await
@@ -263,15 +413,17 @@ impl Negotiator {
                     }),
                 )
                 .await
-                .map_err(|err| ("negotiation_failed", err))?;
+                .map_err(refuse("negotiation_failed"))?;
             let sender = transceiver
                 .sender()
                 .await
-                .map_err(|err| ("negotiation_failed", err))?
-                .ok_or((
-                    "negotiation_failed",
-                    webrtc::error::Error::ErrRTPTransceiverNotExisted,
-                ))?;
+                .map_err(refuse("negotiation_failed"))?
+                .ok_or_else(|| {
+                    Refusal::new(
+                        "negotiation_failed",
+                        webrtc::error::Error::ErrRTPTransceiverNotExisted,
+                    )
+                })?;
             self.attached.insert(*source, (Arc::clone(down), sender));
             changed = true;
         }
@@ -282,11 +434,11 @@ impl Negotiator {
             .pc
             .create_offer(None)
             .await
-            .map_err(|err| ("negotiation_failed", err))?;
+            .map_err(refuse("negotiation_failed"))?;
         self.pc
             .set_local_description(offer)
             .await
-            .map_err(|err| ("negotiation_failed", err))?;
+            .map_err(refuse("negotiation_failed"))?;
         self.offering = Some(
             self.attached
                 .values()
@@ -319,4 +471,12 @@ impl Negotiator {
             None => sdp,
         }
     }
+}
+
+/// What a candidate held before the offer costs: its strings.
+fn candidate_bytes(candidate: &RTCIceCandidateInit) -> usize {
+    candidate.candidate.len()
+        + candidate.sdp_mid.as_ref().map_or(0, String::len)
+        + candidate.username_fragment.as_ref().map_or(0, String::len)
+        + candidate.url.as_ref().map_or(0, String::len)
 }

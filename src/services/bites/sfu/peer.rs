@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_util::sync::CancellationToken;
 use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState,
@@ -25,19 +26,39 @@ pub struct Participant {
     pub id: u64,
     pub user: String,
     pub client: String,
-    /// Text frames for the client's socket.
-    pub outbox: mpsc::Sender<String>,
+    /// Frames for the client's socket.
+    pub outbox: mpsc::Sender<Frame>,
     /// Where this participant's audio goes: read on every packet.
     pub route: RwLock<Arc<Route>>,
     /// The tracks this participant should receive, by source participant; the negotiator
     /// brings the connection in line with it.
     pub wanted: Mutex<HashMap<u64, Arc<DownTrack>>>,
-    pub negotiate: mpsc::UnboundedSender<Negotiation>,
+    /// The client's signalling messages, for the negotiator: at most [`MESSAGE_QUEUE`] wait.
+    pub negotiate: mpsc::Sender<Negotiation>,
+    /// Wakes the negotiator to bring the connection in line with `wanted`; wakes-ups made
+    /// before it looks fold into one.
+    pub resync: Arc<Notify>,
     /// Fired when the participant is disconnected (or replaced by a newer connection of the
-    /// same client): its socket closes.
-    pub closed: tokio_util::sync::CancellationToken,
+    /// same client): its socket closes and its negotiator stops.
+    pub closed: CancellationToken,
     /// The RFC 6464 extension id in the client's offer (0: none).
     pub level_id: AtomicU8,
+}
+
+/// Client messages that may wait for the negotiator. It takes each in well under a
+/// millisecond, except an offer (up to `bites.sfu.max_message_bytes`), so an honest client
+/// (an offer, then a burst of candidates) stays far below; a full queue closes the socket.
+pub const MESSAGE_QUEUE: usize = 32;
+
+/// Frames the negotiator has for the client's socket, at most [`OUTBOX`] waiting; a client
+/// that does not read them holds up its own negotiation, then its socket.
+pub const OUTBOX: usize = 64;
+
+/// What the negotiator hands the client's socket.
+pub enum Frame {
+    Text(String),
+    /// An `error::` body after which the socket closes: the client went past a limit.
+    Refuse(String),
 }
 
 /// A participant's room and the tracks its audio feeds there.
@@ -62,7 +83,7 @@ impl Participant {
 
     /// Asks the negotiator to bring the tracks in line with `wanted` (and offer).
     pub fn renegotiate(&self) {
-        let _closed = self.negotiate.send(Negotiation::Sync);
+        self.resync.notify_one();
     }
 }
 
@@ -108,7 +129,7 @@ pub async fn build(
     transport: Arc<Transport>,
     user: String,
     client: String,
-    outbox: mpsc::Sender<String>,
+    outbox: mpsc::Sender<Frame>,
 ) -> Result<Built, BitesError> {
     let id = NEXT_PARTICIPANT.fetch_add(1, Ordering::Relaxed);
     let (tracks_tx, tracks) = mpsc::unbounded_channel();
@@ -140,7 +161,7 @@ pub async fn build(
         .build()
         .await?;
     let pc: Arc<dyn PeerConnection> = Arc::new(pc);
-    let (negotiate, work) = mpsc::unbounded_channel();
+    let (negotiate, work) = mpsc::channel(MESSAGE_QUEUE);
     let participant = Arc::new(Participant {
         id,
         user,
@@ -149,17 +170,11 @@ pub async fn build(
         route: RwLock::default(),
         wanted: Mutex::default(),
         negotiate,
-        closed: tokio_util::sync::CancellationToken::new(),
+        resync: Arc::new(Notify::new()),
+        closed: CancellationToken::new(),
         level_id: AtomicU8::new(0),
     });
-    let negotiator = Negotiator::new(
-        Arc::downgrade(&participant),
-        pc,
-        transport,
-        work,
-        gathered,
-        connected,
-    );
+    let negotiator = Negotiator::new(&participant, pc, transport, work, gathered, connected);
     Ok(Built {
         participant,
         negotiator,

@@ -3,7 +3,10 @@
 //! Socket frames are text, `<tag>::<payload>`: `offer::<sdp>`, `answer::<sdp>` and
 //! `ice::<candidate>` both ways. A candidate from the client may be a bare `candidate:` line
 //! (the original clients) or `RTCIceCandidateInit` JSON; the server sends JSON. A message the
-//! server cannot use is answered `error::{"code","message"}`.
+//! server cannot use is answered `error::{"code","message"}`; past a limit no honest client
+//! reaches (a frame over `bites.sfu.max_message_bytes`, a candidate over
+//! [`MAX_CANDIDATE_BYTES`], more messages waiting than the negotiator's queue holds, too many
+//! candidates), the `error::` frame is followed by a close.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +20,7 @@ use webrtc::peer_connection::RTCIceCandidateInit;
 
 use super::Sfu;
 use super::negotiation::Negotiation;
-use super::peer::Participant;
+use super::peer::{Frame, Participant};
 use crate::config::IceServer;
 use crate::platform::http::error::ErrorBody;
 use crate::platform::http::{ApiError, Caller};
@@ -37,6 +40,15 @@ type State = web::Data<SignalState>;
 
 /// Pings keep the socket open through proxies that close idle connections.
 const PING_EVERY: Duration = Duration::from_secs(25);
+
+/// Largest `ice::` payload: a candidate line is under 200 bytes, its JSON form a little more.
+pub const MAX_CANDIDATE_BYTES: usize = 1024;
+
+/// A client message refused: answered with an `error::` frame, or also by closing the socket.
+enum Refused {
+    Message(serde_json::Value),
+    Close(serde_json::Value),
+}
 
 pub fn configure(cfg: &mut Routes<'_>, state: State) {
     cfg.service(
@@ -78,6 +90,12 @@ async fn join(
 ) -> Result<HttpResponse, ApiError> {
     member_of(&state.access, &caller, &path).await?;
     state.sfu.join(&caller.user_id, &caller.client_id, &path)?;
+    // A removal between the check and the join found nobody in the room to take out: check
+    // again now that one would find the client there.
+    if let Err(err) = member_of(&state.access, &caller, &path).await {
+        state.sfu.left(&caller.user_id, &caller.client_id, &path);
+        return Err(err.into());
+    }
     Ok(HttpResponse::Ok().finish())
 }
 
@@ -130,7 +148,7 @@ async fn serve(
     participant: Arc<Participant>,
     mut session: actix_ws::Session,
     mut stream: actix_ws::AggregatedMessageStream,
-    mut frames: mpsc::Receiver<String>,
+    mut frames: mpsc::Receiver<Frame>,
 ) {
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
@@ -139,24 +157,31 @@ async fn serve(
             () = participant.closed.cancelled() => {
                 break Some(CloseReason { code: CloseCode::Normal, description: Some("replaced by a newer connection".into()) });
             }
-            frame = frames.recv() => {
-                let Some(frame) = frame else { break None };
-                if session.text(frame).await.is_err() {
-                    break None;
+            frame = frames.recv() => match frame {
+                None => break None,
+                Some(Frame::Text(text)) => {
+                    if session.text(text).await.is_err() {
+                        break None;
+                    }
                 }
-            }
+                Some(Frame::Refuse(error)) => break refuse(&mut session, error).await,
+            },
             message = stream.recv() => match message {
                 None => break None,
                 Some(Err(err)) => {
                     break Some(CloseReason { code: CloseCode::Size, description: Some(err.to_string()) });
                 }
-                Some(Ok(AggregatedMessage::Text(text))) => {
-                    if let Err(error) = read(&participant, &text)
-                        && session.text(format!("error::{error}")).await.is_err()
-                    {
-                        break None;
+                Some(Ok(AggregatedMessage::Text(text))) => match read(&participant, &text) {
+                    Ok(()) => {}
+                    Err(Refused::Message(error)) => {
+                        if session.text(format!("error::{error}")).await.is_err() {
+                            break None;
+                        }
                     }
-                }
+                    Err(Refused::Close(error)) => {
+                        break refuse(&mut session, error.to_string()).await;
+                    }
+                },
                 Some(Ok(AggregatedMessage::Ping(bytes))) => {
                     if session.pong(&bytes).await.is_err() {
                         break None;
@@ -182,25 +207,48 @@ async fn serve(
     let _already_closed = session.close(reason).await;
 }
 
+/// Sends the `error::` frame of a client past a limit; the socket then closes.
+async fn refuse(session: &mut actix_ws::Session, error: String) -> Option<CloseReason> {
+    let _gone = session.text(format!("error::{error}")).await;
+    Some(CloseReason {
+        code: CloseCode::Policy,
+        description: Some("signalling limit exceeded".into()),
+    })
+}
+
 /// Hands one client message to the negotiator, or says what is wrong with it.
-fn read(participant: &Participant, text: &str) -> Result<(), serde_json::Value> {
+fn read(participant: &Participant, text: &str) -> Result<(), Refused> {
     let Some((tag, payload)) = text.split_once("::") else {
-        return Err(json!({"code": "unknown_message", "message": "expected <tag>::<payload>"}));
+        return Err(Refused::Message(
+            json!({"code": "unknown_message", "message": "expected <tag>::<payload>"}),
+        ));
     };
     let work = match tag {
         "offer" => Negotiation::Offer(payload.to_owned()),
         "answer" => Negotiation::Answer(payload.to_owned()),
-        "ice" => Negotiation::Candidate(candidate(payload)?),
+        "ice" if payload.len() > MAX_CANDIDATE_BYTES => {
+            return Err(Refused::Close(json!({
+                "code": "candidate_too_large",
+                "message": format!("a candidate is at most {MAX_CANDIDATE_BYTES} bytes"),
+            })));
+        }
+        "ice" => Negotiation::Candidate(candidate(payload).map_err(Refused::Message)?),
         _ => {
-            return Err(json!({
+            return Err(Refused::Message(json!({
                 "code": "unknown_message",
                 "message": format!("unknown tag {tag:?}: expected offer, answer or ice"),
-            }));
+            })));
         }
     };
-    // The negotiator only stops after the participant is closed.
-    let _closed = participant.negotiate.send(work);
-    Ok(())
+    // Waiting here would stop this socket's loop, the one reader of the negotiator's frames,
+    // while the negotiator may be waiting for room among them: a full queue closes instead.
+    match participant.negotiate.try_send(work) {
+        Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
+        Err(mpsc::error::TrySendError::Full(_)) => Err(Refused::Close(json!({
+            "code": "too_many_messages",
+            "message": "too many signalling messages waiting; send fewer at a time",
+        }))),
+    }
 }
 
 /// A candidate as JSON (`RTCIceCandidateInit`) or as the bare line the original clients send.
