@@ -247,6 +247,15 @@ impl Negotiator {
             .set_remote_description(offer)
             .await
             .map_err(refuse("invalid_offer"))?;
+        // m-lines an offer leaves out are not removed: offers of new mids each time would pile
+        // transceivers up.
+        let transceivers = self.pc.get_transceivers().await.len();
+        if transceivers > MAX_MEDIA_SECTIONS + self.attached.len() {
+            return Err(Refusal::new(
+                "too_many_media",
+                format!("at most {MAX_MEDIA_SECTIONS} m-lines in all, not {transceivers}"),
+            ));
+        }
         let ufrag = sdp
             .lines()
             .find_map(|line| line.strip_prefix("a=ice-ufrag:"))
