@@ -950,6 +950,57 @@ async fn flood_until_closed(
     (codes, closed)
 }
 
+/// Sends candidates ten at a time, each batch followed by an offer that cannot be parsed, whose
+/// refusal says the batch was taken; stops at the first other refusal, which it returns with the
+/// number of candidates sent, once the server has closed the socket.
+async fn candidates_until_refused(
+    mut socket: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    candidate: impl Fn(usize) -> String,
+) -> (String, usize) {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    let mut sent = 0;
+    let refusal = 'batches: loop {
+        for _ in 0..10 {
+            sent += 1;
+            socket
+                .send(Message::text(format!("ice::{}", candidate(sent))))
+                .await
+                .unwrap();
+        }
+        socket.send(Message::text("offer::x")).await.unwrap();
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+                .await
+                .expect("a reply")
+                .unwrap()
+                .unwrap();
+            let Message::Text(text) = message else {
+                continue;
+            };
+            let error: Value = serde_json::from_str(text.strip_prefix("error::").unwrap()).unwrap();
+            match error["code"].as_str().unwrap() {
+                "invalid_offer" => break,
+                other => break 'batches other.to_owned(),
+            }
+        }
+        assert!(sent < 1000, "no limit on candidates");
+    };
+    let mut closed = None;
+    while let Ok(Some(Ok(message))) =
+        tokio::time::timeout(Duration::from_secs(10), socket.next()).await
+    {
+        if let Message::Close(frame) = message {
+            closed = frame.map(|f| u16::from(f.code));
+            break;
+        }
+    }
+    assert_eq!(closed, Some(1008));
+    (refusal, sent)
+}
+
 /// The resident memory of this process (the app runs in it), in kB.
 fn rss_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -991,6 +1042,27 @@ async fn signalling_floods_are_bounded_and_closed() {
         "{codes:?}"
     );
     assert_eq!(closed, Some(1008));
+    // Paced, so the queue never fills: the count limit (100), then the byte limit before the
+    // offer (32 KB, here 1,000-byte candidates).
+    let socket = raw_socket(&app, &alice.tokens.access).await;
+    let (refusal, sent) = candidates_until_refused(socket, |i| {
+        format!(
+            "candidate:{i} 1 udp 2130706431 10.0.{}.{} 5000 typ host",
+            i / 256,
+            i % 256
+        )
+    })
+    .await;
+    assert_eq!((refusal.as_str(), sent), ("too_many_candidates", 110));
+    let socket = raw_socket(&app, &alice.tokens.access).await;
+    let (refusal, sent) = candidates_until_refused(socket, |i| {
+        format!(
+            "candidate:{i} 1 udp 2130706431 10.0.0.1 5000 typ host generation 0 ufrag {}",
+            "u".repeat(940)
+        )
+    })
+    .await;
+    assert_eq!((refusal.as_str(), sent), ("too_many_candidates", 40));
     let grown_mb = rss_kb().saturating_sub(before) / 1024;
     eprintln!("RSS growth over the candidate floods: {grown_mb} MB");
 
