@@ -155,7 +155,6 @@ impl Negotiator {
     pub async fn run(mut self) {
         loop {
             let step = tokio::select! {
-                biased;
                 () = self.closed.cancelled() => Step::Stop,
                 work = self.work.recv() => work.map_or(Step::Stop, Step::Client),
                 () = self.resync.notified() => Step::Sync,
