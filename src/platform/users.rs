@@ -34,6 +34,14 @@ impl PhoneNumber {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The country calling code (`65` for `+6591234567`); several countries may share one
+    /// (`1`: the North American plan).
+    pub fn calling_code(&self) -> u16 {
+        phonenumber::parse(None, &self.0)
+            .map(|number| number.code().value())
+            .unwrap_or(0)
+    }
 }
 
 /// An email address, lowercased so one mailbox is one account.
