@@ -559,7 +559,8 @@ async fn the_sms_budget_is_per_country() {
         .await;
         request_code(&app, &unique_phone()).await;
         request_code(&app, &unique_phone()).await;
-        let response = init(&app, &unique_phone()).await;
+        let refused = unique_phone();
+        let response = init(&app, &refused).await;
         let wait = retry_after(&response);
         assert!((1..=60).contains(&wait), "Retry-After {wait}");
         assert_eq!(error_code(response, 429).await, "rate_limited");
@@ -574,8 +575,11 @@ async fn the_sms_budget_is_per_country() {
             "{metrics}"
         );
 
+        // A code the budget refused does not count toward its number's interval.
         app.clock.advance(Duration::from_secs(wait));
-        request_code(&app, &unique_phone()).await;
+        request_code(&app, &refused).await;
+        let response = init(&app, &refused).await;
+        assert_eq!(retry_after(&response), 30);
         app.stop().await;
     }
 }

@@ -111,7 +111,7 @@ impl Limiter {
     ) -> Result<ResendGate, AuthError> {
         let gate = format!("auth:resend:gate:{destination}");
         if backoff.first_secs == 0 {
-            return Ok(ResendGate { key: None });
+            return Ok(ResendGate::default());
         }
         let streak_key = format!("auth:resend:streak:{destination}");
         let sent: u64 = match self.cache.get(&streak_key).await? {
@@ -134,22 +134,51 @@ impl Limiter {
         self.cache
             .set(&streak_key, (sent + 1).to_string().as_bytes(), remember)
             .await?;
-        Ok(ResendGate { key: Some(gate) })
+        Ok(ResendGate {
+            passed: Some(Passed {
+                gate,
+                streak_key,
+                sent,
+                remember,
+            }),
+        })
     }
 
-    /// Reopens a gate passed for a code that was then not sent (a budget refused it).
+    /// Reopens a gate passed for a code that was then not sent (a budget refused it), and puts
+    /// the streak back where it was.
     pub async fn reopen(&self, gate: ResendGate) {
-        if let Some(key) = gate.key
-            && let Err(err) = self.cache.delete(&key).await
-        {
+        let Some(passed) = gate.passed else {
+            return;
+        };
+        let restored = if passed.sent == 0 {
+            self.cache.delete(&passed.streak_key).await.map(drop)
+        } else {
+            self.cache
+                .set(
+                    &passed.streak_key,
+                    passed.sent.to_string().as_bytes(),
+                    passed.remember,
+                )
+                .await
+        };
+        if let Err(err) = self.cache.delete(&passed.gate).await.and(restored) {
             tracing::warn!(error = %err, "a resend interval could not be reopened");
         }
     }
 }
 
 /// A passed resend gate, to reopen if the code is not sent after all.
+#[derive(Default)]
 pub struct ResendGate {
-    key: Option<String>,
+    passed: Option<Passed>,
+}
+
+struct Passed {
+    gate: String,
+    streak_key: String,
+    /// Codes of the streak before this one.
+    sent: u64,
+    remember: Duration,
 }
 
 /// The unit client addresses are counted in: an IPv4 address, or an IPv6 /64 (one subscriber
