@@ -418,7 +418,7 @@ impl Service for SqlxUser {
                                 profile_pic,
                                 first_name,
                                 last_name,
-                                phone_number: phone.unwrap_or_default(),
+                                phone_number: Some(phone.unwrap_or_default()),
                             }),
                             None => HttpResponse::NotFound().finish(),
                         }

@@ -110,19 +110,24 @@ impl Default for OtpConfig {
     }
 }
 
-/// Abuse limits; each refusal is a 429 with `Retry-After`.
+/// Abuse limits; each refusal is a 429 with `Retry-After`. Client addresses are counted per
+/// IPv4 address and per IPv6 /64 (one subscriber's whole allocation).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Codes sent to one phone number or email address.
-    pub codes_per_destination: Limit,
+    /// The wait between codes to one phone number or email address: it grows with each code
+    /// and starts over after a quiet period, so nobody can wall a victim off from logging in.
+    pub resend: Backoff,
     /// Codes requested from one client address.
     pub codes_per_ip: Limit,
-    /// Text messages sent in all, whoever asks (an SMS costs money).
-    pub sms: Limit,
+    /// Text messages sent to one country (calling code), whoever asks: cost protection that
+    /// a flood toward one country cannot turn into an outage for every other.
+    #[serde(alias = "sms")]
+    pub sms_per_country: Limit,
     /// Emails sent in all.
     pub emails: Limit,
-    /// Code verifications from one client address.
+    /// Code verifications from one client address (never counted per destination, so a code
+    /// already sent can always be used).
     pub verifies_per_ip: Limit,
     /// Token refreshes from one client address.
     pub refreshes_per_ip: Limit,
@@ -131,9 +136,9 @@ pub struct LimitsConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
-            codes_per_destination: Limit::new(5, 3600),
+            resend: Backoff::default(),
             codes_per_ip: Limit::new(20, 3600),
-            sms: Limit::new(30, 60),
+            sms_per_country: Limit::new(30, 60),
             emails: Limit::new(60, 60),
             verifies_per_ip: Limit::new(30, 60),
             refreshes_per_ip: Limit::new(60, 60),
@@ -152,6 +157,38 @@ pub struct Limit {
 impl Limit {
     pub const fn new(max: u64, window_secs: u64) -> Self {
         Self { max, window_secs }
+    }
+}
+
+/// A growing interval: `first_secs` after the first event, doubling after each further one up
+/// to `max_secs`, back to `first_secs` once `quiet_secs` pass without one. `first_secs = 0`
+/// turns it off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Backoff {
+    pub first_secs: u64,
+    pub max_secs: u64,
+    pub quiet_secs: u64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            first_secs: 30,
+            max_secs: 15 * 60,
+            quiet_secs: 3600,
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait after the `sent`-th event of a streak (0 for the first).
+    pub fn interval(&self, sent: u64) -> std::time::Duration {
+        let doubled = self
+            .first_secs
+            .saturating_mul(1u64 << sent.min(32))
+            .min(self.max_secs.max(self.first_secs));
+        std::time::Duration::from_secs(doubled)
     }
 }
 

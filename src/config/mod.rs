@@ -20,7 +20,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 pub use self::auth::{
-    AuthConfig, EmailConfig, EmailSender, KeysConfig, Limit, LimitsConfig, OtpConfig,
+    AuthConfig, Backoff, EmailConfig, EmailSender, KeysConfig, Limit, LimitsConfig, OtpConfig,
     SigningAlgorithm, SmsConfig, SmsSender, TwilioConfig,
 };
 pub use self::backends::{BlobsConfig, BusConfig, CacheConfig, DatabaseConfig, S3Config};

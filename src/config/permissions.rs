@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PermissionsConfig {
-    /// How long an answer stays cached. Membership events clear it at once; this bounds the
-    /// damage of an event lost while the bus was down.
+    /// How long an answer stays cached. Membership events clear it at once; after a gap in
+    /// the events the in-process answers are dropped and the shared ones go unused this long.
     pub cache_ttl_secs: u64,
     /// Who may call `GET /permissions/user/{user}/conversation/{conversation}`.
     pub route: PermissionsRoute,

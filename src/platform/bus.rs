@@ -4,7 +4,8 @@
 //! Subjects are `<bus.subject_prefix>.<service>.<event>`; payloads are JSON envelopes with an
 //! id and a timestamp. Publishing never waits for subscribers: in-process, a subscriber that
 //! falls `bus.capacity` events behind loses the oldest; on NATS, the server and client drop
-//! messages for a slow consumer in the same way.
+//! messages for a slow consumer in the same way. A reader that must know about such a gap
+//! (a cache the lost events would have cleared) reads with [`Subscription::receive`].
 
 use std::collections::HashSet;
 use std::marker::PhantomData;
@@ -15,6 +16,7 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::clock::Clock;
@@ -58,6 +60,9 @@ pub struct Bus {
     durable_streams: Arc<tokio::sync::Mutex<HashSet<String>>>,
     /// Stamps the envelopes.
     clock: Clock,
+    /// Bumped whenever NATS may have dropped messages for this connection's subscribers (a
+    /// slow consumer, a disconnection and the reconnection after it).
+    gaps: Arc<watch::Sender<u64>>,
 }
 
 #[derive(Clone)]
@@ -70,6 +75,8 @@ impl Bus {
     /// Opens the bus. A NATS server that is down does not stop the start: the client keeps
     /// reconnecting and readiness reports the bus as down meanwhile.
     pub async fn open(config: &BusConfig, clock: Clock) -> Result<Self, BusError> {
+        let gaps = Arc::new(watch::Sender::new(0u64));
+        let noticed = Arc::clone(&gaps);
         let transport = if config.url == "memory" {
             Transport::Memory(Fanout::new(config.capacity))
         } else if config.url.starts_with("nats://") || config.url.starts_with("tls://") {
@@ -78,6 +85,19 @@ impl Bus {
                 .retry_on_initial_connect()
                 .connection_timeout(Duration::from_secs(5))
                 .subscription_capacity(config.capacity.max(1))
+                .event_callback(move |event| {
+                    let noticed = Arc::clone(&noticed);
+                    async move {
+                        if matches!(
+                            event,
+                            async_nats::Event::SlowConsumer(_)
+                                | async_nats::Event::Disconnected
+                                | async_nats::Event::Connected
+                        ) {
+                            noticed.send_modify(|gaps| *gaps += 1);
+                        }
+                    }
+                })
                 .connect(config.url.as_str())
                 .await
                 .map_err(|err| BusError::Nats(err.to_string()))?;
@@ -91,6 +111,7 @@ impl Bus {
             durable_max_age: Duration::from_secs(config.durable_max_age_secs),
             durable_streams: Arc::default(),
             clock,
+            gaps,
         })
     }
 
@@ -167,7 +188,7 @@ impl Bus {
                     .subscribe(subject)
                     .await
                     .map_err(|err| BusError::Nats(err.to_string()))?;
-                Inner::Nats(subscriber)
+                Inner::Nats(subscriber, self.gaps.subscribe())
             }
         };
         Ok(Subscription {
@@ -240,20 +261,46 @@ pub struct Subscription<E> {
 
 enum Inner {
     Memory(FanoutReceiver),
-    Nats(async_nats::Subscriber),
+    Nats(async_nats::Subscriber, watch::Receiver<u64>),
+}
+
+/// What a subscription hands a reader that must know about gaps.
+#[derive(Debug)]
+pub enum Received<E> {
+    Event(Envelope<E>),
+    /// Events may have been lost since the last one: this subscriber fell behind (in-process),
+    /// or NATS reported a slow consumer or a lost connection.
+    Missed,
 }
 
 impl<E: Event> Subscription<E> {
     /// The next event, or `None` when the bus is gone. Payloads that do not decode as `E` (a
-    /// publisher of another version) are logged and skipped.
+    /// publisher of another version) are logged and skipped, and so are gaps.
     pub async fn next(&mut self) -> Option<Envelope<E>> {
         loop {
+            if let Received::Event(envelope) = self.receive().await? {
+                return Some(envelope);
+            }
+        }
+    }
+
+    /// Like [`Self::next`], but says when events may have been lost, for a reader that keeps
+    /// state the lost events would have changed (a cache they would have cleared).
+    pub async fn receive(&mut self) -> Option<Received<E>> {
+        loop {
             let payload = match &mut self.inner {
-                Inner::Memory(receiver) => receiver.recv().await?,
-                Inner::Nats(subscriber) => subscriber.next().await?.payload,
+                Inner::Memory(receiver) => match receiver.recv_or_lost().await? {
+                    Ok(payload) => payload,
+                    Err(_) => return Some(Received::Missed),
+                },
+                Inner::Nats(subscriber, gaps) => tokio::select! {
+                    biased;
+                    Ok(()) = gaps.changed() => return Some(Received::Missed),
+                    message = subscriber.next() => message?.payload,
+                },
             };
             match serde_json::from_slice(&payload) {
-                Ok(envelope) => return Some(envelope),
+                Ok(envelope) => return Some(Received::Event(envelope)),
                 Err(err) => {
                     tracing::warn!(subject = E::SUBJECT, error = %err, "undecodable event skipped");
                 }

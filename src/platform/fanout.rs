@@ -62,13 +62,22 @@ impl FanoutReceiver {
     /// skipped: a slow reader of presence or events should catch up, not stall.
     pub async fn recv(&mut self) -> Option<Bytes> {
         loop {
-            match self.receiver.recv().await {
-                Ok(payload) => return Some(payload),
-                Err(broadcast::error::RecvError::Lagged(lost)) => {
-                    tracing::warn!(topic = %self.topic, lost, "slow subscriber lost messages");
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
+            if let Ok(payload) = self.recv_or_lost().await? {
+                return Some(payload);
             }
+        }
+    }
+
+    /// The next message, or `Err(lost)` once when this subscriber fell behind and `lost`
+    /// messages were dropped (logged too), for a reader that must act on a gap.
+    pub async fn recv_or_lost(&mut self) -> Option<Result<Bytes, u64>> {
+        match self.receiver.recv().await {
+            Ok(payload) => Some(Ok(payload)),
+            Err(broadcast::error::RecvError::Lagged(lost)) => {
+                tracing::warn!(topic = %self.topic, lost, "slow subscriber lost messages");
+                Some(Err(lost))
+            }
+            Err(broadcast::error::RecvError::Closed) => None,
         }
     }
 }

@@ -34,6 +34,14 @@ impl PhoneNumber {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The country calling code (`65` for `+6591234567`); several countries may share one
+    /// (`1`: the North American plan).
+    pub fn calling_code(&self) -> u16 {
+        phonenumber::parse(None, &self.0)
+            .map(|number| number.code().value())
+            .unwrap_or(0)
+    }
 }
 
 /// An email address, lowercased so one mailbox is one account.
@@ -144,7 +152,21 @@ pub struct UserRecord {
     pub profile_pic: String,
     pub first_name: String,
     pub last_name: String,
-    pub phone_number: String,
+    /// Shown to the user themself and to users who hold them as a contact; `null` to everyone
+    /// else (the field stays, so the original clients still parse it). Empty for a user who
+    /// logs in by email.
+    #[schema(example = "+6591234567")]
+    pub phone_number: Option<String>,
+}
+
+impl UserRecord {
+    /// The record as a viewer who may not see the phone number gets it.
+    pub fn without_phone_number(self) -> Self {
+        Self {
+            phone_number: None,
+            ..self
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -47,6 +47,11 @@ async fn spawn(column: Column, adjust: impl FnOnce(&mut beep::config::Config)) -
     TestApp::spawn_with(column, adjust, vec![Arc::new(Whoami)]).await
 }
 
+/// For tests that log one number in again and again: no wait between its codes.
+fn repeat_logins(config: &mut beep::config::Config) {
+    config.auth.limits.resend.first_secs = 0;
+}
+
 #[derive(Debug, Clone)]
 pub struct Tokens {
     pub access: String,
@@ -173,7 +178,7 @@ where
 #[tokio::test]
 async fn phone_login_end_to_end_in_both_wire_formats() {
     for column in columns() {
-        let app = spawn(column, |_| {}).await;
+        let app = spawn(column, repeat_logins).await;
         let phone = unique_phone();
 
         // The original client: plain-text nonce, plain-text JWT.
@@ -399,6 +404,8 @@ async fn known_and_unknown_numbers_get_the_same_answer() {
         let app = spawn(column, |_| {}).await;
         let known = unique_phone();
         login_as(&app, &known, "c").await;
+        // Past the wait between codes to one number.
+        app.clock.advance(Duration::from_secs(30));
         let mut answers = Vec::new();
         for phone in [known, unique_phone()] {
             let response = init(&app, &phone).await;
@@ -415,7 +422,11 @@ async fn known_and_unknown_numbers_get_the_same_answer() {
 #[tokio::test]
 async fn codes_are_single_use_expire_and_die_after_five_wrong_tries() {
     for column in columns() {
-        let app = spawn(column, |config| config.auth.otp.ttl_secs = 2).await;
+        let app = spawn(column, |config| {
+            repeat_logins(config);
+            config.auth.otp.ttl_secs = 2;
+        })
+        .await;
         let phone = unique_phone();
 
         // Single use.
@@ -449,53 +460,162 @@ async fn codes_are_single_use_expire_and_die_after_five_wrong_tries() {
     }
 }
 
+fn retry_after(response: &reqwest::Response) -> u64 {
+    response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 #[tokio::test]
 async fn rate_limits_answer_429_with_retry_after_and_recover() {
     for column in columns() {
         let app = spawn(column, |config| {
-            config.auth.limits.codes_per_destination = Limit::new(2, 2);
             config.auth.limits.verifies_per_ip = Limit::new(3, 2);
         })
         .await;
-        let phone = unique_phone();
-        request_code(&app, &phone).await;
-        request_code(&app, &phone).await;
-        let response = init(&app, &phone).await;
-        let wait: u64 = response.headers()["retry-after"]
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert!((1..=2).contains(&wait), "Retry-After {wait}");
-        assert_eq!(error_code(response, 429).await, "rate_limited");
-        // Another number is not affected.
-        request_code(&app, &unique_phone()).await;
-
         let unknown = "0123456789abcdef0123456789abcdef";
         for _ in 0..3 {
             let response = verify(&app, unknown, "123456", "c").await;
             assert_eq!(error_code(response, 401).await, "invalid_code");
         }
         let response = verify(&app, unknown, "123456", "c").await;
+        let wait = retry_after(&response);
+        assert!((1..=2).contains(&wait), "Retry-After {wait}");
         assert_eq!(error_code(response, 429).await, "rate_limited");
 
         app.clock
             .advance(Duration::from_secs(wait) + Duration::from_millis(100));
-        request_code(&app, &phone).await;
         let response = verify(&app, unknown, "123456", "c").await;
         assert_eq!(error_code(response, 401).await, "invalid_code");
         app.stop().await;
     }
 }
 
+/// Codes to one number come at growing intervals (30 s, 1 min, 2 min, … at most 15 min),
+/// never behind an hour-long wall that anyone could raise for a victim.
 #[tokio::test]
-async fn the_global_sms_budget_caps_all_numbers() {
+async fn codes_to_one_number_wait_a_growing_interval_never_an_hour() {
     for column in columns() {
-        let app = spawn(column, |config| config.auth.limits.sms = Limit::new(2, 60)).await;
+        let app = spawn(column, |config| {
+            config.auth.limits.codes_per_ip = Limit::new(0, 1);
+        })
+        .await;
+        let phone = unique_phone();
+        request_code(&app, &phone).await;
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            let response = init(&app, &phone).await;
+            let wait = retry_after(&response);
+            assert_eq!(error_code(response, 429).await, "rate_limited");
+            waits.push(wait);
+            // Another number is not affected.
+            request_code(&app, &unique_phone()).await;
+            app.clock.advance(Duration::from_secs(wait));
+            request_code(&app, &phone).await;
+        }
+        assert_eq!(waits, [30, 60, 120, 240, 480, 900, 900, 900]);
+
+        // A quiet hour later the interval starts again from the first.
+        app.clock.advance(Duration::from_secs(900 + 3600));
+        request_code(&app, &phone).await;
+        let response = init(&app, &phone).await;
+        assert_eq!(retry_after(&response), 30);
+        app.stop().await;
+    }
+}
+
+/// A victim holding a code can always use it, whatever an attacker does to their number.
+#[tokio::test]
+async fn a_code_already_sent_verifies_while_its_number_is_flooded() {
+    for column in columns() {
+        let app = spawn(column, |config| {
+            config.auth.limits.sms_per_country = Limit::new(2, 60);
+        })
+        .await;
+        let phone = unique_phone();
+        let nonce = request_code(&app, &phone).await;
+        let code = sent_code(&phone);
+        for _ in 0..5 {
+            let response = init(&app, &phone).await;
+            assert_eq!(error_code(response, 429).await, "rate_limited");
+            let response = init(&app, &unique_phone()).await;
+            assert!([200, 429].contains(&response.status().as_u16()));
+        }
+        let response = verify(&app, &nonce, &code, "c").await;
+        assert_eq!(response.status(), 200);
+        app.stop().await;
+    }
+}
+
+/// The SMS budget is per destination country: a flood toward one leaves the others alone.
+#[tokio::test]
+async fn the_sms_budget_is_per_country() {
+    for column in columns() {
+        let app = spawn(column, |config| {
+            config.auth.limits.sms_per_country = Limit::new(2, 60);
+        })
+        .await;
         request_code(&app, &unique_phone()).await;
         request_code(&app, &unique_phone()).await;
-        let response = init(&app, &unique_phone()).await;
+        let refused = unique_phone();
+        let response = init(&app, &refused).await;
+        let wait = retry_after(&response);
+        assert!((1..=60).contains(&wait), "Retry-After {wait}");
         assert_eq!(error_code(response, 429).await, "rate_limited");
+        // The United Kingdom (+44) and the North American plan (+1) still get codes.
+        request_code(&app, "+44 7911 123456").await;
+        request_code(&app, "+1 415 555 2671").await;
+        let metrics = app.get("/metrics").await.text().await.unwrap();
+        assert!(
+            metrics.lines().any(
+                |line| line.starts_with("beep_auth_sms_budget_refused_total{country=\"65\"} 1")
+            ),
+            "{metrics}"
+        );
+
+        // A code the budget refused does not count toward its number's interval.
+        app.clock.advance(Duration::from_secs(wait));
+        request_code(&app, &refused).await;
+        let response = init(&app, &refused).await;
+        assert_eq!(retry_after(&response), 30);
+        app.stop().await;
+    }
+}
+
+/// Client addresses are counted per IPv4 address and per IPv6 /64.
+#[tokio::test]
+async fn ipv6_clients_are_limited_per_64() {
+    for column in columns() {
+        let app = spawn(column, |config| {
+            config.http.trust_forwarded_for = true;
+            config.auth.limits.codes_per_ip = Limit::new(2, 3600);
+        })
+        .await;
+        let from = |address: &'static str| {
+            let app = &app;
+            async move {
+                app.post("/login/init")
+                    .header("x-forwarded-for", address)
+                    .json(&json!({ "phone_number": unique_phone() }))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            }
+        };
+        assert_eq!(from("2001:db8:0:1::1").await, 200);
+        assert_eq!(from("2001:db8:0:1::2").await, 200);
+        // A third address of the same /64 is the same client.
+        assert_eq!(from("2001:db8:0:1:ffff:ffff:ffff:ffff").await, 429);
+        assert_eq!(from("2001:db8:0:2::1").await, 200);
+        // IPv4 per address; an IPv4-mapped IPv6 address is that IPv4 address.
+        assert_eq!(from("192.0.2.1").await, 200);
+        assert_eq!(from("::ffff:192.0.2.1").await, 200);
+        assert_eq!(from("192.0.2.1").await, 429);
+        assert_eq!(from("192.0.2.2").await, 200);
         app.stop().await;
     }
 }
@@ -503,7 +623,7 @@ async fn the_global_sms_budget_caps_all_numbers() {
 #[tokio::test]
 async fn refresh_rotates_and_reuse_revokes_the_whole_session() {
     for column in columns() {
-        let app = spawn(column, |_| {}).await;
+        let app = spawn(column, repeat_logins).await;
         let phone = unique_phone();
         let first = login_as(&app, &phone, "phone-1").await;
         let other = login_as(&app, &phone, "tablet").await;
@@ -540,7 +660,7 @@ async fn refresh_rotates_and_reuse_revokes_the_whole_session() {
 #[tokio::test]
 async fn sessions_are_listed_and_ended_one_by_one() {
     for column in columns() {
-        let app = spawn(column, |_| {}).await;
+        let app = spawn(column, repeat_logins).await;
         let phone = unique_phone();
         let phone_session = login_as(&app, &phone, "phone").await;
         let web_session = login_as(&app, &phone, "web").await;
@@ -955,7 +1075,11 @@ async fn a_split_service_verifies_tokens_from_the_jwks_url() {
 #[tokio::test]
 async fn blocked_users_lose_their_sessions_and_cannot_log_in() {
     for column in columns() {
-        let app = spawn(column, |config| config.auth.revocation_sync_secs = 1).await;
+        let app = spawn(column, |config| {
+            repeat_logins(config);
+            config.auth.revocation_sync_secs = 1;
+        })
+        .await;
         let phone = unique_phone();
         let tokens = login_as(&app, &phone, "c").await;
         let printed = beep_cli(&app, &["users", "block", &tokens.user_id]);
@@ -976,7 +1100,11 @@ async fn blocked_users_lose_their_sessions_and_cannot_log_in() {
 #[tokio::test]
 async fn dev_bypass_and_register_serve_the_original_clients() {
     for column in columns() {
-        let app = spawn(column, |config| config.auth.dev_bypass = true).await;
+        let app = spawn(column, |config| {
+            repeat_logins(config);
+            config.auth.dev_bypass = true;
+        })
+        .await;
         let phone = unique_phone();
         let response = app
             .post("/login/init/bypass")

@@ -906,3 +906,84 @@ where
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
+
+/// A phone number is shown to its owner and to the users who hold them as a contact; everyone
+/// else who finds the user (by id, username or in a member list) gets `null`.
+#[tokio::test]
+async fn phone_numbers_are_shown_only_to_their_owner_and_contact_holders() {
+    for column in columns() {
+        let app = TestApp::spawn(column).await;
+        let (alice, alice_phone) = user(&app).await;
+        let (bob, bob_phone) = user(&app).await;
+        let username = crate::helpers::unique_name();
+        let response = call(&app, "PATCH", "/core/user", &alice)
+            .json(&json!({ "username": username }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(json_of(response, 200).await["phone_number"], alice_phone);
+        let by_id = format!("/core/user/id/{}", alice.user_id);
+        let by_name = format!("/core/user/username/{username}");
+        let conversation = new_conversation(&app, &alice, "both").await;
+        assert_eq!(
+            add_member(&app, &alice, &conversation, &bob.user_id).await,
+            200
+        );
+        let members = format!("/core/user/conversation/{conversation}/member");
+        let seen = |who: &'static str, path: String, viewer: Tokens| {
+            let app = &app;
+            async move {
+                let body =
+                    json_of(call(app, "GET", &path, &viewer).send().await.unwrap(), 200).await;
+                let user = if body.is_array() {
+                    body[0].clone()
+                } else {
+                    body
+                };
+                let object = user.as_object().unwrap();
+                assert!(object.contains_key("phone_number"), "{who}: {user}");
+                object["phone_number"].clone()
+            }
+        };
+
+        // Alice sees her own number.
+        assert_eq!(seen("own", by_id.clone(), alice.clone()).await, alice_phone);
+        // A stranger does not, however he finds her.
+        assert_eq!(seen("id", by_id.clone(), bob.clone()).await, Value::Null);
+        assert_eq!(
+            seen("username", by_name.clone(), bob.clone()).await,
+            Value::Null
+        );
+        assert_eq!(
+            seen("members", members.clone(), bob.clone()).await,
+            Value::Null
+        );
+        // Looking her up by number answers what he already knows.
+        assert_eq!(
+            seen("phone", by_phone(&alice_phone), bob.clone()).await,
+            alice_phone
+        );
+
+        // Once Bob holds Alice as a contact, he sees it everywhere.
+        let response = call(&app, "POST", "/core/user/contact", &bob)
+            .json(&json!({ "phone_number": alice_phone }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(json_of(response, 200).await["phone_number"], alice_phone);
+        assert_eq!(seen("id", by_id, bob.clone()).await, alice_phone);
+        assert_eq!(seen("username", by_name, bob.clone()).await, alice_phone);
+        assert_eq!(
+            seen("members", members.clone(), bob.clone()).await,
+            alice_phone
+        );
+        let contacts = "/core/user/contact".to_owned();
+        assert_eq!(seen("contacts", contacts, bob.clone()).await, alice_phone);
+        // Contacts are one-directional: Alice still does not see Bob's.
+        let bob_by_id = format!("/core/user/id/{}", bob.user_id);
+        assert_eq!(seen("id", bob_by_id, alice.clone()).await, Value::Null);
+        assert_eq!(seen("members", members, alice.clone()).await, Value::Null);
+        assert_ne!(bob_phone, alice_phone);
+        app.stop().await;
+    }
+}

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 
 use beep::config::PermissionsRoute;
 use reqwest::Method;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::helpers::{Column, TestApp};
 
@@ -86,6 +86,14 @@ async fn the_document_lists_exactly_the_served_routes() {
     let mut dangling = Vec::new();
     dangling_refs(&doc, &doc, &mut dangling);
     assert!(dangling.is_empty(), "dangling $refs: {dangling:?}");
+    // A user's phone number is hidden (null) from those who may not see it.
+    let phone = &doc["components"]["schemas"]["User"]["properties"]["phone_number"];
+    assert!(
+        phone["type"]
+            .as_array()
+            .is_some_and(|types| types.contains(&json!("null"))),
+        "User.phone_number: {phone}"
+    );
 
     let paths = doc["paths"].as_object().unwrap();
     // Every service's prefix is there, and the platform's routes.

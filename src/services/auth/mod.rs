@@ -62,7 +62,7 @@ impl Auth {
                 config.auth.refresh_token_ttl_secs,
                 platform.clock.clone(),
             ),
-            limiter: Limiter::new(platform.cache.clone()),
+            limiter: Limiter::new(platform.cache.clone(), platform.metrics.clone()),
             blocked: config.auth.blocked_users.iter().cloned().collect(),
             identity: platform.identity.clone(),
             clock: platform.clock.clone(),

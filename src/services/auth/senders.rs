@@ -111,12 +111,7 @@ impl Senders {
         let text = format!("Your OTP for Beep is {code}. It expires in {minutes} minutes.");
         match (login, &self.sms, &self.email) {
             (Login::Phone(_), Sms::Log, _) | (Login::Email(_), _, Email::Log) => {
-                tracing::warn!(
-                    target: LOG_TARGET,
-                    destination = %login,
-                    code,
-                    "DEVELOPMENT: one-time code written to the log instead of being sent"
-                );
+                log_code(login.as_str(), code);
                 Ok(())
             }
             (Login::Phone(phone), Sms::Twilio(twilio), _) => {
@@ -136,6 +131,17 @@ impl Senders {
             }
         }
     }
+}
+
+/// The development senders' log line. The destination is escaped as the JSON format escapes
+/// it (`\n`, `\u{1b}`, …), so a crafted address cannot forge lines in the pretty format.
+fn log_code(destination: &str, code: &str) {
+    tracing::warn!(
+        target: LOG_TARGET,
+        destination = %destination.escape_debug(),
+        code,
+        "DEVELOPMENT: one-time code written to the log instead of being sent"
+    );
 }
 
 impl Twilio {
@@ -165,5 +171,50 @@ impl Twilio {
             anyhow::bail!("Twilio answered {status}: {detail}");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex, PoisonError};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_crafted_destination_cannot_forge_pretty_log_lines() {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            log_code(
+                "a@example.com\n2026-01-01T00:00:00Z  INFO login user_id=admin\u{1b}[2J",
+                "123456",
+            );
+        });
+        let written = String::from_utf8(buffer.0.lock().map(|b| b.clone()).unwrap_or_default())
+            .unwrap_or_default();
+        assert_eq!(written.lines().count(), 1, "{written}");
+        assert!(!written.contains('\u{1b}'), "{written}");
+        assert!(written.contains(r"a@example.com\n2026"), "{written}");
     }
 }

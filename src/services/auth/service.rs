@@ -57,21 +57,26 @@ impl AuthService {
         }
         let limits = &self.config.auth.limits;
         self.limiter
-            .check("codes-per-ip", client_ip, limits.codes_per_ip)
+            .check_ip("codes-per-ip", client_ip, limits.codes_per_ip)
             .await?;
-        self.limiter
-            .check(
-                "codes-per-destination",
-                login.as_str(),
-                limits.codes_per_destination,
-            )
+        let gate = self
+            .limiter
+            .pass_resend_gate(login.as_str(), limits.resend)
             .await?;
         if !bypass {
-            let (budget, limit) = match login {
-                Login::Phone(_) => ("sms", limits.sms),
-                Login::Email(_) => ("emails", limits.emails),
+            let budget = match login {
+                Login::Phone(phone) => {
+                    self.limiter
+                        .check_sms_budget(phone.calling_code(), limits.sms_per_country)
+                        .await
+                }
+                Login::Email(_) => self.limiter.check("emails", "all", limits.emails).await,
             };
-            self.limiter.check(budget, "all", limit).await?;
+            if let Err(refused) = budget {
+                // Not sent: the destination's interval does not start.
+                self.limiter.reopen(gate).await;
+                return Err(refused);
+            }
         }
         let fixed_code = bypass.then_some(otp::BYPASS_CODE);
         let challenge = self.challenges.create(login, fixed_code).await?;
@@ -120,7 +125,7 @@ impl AuthService {
         client_ip: &str,
     ) -> Result<Login, AuthError> {
         self.limiter
-            .check(
+            .check_ip(
                 "verifies-per-ip",
                 client_ip,
                 self.config.auth.limits.verifies_per_ip,
@@ -144,7 +149,7 @@ impl AuthService {
         client_ip: &str,
     ) -> Result<TokenResponse, AuthError> {
         self.limiter
-            .check(
+            .check_ip(
                 "refreshes-per-ip",
                 client_ip,
                 self.config.auth.limits.refreshes_per_ip,

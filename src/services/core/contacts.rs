@@ -1,5 +1,7 @@
 //! Contacts: one-directional, as in the original (Alice having Bob says nothing of Bob).
 
+use std::collections::HashSet;
+
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect, SqlErr,
@@ -95,6 +97,22 @@ impl Contacts {
             .all(&self.db)
             .await?;
         Ok(rows.into_iter().filter_map(|(_, found)| found).collect())
+    }
+
+    /// Which of `users` `holder` has as contacts: they may see those users' phone numbers.
+    pub async fn held_by(&self, holder: &str, users: &[&str]) -> Result<HashSet<String>, DbErr> {
+        if users.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let held = contact::Entity::find()
+            .select_only()
+            .column(contact::Column::Contact)
+            .filter(contact::Column::User.eq(holder))
+            .filter(contact::Column::Contact.is_in(users.iter().copied()))
+            .into_tuple::<String>()
+            .all(&self.db)
+            .await?;
+        Ok(held.into_iter().collect())
     }
 
     /// Who has `user` as a contact: they hear of `user`'s profile changes.

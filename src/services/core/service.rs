@@ -14,7 +14,7 @@ use super::events::{
     ContactAdded, ConversationCreated, ConversationUpdated, MemberUpdated, UserUpdated,
 };
 use super::streams::{Hub, Topic};
-use super::users::{NewUser, ProfilePatch, Users, record};
+use super::users::{NewUser, ProfilePatch, Users, record, user};
 use crate::config::CoreConfig;
 use crate::platform::bus::{Bus, Event};
 use crate::platform::membership::{ConversationDeleted, MemberAdded, MemberRemoved};
@@ -77,18 +77,59 @@ impl CoreService {
         found.map(record).ok_or(CoreError::UserNotFound)
     }
 
-    pub async fn user_by_id(&self, id: &str) -> Result<UserRecord, CoreError> {
-        let found = self.users.by_id(id).await?;
-        found.map(record).ok_or(CoreError::UserNotFound)
+    pub async fn user_by_id(&self, me: &str, id: &str) -> Result<UserRecord, CoreError> {
+        let found = self.users.by_id(id).await?.ok_or(CoreError::UserNotFound)?;
+        self.seen_by(me, vec![found])
+            .await?
+            .pop()
+            .ok_or(CoreError::UserNotFound)
     }
 
-    pub async fn user_by_username(&self, username: &str) -> Result<UserRecord, CoreError> {
+    pub async fn user_by_username(
+        &self,
+        me: &str,
+        username: &str,
+    ) -> Result<UserRecord, CoreError> {
         // Longer than any valid username: no need to ask the database.
         if username.len() > 64 {
             return Err(CoreError::UserNotFound);
         }
-        let found = self.users.by_username(username).await?;
-        found.map(record).ok_or(CoreError::UserNotFound)
+        let found = self
+            .users
+            .by_username(username)
+            .await?
+            .ok_or(CoreError::UserNotFound)?;
+        self.seen_by(me, vec![found])
+            .await?
+            .pop()
+            .ok_or(CoreError::UserNotFound)
+    }
+
+    /// `users` as `me` may see them: a phone number only for `me` themself and for the users
+    /// `me` holds as contacts (who gave it to `me`, in effect). Same length and order.
+    async fn seen_by(
+        &self,
+        me: &str,
+        users: Vec<user::Model>,
+    ) -> Result<Vec<UserRecord>, CoreError> {
+        let others: Vec<&str> = users
+            .iter()
+            .map(|user| user.id.as_str())
+            .filter(|id| *id != me)
+            .collect();
+        let held = self.contacts.held_by(me, &others).await?;
+        Ok(users
+            .into_iter()
+            .map(|user| {
+                let visible = user.id == me || held.contains(&user.id);
+                let full = record(user);
+                if visible {
+                    full
+                } else {
+                    full.without_phone_number()
+                }
+            })
+            .collect())
     }
 
     /// The original created (or overwrote) the user of any phone number, unauthenticated.
@@ -238,7 +279,7 @@ impl CoreService {
             .conversations
             .members(me, id, page.after, page.limit)
             .await?;
-        Ok(members.into_iter().map(record).collect())
+        self.seen_by(me, members).await
     }
 
     /// `me` leaves, or removes `member`; the last member leaving deletes the conversation.

@@ -322,6 +322,7 @@ pub fn is_valid_username(username: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
 }
 
+/// `user` in full, as they themself and those who hold them as a contact see them.
 pub fn record(user: user::Model) -> UserRecord {
     UserRecord {
         id: user.id,
@@ -330,7 +331,7 @@ pub fn record(user: user::Model) -> UserRecord {
         profile_pic: user.profile_pic,
         first_name: user.first_name,
         last_name: user.last_name,
-        phone_number: user.phone_number.unwrap_or_default(),
+        phone_number: Some(user.phone_number.unwrap_or_default()),
     }
 }
 

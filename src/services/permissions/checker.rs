@@ -1,15 +1,16 @@
 //! The cached answer to "is U a member of C", and how core's events clear it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-use crate::platform::bus::{Bus, BusError, keep_listening};
+use crate::platform::bus::{Bus, BusError, Received, keep_listening};
 use crate::platform::cache::Cache;
+use crate::platform::clock::Clock;
 use crate::platform::ids::is_prefixed_id;
 use crate::platform::membership::{
     AccessCheck, AccessError, ConversationDeleted, MemberAdded, MemberRemoved, SharedMembership,
@@ -33,10 +34,23 @@ pub struct Checker {
     /// before the subscription (at start, or while NATS was away) could outlive an event this
     /// process never saw.
     listening: AtomicBool,
+    /// Part of every in-process key: bumped when events may have been lost, which drops every
+    /// answer cached so far at once (they expire unread).
+    generation: AtomicU64,
+    /// Until when (Unix ms on `clock`) shared answers are neither read nor written: set when
+    /// events may have been lost, for one `ttl`, after which every shared answer written
+    /// before the gap has expired. The other replicas cleared what they heard themselves;
+    /// deleting every shared key would mean scanning the whole Redis keyspace.
+    distrust_shared_until: AtomicI64,
+    clock: Clock,
 }
 
 fn cache_key(user: &str, conversation: &str) -> String {
     format!("permissions:{user}+{conversation}")
+}
+
+fn local_key(generation: u64, user: &str, conversation: &str) -> String {
+    format!("permissions:{generation}:{user}+{conversation}")
 }
 
 /// Only well-formed ids are looked up (and cached): junk cannot fill the cache.
@@ -50,6 +64,7 @@ impl Checker {
         shared: Option<Cache>,
         source: SharedMembership,
         ttl: Duration,
+        clock: Clock,
     ) -> Self {
         Self {
             local,
@@ -58,7 +73,16 @@ impl Checker {
             ttl,
             invalidations: AtomicU64::new(0),
             listening: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+            distrust_shared_until: AtomicI64::new(0),
+            clock,
         }
+    }
+
+    /// The shared cache, unless a gap in the events makes its answers suspect.
+    fn trusted_shared(&self) -> Option<&Cache> {
+        let trusted = self.clock.now_millis() >= self.distrust_shared_until.load(Ordering::SeqCst);
+        self.shared.as_ref().filter(|_| trusted)
     }
 
     /// Whether membership events are being heard, so answers are cached.
@@ -70,19 +94,21 @@ impl Checker {
         if !well_formed(user, conversation) {
             return Ok(false);
         }
-        let key = cache_key(user, conversation);
-        if let Some(answer) = self.local.get(&key).await.ok().flatten() {
+        let seen = self.invalidations.load(Ordering::SeqCst);
+        let local = local_key(self.generation.load(Ordering::SeqCst), user, conversation);
+        if let Some(answer) = self.local.get(&local).await.ok().flatten() {
             return Ok(answer.as_ref() == MEMBER);
         }
-        let seen = self.invalidations.load(Ordering::SeqCst);
-        if let Some(shared) = &self.shared
+        let key = cache_key(user, conversation);
+        let shared = self.trusted_shared();
+        if let Some(shared) = shared
             && let Some(answer) = shared
                 .get(&key)
                 .await
                 .map_err(|err| AccessError(err.into()))?
         {
             let member = answer.as_ref() == MEMBER;
-            self.remember(&key, member, &[&self.local], seen).await;
+            self.remember(member, &[(&self.local, &local)], seen).await;
             return Ok(member);
         }
         let member = self
@@ -90,12 +116,12 @@ impl Checker {
             .is_member(user, conversation)
             .await
             .map_err(AccessError)?;
-        match &self.shared {
+        match shared {
             Some(shared) => {
-                self.remember(&key, member, &[&self.local, shared], seen)
+                self.remember(member, &[(&self.local, &local), (shared, &key)], seen)
                     .await
             }
-            None => self.remember(&key, member, &[&self.local], seen).await,
+            None => self.remember(member, &[(&self.local, &local)], seen).await,
         }
         Ok(member)
     }
@@ -103,19 +129,19 @@ impl Checker {
     /// Caches an answer read while the event counter stood at `seen`. If an event came in
     /// since, the answer may predate it: it is not written, or, when the event came during the
     /// write, written and removed again.
-    async fn remember(&self, key: &str, member: bool, caches: &[&Cache], seen: u64) {
+    async fn remember(&self, member: bool, caches: &[(&Cache, &str)], seen: u64) {
         let unchanged = || self.invalidations.load(Ordering::SeqCst) == seen;
         if !self.listening.load(Ordering::SeqCst) || !unchanged() {
             return;
         }
         let answer = if member { MEMBER } else { NOT_MEMBER };
-        for cache in caches {
+        for (cache, key) in caches {
             if let Err(err) = cache.set(key, answer, self.ttl).await {
                 tracing::warn!(error = %err, "a membership answer was not cached");
             }
         }
         if !unchanged() {
-            for cache in caches {
+            for (cache, key) in caches {
                 self.clear(cache, key).await;
             }
         }
@@ -132,7 +158,28 @@ impl Checker {
             self.clear(shared, &key).await;
         }
         self.invalidations.fetch_add(1, Ordering::SeqCst);
-        self.clear(&self.local, &key).await;
+        let local = local_key(self.generation.load(Ordering::SeqCst), user, conversation);
+        self.clear(&self.local, &local).await;
+    }
+
+    /// Events may have been lost (this listener fell behind, NATS dropped messages or the
+    /// connection, the subscription ended): every cached answer may be stale. The in-process
+    /// ones are dropped at once (a new generation of keys); the shared ones are not trusted
+    /// for one `ttl`, by when all written before the gap have expired.
+    fn forget_all(&self, why: &str) {
+        self.invalidations.fetch_add(1, Ordering::SeqCst);
+        if self.shared.is_some() {
+            let ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX);
+            self.distrust_shared_until.store(
+                self.clock.now_millis().saturating_add(ttl_ms),
+                Ordering::SeqCst,
+            );
+        }
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        tracing::warn!(
+            why,
+            "membership events may have been lost: cached permission answers dropped"
+        );
     }
 
     async fn clear(&self, cache: &Cache, key: &str) {
@@ -147,6 +194,9 @@ impl Checker {
         keep_listening("permissions", &stop, || async {
             let result = self.listen(&bus, &stop).await;
             self.listening.store(false, Ordering::SeqCst);
+            if !stop.is_cancelled() {
+                self.forget_all("the subscription ended");
+            }
             result
         })
         .await;
@@ -161,17 +211,26 @@ impl Checker {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
-                Some(event) = added.next() => {
-                    self.forget(&event.data.user, &event.data.conversation).await;
-                }
-                Some(event) = removed.next() => {
-                    self.forget(&event.data.user, &event.data.conversation).await;
-                }
-                Some(event) = deleted.next() => {
-                    for member in &event.data.members {
-                        self.forget(member, &event.data.conversation).await;
+                Some(received) = added.receive() => match received {
+                    Received::Event(event) => {
+                        self.forget(&event.data.user, &event.data.conversation).await;
                     }
-                }
+                    Received::Missed => self.forget_all("missed member_added events"),
+                },
+                Some(received) = removed.receive() => match received {
+                    Received::Event(event) => {
+                        self.forget(&event.data.user, &event.data.conversation).await;
+                    }
+                    Received::Missed => self.forget_all("missed member_removed events"),
+                },
+                Some(received) = deleted.receive() => match received {
+                    Received::Event(event) => {
+                        for member in &event.data.members {
+                            self.forget(member, &event.data.conversation).await;
+                        }
+                    }
+                    Received::Missed => self.forget_all("missed conversation_deleted events"),
+                },
                 else => return Ok(()),
             }
         }
@@ -191,6 +250,79 @@ impl AccessCheck for Checker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{BusConfig, CacheConfig};
+    use crate::platform::membership::MembershipSource;
+
+    /// Membership as the database answers it, switched by the test.
+    struct Source(AtomicBool);
+
+    impl MembershipSource for Source {
+        fn is_member<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, anyhow::Result<bool>> {
+            let member = self.0.load(Ordering::SeqCst);
+            async move { Ok(member) }.boxed()
+        }
+    }
+
+    fn id(prefix: &str, n: usize) -> String {
+        format!("{prefix}-{n:032x}")
+    }
+
+    #[tokio::test]
+    async fn a_listener_that_falls_behind_drops_its_cached_answers() {
+        let clock = Clock::adjustable();
+        let capacity = 4;
+        let bus_config = BusConfig {
+            url: "memory".into(),
+            capacity,
+            ..BusConfig::default()
+        };
+        let bus = Bus::open(&bus_config, clock.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let cache =
+            Cache::open(&CacheConfig::default(), clock.clone()).unwrap_or_else(|e| panic!("{e}"));
+        let source = Arc::new(Source(AtomicBool::new(true)));
+        let checker = Arc::new(Checker::new(
+            cache,
+            None,
+            source.clone(),
+            Duration::from_secs(300),
+            clock,
+        ));
+        let stop = CancellationToken::new();
+        tokio::spawn(Arc::clone(&checker).follow(bus.clone(), stop.clone()));
+        while !checker.is_listening() {
+            tokio::task::yield_now().await;
+        }
+        let (user, conversation) = (id("u", 1), id("c", 1));
+        assert!(checker.check(&user, &conversation).await.unwrap_or(false));
+
+        // The user is removed, and its event is lost among more than the listener can buffer
+        // (nothing yields to the listener while they are published).
+        source.0.store(false, Ordering::SeqCst);
+        let removed = |user: String| MemberRemoved {
+            conversation: conversation.clone(),
+            user,
+        };
+        bus.publish(removed(user.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        for n in 2..2 + 2 * capacity {
+            bus.publish(removed(id("u", n)))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let mut member = true;
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+            member = checker.check(&user, &conversation).await.unwrap_or(true);
+            if !member {
+                break;
+            }
+        }
+        assert!(!member, "a stale answer outlived the lost event");
+        stop.cancel();
+    }
 
     #[test]
     fn only_well_formed_ids_are_looked_up() {

@@ -48,6 +48,7 @@ impl Permissions {
                 shared,
                 source,
                 Duration::from_secs(config.cache_ttl_secs.max(1)),
+                platform.clock.clone(),
             )),
             route: config.route,
             bus: platform.bus.clone(),

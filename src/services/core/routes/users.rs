@@ -57,11 +57,11 @@ pub(super) async fn user_by_phone(
 #[get("/user/id/{user}")]
 pub(super) async fn user_by_id(
     state: State,
-    _caller: Caller,
+    caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = user_id(&path)?;
-    Ok(HttpResponse::Ok().json(state.user_by_id(id).await?))
+    Ok(HttpResponse::Ok().json(state.user_by_id(&caller.user_id, id).await?))
 }
 
 #[utoipa::path(
@@ -75,10 +75,10 @@ pub(super) async fn user_by_id(
 #[get("/user/username/{username}")]
 pub(super) async fn user_by_username(
     state: State,
-    _caller: Caller,
+    caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(state.user_by_username(&path).await?))
+    Ok(HttpResponse::Ok().json(state.user_by_username(&caller.user_id, &path).await?))
 }
 
 /// Fills in the caller's own profile (the original wrote any number's user, unauthenticated).
