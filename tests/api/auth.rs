@@ -147,13 +147,18 @@ pub fn payload(token: &str) -> Value {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
 }
 
-/// The `beep` command line as an operator runs it beside `app`: same data dir, same database.
+/// The `beep` command line as an operator runs it beside `app`: same data dir, database and bus.
 pub fn beep_cli(app: &TestApp, args: &[&str]) -> String {
     crate::served::run_ok(
         crate::served::beep(app.data_dir())
             .args(["--data-dir", app.data_dir().to_str().unwrap()])
             .args(args)
-            .env("BEEP_DATABASE__URL", &app.platform.config.database.url),
+            .env("BEEP_DATABASE__URL", &app.platform.config.database.url)
+            .env("BEEP_BUS__URL", &app.platform.config.bus.url)
+            .env(
+                "BEEP_BUS__SUBJECT_PREFIX",
+                &app.platform.config.bus.subject_prefix,
+            ),
     )
 }
 
