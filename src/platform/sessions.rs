@@ -5,7 +5,8 @@
 //! cancelled: when the session is revoked ([`SessionRevoked`]: logout, `DELETE
 //! /login/sessions/{sid}`, refresh-token reuse, a block copied from the database), when the
 //! user is blocked ([`UserBlocked`]), or when the access token expires (plus
-//! `auth.leeway_secs`) without the connection being replaced. Both events travel on the bus,
+//! `auth.leeway_secs`) without the session being refreshed ([`SessionRefreshed`] moves the
+//! end to the new token's expiry). Both events travel on the bus,
 //! so a revocation made on one replica ends the connections of every replica. The same
 //! registry caps how many connections one user holds open (`http.max_streams_per_user`);
 //! a lease gives its slot back when dropped.
@@ -32,6 +33,19 @@ pub struct SessionRevoked {
 
 impl Event for SessionRevoked {
     const SUBJECT: &'static str = "auth.session_revoked";
+}
+
+/// A session's tokens were refreshed: its connections live on until `expires_at` (Unix
+/// seconds, the new access token's `exp`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRefreshed {
+    pub session: String,
+    pub user: String,
+    pub expires_at: u64,
+}
+
+impl Event for SessionRefreshed {
+    const SUBJECT: &'static str = "auth.session_refreshed";
 }
 
 /// A user was blocked; every connection of theirs ends, with or without a session.
@@ -191,6 +205,20 @@ impl SessionWatch {
         })
     }
 
+    /// The session's tokens were refreshed: its connections end at the new token's expiry
+    /// instead of the old one's.
+    pub fn extend_session(&self, user: &str, session: &str, expires_at: u64) {
+        let ends_at = expires_at.saturating_add(self.0.leeway_secs);
+        if let Some(open) = self.0.registry().by_user.get_mut(user) {
+            for watched in open
+                .iter_mut()
+                .filter(|watched| watched.session.as_deref() == Some(session))
+            {
+                watched.ends_at = watched.ends_at.map(|at| at.max(ends_at));
+            }
+        }
+    }
+
     /// Ends every connection of `user`; returns how many.
     pub fn end_user(&self, user: &str) -> usize {
         self.0
@@ -225,6 +253,7 @@ impl SessionWatch {
     async fn listen(&self, bus: &Bus, stop: &CancellationToken) -> Result<(), BusError> {
         let mut revoked = bus.subscribe::<SessionRevoked>().await?;
         let mut blocked = bus.subscribe::<UserBlocked>().await?;
+        let mut refreshed = bus.subscribe::<SessionRefreshed>().await?;
         let mut sweep = tokio::time::interval(EXPIRY_SWEEP_EVERY);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -241,6 +270,10 @@ impl SessionWatch {
                 }
                 Some(event) = blocked.next() => {
                     self.end_user(&event.data.user);
+                }
+                Some(event) = refreshed.next() => {
+                    let SessionRefreshed { session, user, expires_at } = event.data;
+                    self.extend_session(&user, &session, expires_at);
                 }
                 else => return Ok(()),
             }

@@ -284,6 +284,28 @@ async fn streams_end_when_their_token_expires() {
 }
 
 #[tokio::test]
+async fn a_refreshed_session_keeps_its_streams_until_the_new_token_expires() {
+    for column in columns() {
+        let app = spawn(column, |_| {}).await;
+        let alice = login_as(&app, &unique_phone(), "phone").await;
+        let mut stream = open(&app, "/core/user/subscribe", &alice.access).await;
+        let ttl = app.platform.config.auth.access_token_ttl_secs;
+        let leeway = app.platform.config.auth.leeway_secs;
+        // Refreshed halfway through the first token's life.
+        app.clock.advance(Duration::from_secs(ttl / 2));
+        assert_eq!(refresh(&app, &alice.refresh).await.status(), 200);
+        app.clock.advance(Duration::from_secs(ttl / 2 + leeway + 1));
+        assert!(
+            stream.stays_open(Duration::from_millis(600)).await,
+            "{column:?}: the stream ended at the first token's expiry"
+        );
+        app.clock.advance(Duration::from_secs(ttl / 2));
+        stream.ends(Instant::now(), WITHIN).await;
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
 async fn a_revocation_on_one_replica_ends_streams_on_another() {
     // The replicas hear each other through NATS; the embedded bus is one process's.
     if env(NATS).is_none() {

@@ -17,7 +17,7 @@ use crate::platform::bus::Bus;
 use crate::platform::clock::Clock;
 use crate::platform::http::Caller;
 use crate::platform::identity::{Claims, Identity};
-use crate::platform::sessions::{SessionRevoked, SessionWatch, UserBlocked};
+use crate::platform::sessions::{SessionRefreshed, SessionRevoked, SessionWatch, UserBlocked};
 use crate::platform::users::{Login, NewProfile, SharedDirectory, UserRecord};
 
 /// What a successful login or refresh answers.
@@ -180,7 +180,11 @@ impl AuthService {
         match self.sessions.refresh(refresh_token).await {
             Ok(issued) => {
                 self.refuse_blocked(&issued.session.user_id).await?;
-                self.token_response(issued, false)
+                let (user_id, session_id) =
+                    (issued.session.user_id.clone(), issued.session.id.clone());
+                let response = self.token_response(issued, false)?;
+                self.announce_refreshed(user_id, session_id).await;
+                Ok(response)
             }
             Err(RefreshError::Reused {
                 session_id,
@@ -251,6 +255,21 @@ impl AuthService {
         };
         if let Err(err) = self.bus.publish(event).await {
             tracing::warn!(error = %err, %session_id, "cannot announce a revoked session");
+        }
+    }
+
+    /// The session's open connections live on until its new access token expires, here
+    /// and on every replica.
+    async fn announce_refreshed(&self, user_id: String, session_id: String) {
+        let expires_at = self.clock.now_secs() + self.config.auth.access_token_ttl_secs;
+        self.watch.extend_session(&user_id, &session_id, expires_at);
+        let event = SessionRefreshed {
+            session: session_id,
+            user: user_id,
+            expires_at,
+        };
+        if let Err(err) = self.bus.publish(event).await {
+            tracing::warn!(error = %err, "cannot announce a refreshed session");
         }
     }
 
