@@ -1,6 +1,7 @@
 //! The running system, as the diagram reads: open the platform, build the services and wire
 //! the seams between them, spawn their workers once, serve HTTP, and on SIGINT/SIGTERM (or
-//! `RunningApp::stop`) shut down in order.
+//! `RunningApp::stop`) shut down in order. Each service is prepared (what its answers depend on
+//! is loaded) before the port opens.
 //!
 //! ```text
 //!             core ──UserDirectory──▶ auth
@@ -246,6 +247,17 @@ pub async fn start(
         );
     }
     services.extend(hosting.extra_services);
+    // Before the port opens: a request must never meet a verifier that has not yet loaded
+    // the revocations it depends on.
+    for service in &services {
+        service
+            .prepare()
+            .await
+            .map_err(|source| BuildError::Service {
+                service: service.name(),
+                source,
+            })?;
+    }
 
     let config = Arc::clone(&platform.config);
     let wrapper = Arc::new(request::RequestPolicy {
@@ -299,6 +311,10 @@ pub async fn start(
         // Responses and stream events are written as soon as they are ready; with Nagle's
         // algorithm a second small write waits for the client's delayed ACK (40 ms).
         .tcp_nodelay(true)
+        // A client that goes away (FIN) ends its streams at once, giving back its places
+        // under `http.max_streams_per_user`; allowed half-closed, they would linger until a
+        // keep-alive write failed.
+        .h1_allow_half_closed(false)
         .shutdown_timeout(config.server.shutdown_timeout_secs);
     if !hosting.handle_signals {
         server = server.disable_signals();

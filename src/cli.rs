@@ -179,6 +179,7 @@ async fn users(config: &Config, command: UsersCommand) -> Result<(), AnyError> {
         UsersCommand::Block { user_id } => {
             sessions.block(&user_id).await?;
             let ended = sessions.revoke_user(&user_id, "blocked").await?;
+            announce_block(config, &user_id).await;
             println!("{user_id} blocked; {} session(s) ended", ended.len());
         }
         UsersCommand::Unblock { user_id } => {
@@ -191,4 +192,28 @@ async fn users(config: &Config, command: UsersCommand) -> Result<(), AnyError> {
     }
     db.close().await;
     Ok(())
+}
+
+/// Tells running servers on a shared bus (NATS) to end the user's streams and sockets now;
+/// without one, or if it does not answer, their revocation sync does it within
+/// `auth.revocation_sync_secs`.
+#[cfg(feature = "auth")]
+async fn announce_block(config: &Config, user_id: &str) {
+    use crate::platform::bus::Bus;
+    use crate::platform::clock::Clock;
+    use crate::platform::sessions::UserBlocked;
+    const ANNOUNCE_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+    let announce = async {
+        let bus = Bus::open(&config.bus, Clock::system()).await?;
+        let event = UserBlocked {
+            user: user_id.to_owned(),
+        };
+        bus.publish(event).await?;
+        bus.written().await
+    };
+    match tokio::time::timeout(ANNOUNCE_WITHIN, announce).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!(error = %err, "cannot announce the block on the bus"),
+        Err(_) => tracing::warn!("the bus did not take the block within {ANNOUNCE_WITHIN:?}"),
+    }
 }

@@ -76,6 +76,9 @@ pub struct HttpConfig {
     /// Take the client address from `X-Forwarded-For`/`Forwarded` (only behind a proxy that
     /// sets them); otherwise the peer address is the client, for rate limits and logs.
     pub trust_forwarded_for: bool,
+    /// SSE streams and signalling sockets one user may hold open at once, over all their
+    /// devices (429 `too_many_streams` past it).
+    pub max_streams_per_user: usize,
     pub cors: CorsConfig,
 }
 
@@ -85,6 +88,7 @@ impl Default for HttpConfig {
             json_limit_bytes: 64 * 1024,
             body_limit_bytes: 1024 * 1024,
             trust_forwarded_for: false,
+            max_streams_per_user: 32,
             cors: CorsConfig::default(),
         }
     }

@@ -211,6 +211,13 @@ impl Bus {
     /// Returns once the subscriptions made so far have been written to NATS, so an event this
     /// process publishes afterwards reaches them (the server reads one connection in order).
     pub async fn confirm_subscriptions(&self) -> Result<(), BusError> {
+        self.written().await
+    }
+
+    /// Returns once everything published and subscribed so far has been written to NATS,
+    /// waiting for the connection if it is not up yet (a one-shot command publishing before
+    /// it exits needs this: until then events only sit in the client's queue).
+    pub async fn written(&self) -> Result<(), BusError> {
         match &self.transport {
             Transport::Memory(_) => Ok(()),
             Transport::Nats(client) => client

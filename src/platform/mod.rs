@@ -13,6 +13,7 @@ pub mod identity;
 pub mod ids;
 pub mod membership;
 pub mod service;
+pub mod sessions;
 pub mod telemetry;
 pub mod users;
 pub mod workers;
@@ -31,6 +32,7 @@ use cache::{Cache, CacheError};
 use clock::Clock;
 use db::{Db, DbError};
 use identity::Identity;
+use sessions::SessionWatch;
 use telemetry::Metrics;
 use workers::Workers;
 
@@ -59,6 +61,8 @@ pub struct Platform {
     pub clock: Clock,
     /// Verifies access tokens; its keys come from auth (in-process) or `auth.jwks_url`.
     pub identity: Identity,
+    /// The long-lived connections of each session, ended when it is revoked or expires.
+    pub sessions: SessionWatch,
 }
 
 /// How long readiness waits for one backend before calling it down.
@@ -75,6 +79,12 @@ impl Platform {
         let bus = Bus::open(&config.bus, clock.clone()).await?;
         let blobs = Blobs::open(&config.blobs, &data_dir)?;
         let identity = Identity::new(&config.auth, cache.clone(), clock.clone());
+        let sessions = SessionWatch::new(
+            config.http.max_streams_per_user,
+            config.auth.leeway_secs,
+            config.auth.access_token_ttl_secs,
+            clock.clone(),
+        );
         Ok(Self {
             config: Arc::new(config),
             db,
@@ -84,6 +94,7 @@ impl Platform {
             metrics: Metrics::new(),
             clock,
             identity,
+            sessions,
         })
     }
 
@@ -98,6 +109,8 @@ impl Platform {
                 }
             }
         });
+        let (sessions, bus) = (self.sessions.clone(), self.bus.clone());
+        workers.spawn("session-watch", move |stop| sessions.run(bus, stop));
         if !self.config.auth.jwks_url.is_empty() {
             let identity = self.identity.clone();
             let url = self.config.auth.jwks_url.clone();

@@ -115,7 +115,7 @@ async fn login(app: &TestApp) -> Tokens {
     login_as(app, &unique_phone(), "phone-1").await
 }
 
-async fn whoami(app: &TestApp, token: &str) -> reqwest::Response {
+pub async fn whoami(app: &TestApp, token: &str) -> reqwest::Response {
     app.client
         .get(app.url("/whoami"))
         .bearer_auth(token)
@@ -124,7 +124,7 @@ async fn whoami(app: &TestApp, token: &str) -> reqwest::Response {
         .unwrap()
 }
 
-async fn refresh(app: &TestApp, refresh_token: &str) -> reqwest::Response {
+pub async fn refresh(app: &TestApp, refresh_token: &str) -> reqwest::Response {
     app.post("/login/refresh")
         .json(&json!({ "refresh_token": refresh_token }))
         .send()
@@ -147,18 +147,23 @@ fn header(token: &str) -> Value {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
 }
 
-fn payload(token: &str) -> Value {
+pub fn payload(token: &str) -> Value {
     let part = token.split('.').nth(1).unwrap();
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
 }
 
-/// The `beep` command line as an operator runs it beside `app`: same data dir, same database.
-fn beep_cli(app: &TestApp, args: &[&str]) -> String {
+/// The `beep` command line as an operator runs it beside `app`: same data dir, database and bus.
+pub fn beep_cli(app: &TestApp, args: &[&str]) -> String {
     crate::served::run_ok(
         crate::served::beep(app.data_dir())
             .args(["--data-dir", app.data_dir().to_str().unwrap()])
             .args(args)
-            .env("BEEP_DATABASE__URL", &app.platform.config.database.url),
+            .env("BEEP_DATABASE__URL", &app.platform.config.database.url)
+            .env("BEEP_BUS__URL", &app.platform.config.bus.url)
+            .env(
+                "BEEP_BUS__SUBJECT_PREFIX",
+                &app.platform.config.bus.subject_prefix,
+            ),
     )
 }
 

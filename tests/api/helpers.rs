@@ -223,6 +223,15 @@ impl TestApp {
         )
         .await
         .unwrap_or_else(|err| panic!("app did not start on {column:?}: {err}"));
+        Self::serve(running, clock, postgres_database, data_dir)
+    }
+
+    fn serve(
+        running: app::RunningApp,
+        clock: Clock,
+        postgres_database: Option<String>,
+        data_dir: TempDir,
+    ) -> Self {
         let addr = running.addr();
         let handle = running.handle();
         let platform = running.platform().clone();
@@ -237,6 +246,33 @@ impl TestApp {
             postgres_database,
             data_dir,
         }
+    }
+
+    /// Stops the app and starts it again, hosting every compiled service, on the same data
+    /// directory and database, with `adjust` applied to its configuration.
+    pub async fn restart(
+        self,
+        adjust: impl FnOnce(&mut Config),
+        extra_services: Vec<Arc<dyn Service>>,
+    ) -> Self {
+        self.handle.stop(true).await;
+        self.task.await.unwrap().unwrap();
+        let mut config = (*self.platform.config).clone();
+        drop(self.platform);
+        adjust(&mut config);
+        let clock = Clock::adjustable();
+        let running = app::start(
+            config,
+            beep::services::COMPILED,
+            Hosting {
+                handle_signals: false,
+                extra_services,
+                clock: clock.clone(),
+            },
+        )
+        .await
+        .unwrap_or_else(|err| panic!("app did not start again: {err}"));
+        Self::serve(running, clock, self.postgres_database, self.data_dir)
     }
 
     pub fn data_dir(&self) -> &Path {

@@ -26,3 +26,5 @@ mod peer;
 mod readiness;
 #[path = "../common/served.rs"]
 mod served;
+#[cfg(feature = "bites")]
+mod sessions;

@@ -24,6 +24,9 @@ pub struct Caller {
     pub client_id: String,
     /// The login session, absent when a trusted proxy vouched for the caller.
     pub session_id: Option<String>,
+    /// When the access token expires (Unix seconds), absent for a proxy-vouched caller: a
+    /// long-lived connection ends then (see `platform::sessions`).
+    pub expires_at: Option<u64>,
 }
 
 /// The `X-User-Claim` header of the original forward-auth: compact JSON, `userid` first.
@@ -168,6 +171,7 @@ fn live_caller(claims: &Claims, revoked: bool) -> Answer {
         user_id: claims.userid.clone(),
         client_id: claims.clientid.clone(),
         session_id: Some(claims.sid.clone()),
+        expires_at: Some(claims.exp),
     })
 }
 
@@ -187,6 +191,7 @@ fn forwarded_caller(platform: &Platform, forwarded: Option<&HeaderValue>) -> Ans
                 user_id: claim.userid,
                 client_id: claim.clientid,
                 session_id: None,
+                expires_at: None,
             })
         }
         _ => Err(AuthRejection::Missing),

@@ -17,22 +17,27 @@ pub mod sessions;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+
 pub use error::{AuthError, SetupError};
 use keys::KeyRing;
 use limits::Limiter;
 use otp::Challenges;
 use senders::Senders;
+use service::RevocationCursor;
 pub use service::{AuthService, TokenResponse};
 use sessions::Sessions;
 
 use crate::config::AuthConfig;
 use crate::platform::Platform;
-use crate::platform::service::{Routes, Service};
+use crate::platform::service::{PrepareError, Routes, Service};
 use crate::platform::users::SharedDirectory;
 use crate::platform::workers::Workers;
 
 pub struct Auth {
     state: Arc<AuthService>,
+    /// Where the revocation sync has read to: first by `prepare`, then by its worker.
+    cursor: Arc<tokio::sync::Mutex<RevocationCursor>>,
 }
 
 impl Auth {
@@ -66,13 +71,22 @@ impl Auth {
             blocked: config.auth.blocked_users.iter().cloned().collect(),
             identity: platform.identity.clone(),
             clock: platform.clock.clone(),
+            watch: platform.sessions.clone(),
+            bus: platform.bus.clone(),
             challenges,
             keys,
             users,
             config,
         };
+        // Revocations made before a restart still matter while their tokens live.
+        let lifetime_ms = (config_lifetime_secs(&state.config.auth)).saturating_mul(1000);
+        let cursor = RevocationCursor::new(
+            platform.clock.now_millis(),
+            i64::try_from(lifetime_ms).unwrap_or(i64::MAX / 2),
+        );
         Ok(Self {
             state: Arc::new(state),
+            cursor: Arc::new(tokio::sync::Mutex::new(cursor)),
         })
     }
 }
@@ -100,22 +114,39 @@ impl Service for Auth {
             }
         });
         let state = Arc::clone(&self.state);
+        let cursor = Arc::clone(&self.cursor);
         workers.spawn("auth-revocation-sync", move |stop| async move {
             let every = Duration::from_secs(state.config.auth.revocation_sync_secs.max(1));
             let mut tick = tokio::time::interval(every);
-            // Revocations made before a restart still matter while their tokens live.
-            let lifetime = state.config.auth.access_token_ttl_secs + state.config.auth.leeway_secs;
-            let mut since =
-                state.clock.now_millis() - i64::try_from(lifetime * 1000).unwrap_or(i64::MAX / 2);
-            state.block_configured_users().await;
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    _ = tick.tick() => since = state.sync_revocations(since).await,
+                    _ = tick.tick() => {
+                        let mut cursor = cursor.lock().await;
+                        if let Err(err) = state.sync_revocations(&mut cursor, true).await {
+                            tracing::warn!(error = %err, "cannot copy revoked sessions");
+                        }
+                    }
                 }
             }
         });
     }
+
+    fn prepare(&self) -> BoxFuture<'_, Result<(), PrepareError>> {
+        Box::pin(async move {
+            self.state.block_configured_users().await?;
+            let mut cursor = self.cursor.lock().await;
+            self.state.sync_revocations(&mut cursor, false).await?;
+            Ok(())
+        })
+    }
+}
+
+/// How long an access token can be honoured: its lifetime plus the leeway.
+fn config_lifetime_secs(config: &AuthConfig) -> u64 {
+    config
+        .access_token_ttl_secs
+        .saturating_add(config.leeway_secs)
 }
 
 /// The bypass hands out logins for a fixed code: a release build needs a second, explicit yes.

@@ -13,9 +13,11 @@ use super::otp::{self, Challenges};
 use super::senders::Senders;
 use super::sessions::{self, Issued, RefreshError, Sessions};
 use crate::config::Config;
+use crate::platform::bus::Bus;
 use crate::platform::clock::Clock;
 use crate::platform::http::Caller;
 use crate::platform::identity::{Claims, Identity};
+use crate::platform::sessions::{SessionRefreshed, SessionRevoked, SessionWatch, UserBlocked};
 use crate::platform::users::{Login, NewProfile, SharedDirectory, UserRecord};
 
 /// What a successful login or refresh answers.
@@ -41,6 +43,28 @@ pub struct AuthService {
     /// `auth.blocked_users`; `beep users block` adds rows to a table instead.
     pub(super) blocked: HashSet<String>,
     pub(super) clock: Clock,
+    /// Ends the open streams and sockets of a revoked session, here and (through the bus)
+    /// on every replica.
+    pub(super) watch: SessionWatch,
+    pub(super) bus: Bus,
+}
+
+/// How far the revocation sync has read: the latest `revoked_at` seen and the sessions
+/// revoked at exactly that instant (the next read starts there again).
+pub(super) struct RevocationCursor {
+    since: i64,
+    at_since: HashSet<String>,
+}
+
+impl RevocationCursor {
+    /// Starts `lookback_ms` before `now`: revocations older than a token's life no longer
+    /// matter.
+    pub(super) fn new(now: i64, lookback_ms: i64) -> Self {
+        Self {
+            since: now.saturating_sub(lookback_ms),
+            at_since: HashSet::new(),
+        }
+    }
 }
 
 impl AuthService {
@@ -161,7 +185,11 @@ impl AuthService {
         match self.sessions.refresh(refresh_token).await {
             Ok(issued) => {
                 self.refuse_blocked(&issued.session.user_id).await?;
-                self.token_response(issued, false)
+                let (user_id, session_id) =
+                    (issued.session.user_id.clone(), issued.session.id.clone());
+                let response = self.token_response(issued, false)?;
+                self.announce_refreshed(user_id, session_id).await;
+                Ok(response)
             }
             Err(RefreshError::Reused {
                 session_id,
@@ -174,7 +202,8 @@ impl AuthService {
                     client_ip,
                     "a spent refresh token was presented; revoking its session"
                 );
-                self.end_session(&session_id, "refresh token reuse").await?;
+                self.end_session(&user_id, &session_id, "refresh token reuse")
+                    .await?;
                 Err(AuthError::RefreshTokenReused)
             }
             Err(RefreshError::Db(err)) => Err(err.into()),
@@ -192,7 +221,8 @@ impl AuthService {
         };
         match self.sessions.find(session_id).await? {
             Some(session) if session.user_id == caller.user_id && session.revoked_at.is_none() => {
-                self.end_session(session_id, "logout").await
+                self.end_session(&caller.user_id, session_id, "logout")
+                    .await
             }
             _ => Err(AuthError::SessionNotFound),
         }
@@ -205,10 +235,47 @@ impl AuthService {
         Ok(self.sessions.list(&caller.user_id).await?)
     }
 
-    async fn end_session(&self, session_id: &str, reason: &str) -> Result<(), AuthError> {
+    /// Revokes the session, refuses its tokens, and ends its open streams and sockets here
+    /// and on every replica.
+    async fn end_session(
+        &self,
+        user_id: &str,
+        session_id: &str,
+        reason: &str,
+    ) -> Result<(), AuthError> {
         self.sessions.revoke(session_id, reason).await?;
         self.identity.revoke_session(session_id).await?;
+        self.announce_revoked(user_id, session_id).await;
         Ok(())
+    }
+
+    /// Ends the session's connections in this process at once, then tells the other
+    /// replicas. A bus that is down only delays them: their own sync, or the token's expiry,
+    /// ends them later.
+    async fn announce_revoked(&self, user_id: &str, session_id: &str) {
+        self.watch.end_session(user_id, session_id);
+        let event = SessionRevoked {
+            session: session_id.to_owned(),
+            user: user_id.to_owned(),
+        };
+        if let Err(err) = self.bus.publish(event).await {
+            tracing::warn!(error = %err, %session_id, "cannot announce a revoked session");
+        }
+    }
+
+    /// The session's open connections live on until its new access token expires, here
+    /// and on every replica.
+    async fn announce_refreshed(&self, user_id: String, session_id: String) {
+        let expires_at = self.clock.now_secs() + self.config.auth.access_token_ttl_secs;
+        self.watch.extend_session(&user_id, &session_id, expires_at);
+        let event = SessionRefreshed {
+            session: session_id,
+            user: user_id,
+            expires_at,
+        };
+        if let Err(err) = self.bus.publish(event).await {
+            tracing::warn!(error = %err, "cannot announce a refreshed session");
+        }
     }
 
     fn token_response(&self, issued: Issued, new_user: bool) -> Result<TokenResponse, AuthError> {
@@ -269,32 +336,49 @@ impl AuthService {
     }
 
     /// Copies revocations recorded in the database (by other replicas, or `beep users block`)
-    /// into the cache the verifier reads; returns the new high-water mark.
-    pub(super) async fn sync_revocations(&self, since: i64) -> i64 {
-        let revoked = match self.sessions.revoked_since(since).await {
-            Ok(revoked) => revoked,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot read revoked sessions");
-                return since;
-            }
+    /// into the cache the verifier reads, past `cursor`. With `announce`, each new one also
+    /// ends its session's open connections here and on every replica (the first sync, before
+    /// serving, has none to end).
+    pub(super) async fn sync_revocations(
+        &self,
+        cursor: &mut RevocationCursor,
+        announce: bool,
+    ) -> Result<(), AuthError> {
+        let revoked = self.sessions.revoked_since(cursor.since).await?;
+        let Some(high) = revoked.iter().map(|(_, _, at)| *at).max() else {
+            return Ok(());
         };
-        let mut high = since;
-        for (session_id, revoked_at) in revoked {
-            if let Err(err) = self.identity.revoke_session(&session_id).await {
-                tracing::warn!(error = %err, "cannot record a revoked session");
-                return since;
+        for (session_id, user_id, revoked_at) in &revoked {
+            if *revoked_at == cursor.since && cursor.at_since.contains(session_id) {
+                continue;
             }
-            high = high.max(revoked_at);
+            self.identity.revoke_session(session_id).await?;
+            if announce {
+                self.announce_revoked(user_id, session_id).await;
+            }
         }
-        high
+        cursor.at_since = revoked
+            .into_iter()
+            .filter(|(_, _, at)| *at == high)
+            .map(|(id, _, _)| id)
+            .collect();
+        cursor.since = high;
+        Ok(())
     }
 
-    pub(super) async fn block_configured_users(&self) {
+    /// Ends the sessions of the users `auth.blocked_users` names, and their connections.
+    pub(super) async fn block_configured_users(&self) -> Result<(), AuthError> {
         for user_id in &self.blocked {
-            if let Err(err) = self.sessions.revoke_user(user_id, "blocked").await {
-                tracing::warn!(error = %err, %user_id, "cannot end a blocked user's sessions");
+            self.sessions.revoke_user(user_id, "blocked").await?;
+            self.watch.end_user(user_id);
+            let event = UserBlocked {
+                user: user_id.clone(),
+            };
+            if let Err(err) = self.bus.publish(event).await {
+                tracing::warn!(error = %err, %user_id, "cannot announce a blocked user");
             }
         }
+        Ok(())
     }
 }
 

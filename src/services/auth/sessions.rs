@@ -273,11 +273,12 @@ impl Sessions {
             .await
     }
 
-    /// Sessions revoked at or after `since` (Unix ms), as `(id, revoked_at)`.
-    pub async fn revoked_since(&self, since: i64) -> Result<Vec<(String, i64)>, DbErr> {
+    /// Sessions revoked at or after `since` (Unix ms), as `(id, user_id, revoked_at)`.
+    pub async fn revoked_since(&self, since: i64) -> Result<Vec<(String, String, i64)>, DbErr> {
         session::Entity::find()
             .select_only()
             .column(session::Column::Id)
+            .column(session::Column::UserId)
             .column(session::Column::RevokedAt)
             .filter(session::Column::RevokedAt.gte(since))
             .into_tuple()

@@ -14,6 +14,7 @@ use utoipa_actix_web::scope;
 use super::error::BitesError;
 use super::store::{BiteMeta, Scan, SharedStore, blocking};
 use crate::config::BitesConfig;
+use crate::platform::Platform;
 use crate::platform::http::error::ErrorBody;
 use crate::platform::http::openapi::SseEvent;
 use crate::platform::http::{ApiError, Caller, SSE_KEEP_ALIVE, next_link, page_limit};
@@ -314,7 +315,8 @@ fn byte_range(header: &str, total: u64) -> RangeAnswer {
 
 /// `GET /store/bite/{conversation}/subscribe`: an `event: bite` with the metadata of each new
 /// bite of the conversation, as it is stored. The stream ends when the caller stops being a
-/// member (checked at each bite) or falls too far behind (a client reconnects).
+/// member (checked at each bite), falls too far behind (a client reconnects), or when the
+/// caller's session ends (logout, revocation, block, the token's expiry).
 #[utoipa::path(
     tag = "bites",
     params(ConversationPath),
@@ -322,20 +324,23 @@ fn byte_range(header: &str, total: u64) -> RangeAnswer {
         (status = 200, description = "`event: bite` with a bite's metadata as each is stored", content_type = "text/event-stream", body = SseEvent),
         (status = 400, description = "`invalid_id`", body = ErrorBody),
         (status = 403, description = "`not_a_member`", body = ErrorBody),
+        (status = 429, description = "The user has `http.max_streams_per_user` streams open: `too_many_streams`", body = ErrorBody),
         (status = 503, description = "Memberships cannot be read: `membership_unavailable`", body = ErrorBody),
     ),
 )]
 #[get("/subscribe")]
 async fn subscribe(
     state: State,
+    platform: web::Data<Platform>,
     caller: Caller,
     path: web::Path<String>,
 ) -> Result<impl actix_web::Responder, ApiError> {
     member_of(&state.access, &caller, &path).await?;
+    let lease = platform.sessions.open(&caller)?;
     let conversation = path.into_inner();
     let mut bites = state.announce.subscribe();
     let access = Arc::clone(&state.access);
-    let (sender, receiver) = mpsc::channel::<sse::Event>(STREAM_BUFFER);
+    let (sender, mut receiver) = mpsc::channel::<sse::Event>(STREAM_BUFFER);
     tokio::spawn(async move {
         loop {
             let bite = tokio::select! {
@@ -363,7 +368,8 @@ async fn subscribe(
             }
         }
     });
-    Ok(sse::Sse::from_infallible_receiver(receiver).with_keep_alive(SSE_KEEP_ALIVE))
+    let events = futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx));
+    Ok(sse::Sse::from_infallible_stream(lease.until_ended(events)).with_keep_alive(SSE_KEEP_ALIVE))
 }
 
 /// Bites buffered per stream before the stream is dropped.

@@ -18,6 +18,7 @@ use super::users::{NewUser, ProfilePatch, Users, record, user};
 use crate::config::CoreConfig;
 use crate::platform::bus::{Bus, Event};
 use crate::platform::membership::{ConversationDeleted, MemberAdded, MemberRemoved};
+use crate::platform::sessions::Lease;
 use crate::platform::users::{Login, PhoneNumber, UserRecord};
 
 /// A page of a list: at most `limit` items after the cursor `after` (the last id seen).
@@ -327,18 +328,19 @@ impl CoreService {
 
     // ---- streams ----
 
-    pub fn subscribe(&self, me: &str, topic: Topic) -> impl Responder + use<> {
-        self.hub.subscribe(me, topic)
+    /// A stream of `topic` for the lease's user, held open while the lease lasts.
+    pub fn subscribe(&self, lease: Lease, topic: Topic) -> impl Responder + use<> {
+        self.hub.subscribe(lease, topic)
     }
 
     /// A conversation's member stream, for its members only.
     pub async fn subscribe_members(
         &self,
-        me: &str,
+        lease: Lease,
         id: &str,
     ) -> Result<impl Responder + use<>, CoreError> {
-        self.conversations.check_member(me, id).await?;
-        Ok(self.hub.subscribe(me, Topic::Members(id.to_owned())))
+        self.conversations.check_member(lease.user(), id).await?;
+        Ok(self.hub.subscribe(lease, Topic::Members(id.to_owned())))
     }
 }
 

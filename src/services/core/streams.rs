@@ -18,6 +18,7 @@ use super::events::{ContactAdded, ConversationUpdated, MemberUpdated, UserUpdate
 use crate::platform::bus::{Bus, BusError, keep_listening};
 use crate::platform::http::SSE_KEEP_ALIVE;
 use crate::platform::membership::{ConversationDeleted, MemberAdded, MemberRemoved};
+use crate::platform::sessions::Lease;
 
 /// Events buffered per stream; a client this far behind is dropped (it reconnects) rather
 /// than slowing delivery to everyone else.
@@ -93,14 +94,17 @@ impl Hub {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Opens a stream of `topic` for `user`; it ends when the client goes away.
-    pub fn subscribe(&self, user: &str, topic: Topic) -> impl actix_web::Responder + use<> {
-        let (sender, receiver) = mpsc::channel(STREAM_BUFFER);
+    /// Opens a stream of `topic` for the lease's user; it ends when the client goes away or
+    /// the lease ends (the session is revoked or its token expires).
+    pub fn subscribe(&self, lease: Lease, topic: Topic) -> impl actix_web::Responder + use<> {
+        let (sender, mut receiver) = mpsc::channel(STREAM_BUFFER);
         let mut subscribers = self.subscribers();
-        let streams = subscribers.entry(user.to_owned()).or_default();
+        let streams = subscribers.entry(lease.user().to_owned()).or_default();
         streams.retain(|stream| !stream.sender.is_closed());
         streams.push(Subscriber { topic, sender });
-        sse::Sse::from_infallible_receiver(receiver).with_keep_alive(SSE_KEEP_ALIVE)
+        drop(subscribers);
+        let events = futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx));
+        sse::Sse::from_infallible_stream(lease.until_ended(events)).with_keep_alive(SSE_KEEP_ALIVE)
     }
 
     fn is_idle(&self) -> bool {

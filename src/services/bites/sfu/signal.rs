@@ -22,10 +22,12 @@ use super::Sfu;
 use super::negotiation::Negotiation;
 use super::peer::{Frame, Participant};
 use crate::config::IceServer;
+use crate::platform::Platform;
 use crate::platform::http::error::ErrorBody;
 use crate::platform::http::{ApiError, Caller};
 use crate::platform::membership::SharedAccess;
 use crate::platform::service::Routes;
+use crate::platform::sessions::Lease;
 use crate::services::bites::error::BitesError;
 use crate::services::bites::routes::member_of;
 
@@ -101,7 +103,9 @@ async fn join(
 
 /// `GET /webrtc/connect`: upgrades to the signalling socket and opens the media connection.
 /// A WebSocket: frames `offer::<sdp>`, `answer::<sdp>`, `ice::<candidate>` both ways and
-/// `error::{"code","message"}` from the server.
+/// `error::{"code","message"}` from the server. When the caller's session ends (logout,
+/// revocation, block, the token's expiry) the server sends `error::` with code
+/// `session_ended`, closes the socket and tears down the media connection.
 #[utoipa::path(
     tag = "bites",
     params(
@@ -112,6 +116,7 @@ async fn join(
     responses(
         (status = 101, description = "Switching Protocols: the signalling socket"),
         (status = 400, description = "Not a WebSocket handshake: `websocket_required`", body = ErrorBody),
+        (status = 429, description = "The user has `http.max_streams_per_user` streams open: `too_many_streams`", body = ErrorBody),
         (status = 503, description = "`media_unavailable`", body = ErrorBody),
     ),
     extensions(("x-websocket" = json!(true))),
@@ -119,10 +124,12 @@ async fn join(
 #[get("/connect")]
 async fn connect(
     state: State,
+    platform: web::Data<Platform>,
     caller: Caller,
     req: HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    let lease = platform.sessions.open(&caller)?;
     let (response, session, stream) = actix_ws::handle(&req, body)
         .map_err(|err| BitesError::WebSocketRequired(err.to_string()))?;
     let (participant, frames) = state
@@ -139,6 +146,7 @@ async fn connect(
         session,
         stream,
         frames,
+        lease,
     ));
     Ok(response)
 }
@@ -149,11 +157,17 @@ async fn serve(
     mut session: actix_ws::Session,
     mut stream: actix_ws::AggregatedMessageStream,
     mut frames: mpsc::Receiver<Frame>,
+    lease: Lease,
 ) {
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     let reason = loop {
         tokio::select! {
+            () = lease.ended() => {
+                let error = json!({"code": "session_ended", "message": "the session was ended or its token expired"});
+                let _gone = session.text(format!("error::{error}")).await;
+                break Some(CloseReason { code: CloseCode::Policy, description: Some("session ended".into()) });
+            }
             () = participant.closed.cancelled() => {
                 break Some(CloseReason { code: CloseCode::Normal, description: Some("replaced by a newer connection".into()) });
             }

@@ -1,54 +1,88 @@
-//! The four Server-Sent Events streams of the original core.
+//! The four Server-Sent Events streams of the original core. Each belongs to the caller's
+//! session: it ends within a second of a logout, a revocation, a block or the token's expiry,
+//! and counts against `http.max_streams_per_user`.
 
 use actix_web::{Responder, get, web};
 
 use super::{ConversationPath, MembersOnly, State, conversation_id};
+use crate::platform::Platform;
+use crate::platform::http::error::ErrorBody;
 use crate::platform::http::openapi::SseEvent;
 use crate::platform::http::{ApiError, Caller};
 use crate::services::core::streams::Topic;
 
+type Watch = web::Data<Platform>;
+
 /// Profile changes of the caller and of their contacts.
 #[utoipa::path(
     tag = "core",
-    responses((status = 200, description = "Events `data: {\"type\":\"add|update|delete\",\"data\":\"<JSON>\"}`, a keep-alive comment every 25 s",
-        content_type = "text/event-stream", body = SseEvent)),
+    responses(
+        (status = 200, description = "Events `data: {\"type\":\"add|update|delete\",\"data\":\"<JSON>\"}`, a keep-alive comment every 25 s; ends when the session does",
+            content_type = "text/event-stream", body = SseEvent),
+        (status = 429, description = "The user has `http.max_streams_per_user` streams open: `too_many_streams`", body = ErrorBody),
+    ),
 )]
 #[get("/user/subscribe")]
-pub(super) async fn subscribe_users(state: State, caller: Caller) -> impl Responder {
-    state.subscribe(&caller.user_id, Topic::Users)
+pub(super) async fn subscribe_users(
+    state: State,
+    watch: Watch,
+    caller: Caller,
+) -> Result<impl Responder, ApiError> {
+    Ok(state.subscribe(watch.sessions.open(&caller)?, Topic::Users))
 }
 
 /// `/user/subscribe` by the original README's name.
 #[utoipa::path(
     tag = "core",
-    responses((status = 200, description = "Events `data: {\"type\":\"add|update|delete\",\"data\":\"<JSON>\"}`, a keep-alive comment every 25 s",
-        content_type = "text/event-stream", body = SseEvent)),
+    responses(
+        (status = 200, description = "Events `data: {\"type\":\"add|update|delete\",\"data\":\"<JSON>\"}`, a keep-alive comment every 25 s; ends when the session does",
+            content_type = "text/event-stream", body = SseEvent),
+        (status = 429, description = "The user has `http.max_streams_per_user` streams open: `too_many_streams`", body = ErrorBody),
+    ),
 )]
 #[get("/user/subscribe/user")]
-pub(super) async fn subscribe_users_by_old_name(state: State, caller: Caller) -> impl Responder {
-    state.subscribe(&caller.user_id, Topic::Users)
+pub(super) async fn subscribe_users_by_old_name(
+    state: State,
+    watch: Watch,
+    caller: Caller,
+) -> Result<impl Responder, ApiError> {
+    Ok(state.subscribe(watch.sessions.open(&caller)?, Topic::Users))
 }
 
 /// Contacts the caller adds.
 #[utoipa::path(
     tag = "core",
-    responses((status = 200, description = "Events `data: {\"type\":\"add|update|delete\",\"data\":\"<JSON>\"}`, a keep-alive comment every 25 s",
-        content_type = "text/event-stream", body = SseEvent)),
+    responses(
+        (status = 200, description = "Events `data: {\"type\":\"add|update|delete\",\"data\":\"<JSON>\"}`, a keep-alive comment every 25 s; ends when the session does",
+            content_type = "text/event-stream", body = SseEvent),
+        (status = 429, description = "The user has `http.max_streams_per_user` streams open: `too_many_streams`", body = ErrorBody),
+    ),
 )]
 #[get("/user/subscribe/contact")]
-pub(super) async fn subscribe_contacts(state: State, caller: Caller) -> impl Responder {
-    state.subscribe(&caller.user_id, Topic::Contacts)
+pub(super) async fn subscribe_contacts(
+    state: State,
+    watch: Watch,
+    caller: Caller,
+) -> Result<impl Responder, ApiError> {
+    Ok(state.subscribe(watch.sessions.open(&caller)?, Topic::Contacts))
 }
 
 /// The caller's conversations appearing, changing and going.
 #[utoipa::path(
     tag = "core",
-    responses((status = 200, description = "Events `data: {\"type\":\"add|update|delete\",\"data\":\"<JSON>\"}`, a keep-alive comment every 25 s",
-        content_type = "text/event-stream", body = SseEvent)),
+    responses(
+        (status = 200, description = "Events `data: {\"type\":\"add|update|delete\",\"data\":\"<JSON>\"}`, a keep-alive comment every 25 s; ends when the session does",
+            content_type = "text/event-stream", body = SseEvent),
+        (status = 429, description = "The user has `http.max_streams_per_user` streams open: `too_many_streams`", body = ErrorBody),
+    ),
 )]
 #[get("/user/subscribe/conversation")]
-pub(super) async fn subscribe_conversations(state: State, caller: Caller) -> impl Responder {
-    state.subscribe(&caller.user_id, Topic::Conversations)
+pub(super) async fn subscribe_conversations(
+    state: State,
+    watch: Watch,
+    caller: Caller,
+) -> Result<impl Responder, ApiError> {
+    Ok(state.subscribe(watch.sessions.open(&caller)?, Topic::Conversations))
 }
 
 /// A conversation's members joining, changing and leaving; members only.
@@ -59,14 +93,17 @@ pub(super) async fn subscribe_conversations(state: State, caller: Caller) -> imp
         (status = 200, description = "Events as on the other streams; ends when the caller is removed",
             content_type = "text/event-stream", body = SseEvent),
         MembersOnly,
+        (status = 429, description = "The user has `http.max_streams_per_user` streams open: `too_many_streams`", body = ErrorBody),
     ),
 )]
 #[get("/user/subscribe/conversation/{conversation}/member")]
 pub(super) async fn subscribe_members(
     state: State,
+    watch: Watch,
     caller: Caller,
     path: web::Path<String>,
 ) -> Result<impl Responder, ApiError> {
     let id = conversation_id(&path)?;
-    Ok(state.subscribe_members(&caller.user_id, id).await?)
+    let lease = watch.sessions.open(&caller)?;
+    Ok(state.subscribe_members(lease, id).await?)
 }
