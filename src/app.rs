@@ -228,6 +228,7 @@ pub async fn start(
 
     // Checked again by `build_services`; here so a wrong name touches nothing.
     check_compiled(service_names)?;
+    raise_open_file_limit();
     let platform = Platform::open(config, hosting.clock).await?;
     for name in service_names {
         let applied = platform
@@ -261,6 +262,7 @@ pub async fn start(
 
     let config = Arc::clone(&platform.config);
     let wrapper = Arc::new(request::RequestPolicy {
+        body_timeout: Duration::from_secs(config.http.body_timeout_secs.max(1)),
         metrics: config.telemetry.metrics.then(|| platform.metrics.clone()),
         cors,
         security_headers: request::RequestPolicy::security_headers(
@@ -343,6 +345,27 @@ pub async fn start(
         server,
         workers,
     })
+}
+
+/// Every stream, socket and connection is a file descriptor, and the soft limit is often
+/// 1,024: it is raised to the hard limit, so the per-user caps decide, not the OS.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let (Some(current), Some(maximum)) = (limit.current, limit.maximum) else {
+        return;
+    };
+    if current >= maximum {
+        return;
+    }
+    let raised = rustix::process::Rlimit {
+        current: Some(maximum),
+        maximum: Some(maximum),
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::debug!(from = current, to = maximum, "open file limit raised"),
+        Err(err) => tracing::warn!(error = %err, current, "cannot raise the open file limit"),
+    }
 }
 
 impl RunningApp {

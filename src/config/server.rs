@@ -73,6 +73,8 @@ pub struct HttpConfig {
     pub json_limit_bytes: usize,
     /// Largest other request body (raw bytes, forms), in bytes.
     pub body_limit_bytes: usize,
+    /// A request body that stops arriving for this long is answered 408 `body_timeout`.
+    pub body_timeout_secs: u64,
     /// Take the client address from `X-Forwarded-For`/`Forwarded` (only behind a proxy that
     /// sets them); otherwise the peer address is the client, for rate limits and logs.
     pub trust_forwarded_for: bool,
@@ -87,6 +89,7 @@ impl Default for HttpConfig {
         Self {
             json_limit_bytes: 64 * 1024,
             body_limit_bytes: 1024 * 1024,
+            body_timeout_secs: 10,
             trust_forwarded_for: false,
             max_streams_per_user: 32,
             cors: CorsConfig::default(),

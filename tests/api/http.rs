@@ -365,3 +365,55 @@ async fn serves_https_when_a_certificate_is_configured() {
     );
     app.stop().await;
 }
+
+/// A body that stops arriving is answered 408 once `http.body_timeout_secs` passes without a
+/// byte, on the real routes (here `POST /login/init`), and the connection is not held.
+#[tokio::test]
+async fn a_stalled_body_is_answered_408() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let app = TestApp::spawn_with(
+        Column::Embedded,
+        |config| config.http.body_timeout_secs = 1,
+        Vec::new(),
+    )
+    .await;
+    let mut socket = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    socket
+        .write_all(
+            b"POST /login/init HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\n\
+              Content-Length: 1000\r\n\r\n{\"phone",
+        )
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut buffer = [0_u8; 4096];
+        loop {
+            let n = socket.read(&mut buffer).await.unwrap();
+            answer.extend_from_slice(&buffer[..n]);
+            if n == 0 || String::from_utf8_lossy(&answer).contains("body_timeout") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer within 10 s");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"code\":\"body_timeout\""), "{answer}");
+    let waited = started.elapsed();
+    assert!(waited < std::time::Duration::from_secs(3), "{waited:?}");
+    app.stop().await;
+}
+
+/// The soft open-file limit is raised to the hard one at start (the tests run in the app's
+/// process, so its limit is this one).
+#[tokio::test]
+async fn the_open_file_limit_is_raised_at_start() {
+    let app = TestApp::spawn(Column::Embedded).await;
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    assert_eq!(limit.current, limit.maximum);
+    app.stop().await;
+}

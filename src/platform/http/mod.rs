@@ -1,6 +1,7 @@
 //! HTTP plumbing shared by every service: the JSON error body, the per-request wrapper
 //! (request ids, telemetry, security headers, CORS) and body limits.
 
+pub mod body;
 pub mod caller;
 pub mod cors;
 pub mod error;
@@ -60,6 +61,9 @@ fn json_error(err: JsonPayloadError) -> ApiError {
         JsonPayloadError::Deserialize(err) => {
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", err.to_string())
         }
+        JsonPayloadError::Payload(err) => body::timed_out(&err).unwrap_or_else(|| {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", err.to_string())
+        }),
         other => ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", other.to_string()),
     }
 }
@@ -72,6 +76,9 @@ fn form_error(err: UrlencodedError) -> ApiError {
             "unsupported_media_type",
             "expected Content-Type: application/x-www-form-urlencoded",
         ),
+        UrlencodedError::Payload(err) => body::timed_out(&err).unwrap_or_else(|| {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_form", err.to_string())
+        }),
         other => ApiError::new(StatusCode::BAD_REQUEST, "invalid_form", other.to_string()),
     }
 }

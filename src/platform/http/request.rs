@@ -9,13 +9,16 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
+use actix_web::HttpMessage as _;
 use actix_web::body::EitherBody;
-use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
+use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
+use actix_web::error::PayloadError;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{Error, HttpResponse};
 use tracing::Instrument as _;
 
+use super::body::IdleTimeout;
 use super::cors::CorsPolicy;
 use super::error::{error_response, into_json_error};
 use crate::platform::ids::random_hex128;
@@ -33,6 +36,8 @@ fn acceptable(id: &str) -> bool {
 
 /// What the wrapper adds, decided once at start.
 pub struct RequestPolicy {
+    /// How long a request body may stop arriving (`http.body_timeout_secs`).
+    pub body_timeout: std::time::Duration,
     /// `None` when `telemetry.metrics = false`.
     pub metrics: Option<Metrics>,
     /// `None` when `http.cors.enabled = false`.
@@ -92,6 +97,7 @@ pub struct PlatformMiddleware<S> {
 }
 
 type LocalBoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+type BodyStream = Pin<Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, PayloadError>>>>;
 
 impl<S, B> Service<ServiceRequest> for PlatformMiddleware<S>
 where
@@ -104,8 +110,15 @@ where
 
     forward_ready!(service);
 
-    fn call(&self, req: ServiceRequest) -> Self::Future {
+    fn call(&self, mut req: ServiceRequest) -> Self::Future {
         let started = Instant::now();
+        // Only requests with a body pay for the timer.
+        if has_body(req.headers()) {
+            let body = req.take_payload();
+            let timed = IdleTimeout::new(body, self.policy.body_timeout);
+            let timed: BodyStream = Box::pin(timed);
+            req.set_payload(Payload::from(timed));
+        }
         let id = req
             .headers()
             .get(&X_REQUEST_ID)
@@ -184,6 +197,13 @@ where
             .instrument(span),
         )
     }
+}
+
+fn has_body(headers: &header::HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|length| length.as_bytes() != b"0")
 }
 
 /// Known methods as static labels; anything else is one bucket, not one series per verb.

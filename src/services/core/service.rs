@@ -339,8 +339,12 @@ impl CoreService {
         lease: Lease,
         id: &str,
     ) -> Result<impl Responder + use<>, CoreError> {
-        self.conversations.check_member(lease.user(), id).await?;
-        Ok(self.hub.subscribe(lease, Topic::Members(id.to_owned())))
+        let me = lease.user().to_owned();
+        // Registered before the check: a removal landing in between then reaches this stream
+        // and ends it, instead of slipping past an unregistered one.
+        let stream = self.hub.subscribe(lease, Topic::Members(id.to_owned()));
+        self.conversations.check_member(&me, id).await?;
+        Ok(stream)
     }
 }
 
