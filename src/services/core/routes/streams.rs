@@ -3,6 +3,7 @@
 //! and counts against `http.max_streams_per_user`.
 
 use actix_web::{Responder, get, web};
+use utoipa::IntoResponses;
 
 use super::{ConversationPath, MembersOnly, State, conversation_id};
 use crate::platform::Platform;
@@ -13,15 +14,28 @@ use crate::services::core::streams::Topic;
 
 type Watch = web::Data<Platform>;
 
-/// Profile changes of the caller and of their contacts.
-#[utoipa::path(
-    tag = "core",
-    responses(
-        (status = 200, description = "Events `data: {\"type\":\"add|update|delete\",\"data\":\"<JSON>\"}`, a keep-alive comment every 25 s; ends when the session does",
-            content_type = "text/event-stream", body = SseEvent),
-        (status = 429, description = "The user has `http.max_streams_per_user` streams open: `too_many_streams`", body = ErrorBody),
-    ),
+/// What each of the caller's own streams answers.
+#[derive(IntoResponses)]
+#[allow(
+    dead_code,
+    reason = "documents the responses; handlers answer an Sse stream"
 )]
+enum UserStream {
+    #[response(
+        status = 200,
+        description = "Events `data: {\"type\":\"add|update|delete\",\"data\":\"<JSON>\"}`, a keep-alive comment every 25 s; ends when the session does",
+        content_type = "text/event-stream"
+    )]
+    Events(SseEvent),
+    #[response(
+        status = 429,
+        description = "The user has `http.max_streams_per_user` streams open: `too_many_streams`"
+    )]
+    TooManyStreams(ErrorBody<'static>),
+}
+
+/// Profile changes of the caller and of their contacts.
+#[utoipa::path(tag = "core", responses(UserStream))]
 #[get("/user/subscribe")]
 pub(super) async fn subscribe_users(
     state: State,
@@ -32,14 +46,7 @@ pub(super) async fn subscribe_users(
 }
 
 /// `/user/subscribe` by the original README's name.
-#[utoipa::path(
-    tag = "core",
-    responses(
-        (status = 200, description = "Events `data: {\"type\":\"add|update|delete\",\"data\":\"<JSON>\"}`, a keep-alive comment every 25 s; ends when the session does",
-            content_type = "text/event-stream", body = SseEvent),
-        (status = 429, description = "The user has `http.max_streams_per_user` streams open: `too_many_streams`", body = ErrorBody),
-    ),
-)]
+#[utoipa::path(tag = "core", responses(UserStream))]
 #[get("/user/subscribe/user")]
 pub(super) async fn subscribe_users_by_old_name(
     state: State,
@@ -50,14 +57,7 @@ pub(super) async fn subscribe_users_by_old_name(
 }
 
 /// Contacts the caller adds.
-#[utoipa::path(
-    tag = "core",
-    responses(
-        (status = 200, description = "Events `data: {\"type\":\"add|update|delete\",\"data\":\"<JSON>\"}`, a keep-alive comment every 25 s; ends when the session does",
-            content_type = "text/event-stream", body = SseEvent),
-        (status = 429, description = "The user has `http.max_streams_per_user` streams open: `too_many_streams`", body = ErrorBody),
-    ),
-)]
+#[utoipa::path(tag = "core", responses(UserStream))]
 #[get("/user/subscribe/contact")]
 pub(super) async fn subscribe_contacts(
     state: State,
@@ -68,14 +68,7 @@ pub(super) async fn subscribe_contacts(
 }
 
 /// The caller's conversations appearing, changing and going.
-#[utoipa::path(
-    tag = "core",
-    responses(
-        (status = 200, description = "Events `data: {\"type\":\"add|update|delete\",\"data\":\"<JSON>\"}`, a keep-alive comment every 25 s; ends when the session does",
-            content_type = "text/event-stream", body = SseEvent),
-        (status = 429, description = "The user has `http.max_streams_per_user` streams open: `too_many_streams`", body = ErrorBody),
-    ),
-)]
+#[utoipa::path(tag = "core", responses(UserStream))]
 #[get("/user/subscribe/conversation")]
 pub(super) async fn subscribe_conversations(
     state: State,
