@@ -130,7 +130,7 @@ impl Bench {
         &mut self,
     ) -> (
         std::net::SocketAddr,
-        actix_web::dev::ServerHandle,
+        beep::app::AppHandle,
         beep::platform::Platform,
     ) {
         let running = self.running.take().unwrap();
@@ -139,7 +139,7 @@ impl Bench {
         served
     }
 
-    async fn finish(self, handle: actix_web::dev::ServerHandle) {
+    async fn finish(self, handle: beep::app::AppHandle) {
         handle.stop(true).await;
         if let Some((url, name)) = self.postgres {
             let admin = sea_orm::Database::connect(url.as_str()).await.unwrap();

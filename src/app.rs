@@ -6,7 +6,8 @@
 //! ```text
 //!             core ──UserDirectory──▶ auth
 //!             core ──MembershipSource──▶ permissions ──AccessCheck──▶ bites
-//!   heartbeat, pictures: nothing asked yet
+//!             core ──RelationCheck──▶ heartbeat
+//!   pictures: nothing asked yet
 //!   everyone ◀── bus (core's events: memberships, profiles) ──▶ everyone
 //! ```
 //!
@@ -33,7 +34,10 @@ use crate::platform::http::{self, tls};
 use crate::platform::membership::SharedAccess;
 #[cfg(feature = "permissions")]
 use crate::platform::membership::SharedMembership;
+#[cfg(feature = "heartbeat")]
+use crate::platform::membership::SharedRelations;
 use crate::platform::service::{Routes, Service};
+use crate::platform::sessions::SessionWatch;
 #[cfg(feature = "auth")]
 use crate::platform::users::SharedDirectory;
 use crate::platform::workers::Workers;
@@ -102,6 +106,9 @@ struct Seams {
     /// "May U touch C", cached: permissions, asked by bites (then heartbeat and pictures).
     #[cfg(feature = "bites")]
     access: Option<SharedAccess>,
+    /// "May V see U's presence": core, asked by heartbeat.
+    #[cfg(feature = "heartbeat")]
+    relations: Option<SharedRelations>,
 }
 
 /// The seam `service` asks, or why it cannot start without `owner`.
@@ -142,6 +149,10 @@ pub fn build_services(
         {
             seams.memberships = Some(Arc::clone(&core.conversations) as SharedMembership);
         }
+        #[cfg(feature = "heartbeat")]
+        {
+            seams.relations = Some(Arc::clone(&core.relations) as SharedRelations);
+        }
         built.push(Arc::new(core));
     }
     #[cfg(feature = "permissions")]
@@ -171,7 +182,10 @@ pub fn build_services(
     }
     #[cfg(feature = "heartbeat")]
     if hosted("heartbeat") {
-        built.push(Arc::new(services::heartbeat::Heartbeat));
+        let relations = ask(&seams.relations, "heartbeat", "RelationCheck", "core")?;
+        built.push(Arc::new(services::heartbeat::Heartbeat::new(
+            platform, relations,
+        )));
     }
     #[cfg(feature = "pictures")]
     if hosted("pictures") {
@@ -317,10 +331,12 @@ pub async fn start(
         // under `http.max_streams_per_user`; allowed half-closed, they would linger until a
         // keep-alive write failed.
         .h1_allow_half_closed(false)
+        // Clients reconnecting together (after a restart, a network blip) are queued rather
+        // than refused: actix's default is 2,048.
+        .backlog(4096)
         .shutdown_timeout(config.server.shutdown_timeout_secs);
-    if !hosting.handle_signals {
-        server = server.disable_signals();
-    }
+    // Signals are ours: a stop first ends the long-lived connections (see `AppHandle`).
+    server = server.disable_signals();
     let bound = match tls {
         Some(tls) => server.bind_rustls_0_23(listen, tls),
         None => server.bind(listen),
@@ -331,6 +347,17 @@ pub async fn start(
     })?;
     let addr = bound.addrs().first().copied().unwrap_or(listen);
     let server = bound.run();
+    if hosting.handle_signals {
+        let handle = AppHandle {
+            server: server.handle(),
+            sessions: platform.sessions.clone(),
+        };
+        tokio::spawn(async move {
+            stop_signal().await;
+            tracing::info!("stop signal received; shutting down");
+            handle.stop(true).await;
+        });
+    }
 
     // Workers start once the port is ours, so a failed start leaves nothing running.
     let mut workers = Workers::new();
@@ -345,6 +372,46 @@ pub async fn start(
         server,
         workers,
     })
+}
+
+/// Stops a running app.
+#[derive(Clone)]
+pub struct AppHandle {
+    server: ServerHandle,
+    sessions: SessionWatch,
+}
+
+impl AppHandle {
+    /// Ends the SSE streams and signalling sockets (each belongs to a session; clients
+    /// reconnect), then stops the server: gracefully lets other in-flight requests finish, up
+    /// to `server.shutdown_timeout_secs`.
+    pub async fn stop(&self, graceful: bool) {
+        let ended = self.sessions.end_all();
+        if ended > 0 {
+            tracing::info!(ended, "open streams and sockets ended for the shutdown");
+        }
+        self.server.stop(graceful).await;
+    }
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM (service managers, container runtimes).
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let terminate = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
 }
 
 /// Every stream, socket and connection is a file descriptor, and the soft limit is often
@@ -377,9 +444,12 @@ impl RunningApp {
         &self.platform
     }
 
-    /// A handle that stops the server gracefully: `handle.stop(true)`.
-    pub fn handle(&self) -> ServerHandle {
-        self.server.handle()
+    /// A handle that stops the server: `handle.stop(true)`.
+    pub fn handle(&self) -> AppHandle {
+        AppHandle {
+            server: self.server.handle(),
+            sessions: self.platform.sessions.clone(),
+        }
     }
 
     /// Serves until stopped, then shuts down in order: in-flight requests finish (up to

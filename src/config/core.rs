@@ -9,6 +9,9 @@ pub struct CoreConfig {
     /// Items per page of a list when the request gives no `limit`, and the largest `limit`.
     pub page_size: u64,
     pub max_page_size: u64,
+    /// How long an answer to "may V see U's presence" stays cached; contact and membership
+    /// events clear it at once.
+    pub relation_cache_ttl_secs: u64,
 }
 
 impl Default for CoreConfig {
@@ -16,6 +19,7 @@ impl Default for CoreConfig {
         Self {
             page_size: 100,
             max_page_size: 1000,
+            relation_cache_ttl_secs: 300,
         }
     }
 }

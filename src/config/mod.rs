@@ -8,6 +8,7 @@ mod auth;
 mod backends;
 mod bites;
 mod core;
+mod heartbeat;
 mod permissions;
 mod secret;
 mod server;
@@ -26,6 +27,7 @@ pub use self::auth::{
 pub use self::backends::{BlobsConfig, BusConfig, CacheConfig, DatabaseConfig, S3Config};
 pub use self::bites::{BitesConfig, IceServer, SfuConfig};
 pub use self::core::CoreConfig;
+pub use self::heartbeat::HeartbeatConfig;
 pub use self::permissions::{PermissionsConfig, PermissionsRoute};
 use self::secret::MASK;
 pub use self::secret::Secret;
@@ -45,6 +47,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub auth: AuthConfig,
     pub core: CoreConfig,
+    pub heartbeat: HeartbeatConfig,
     pub permissions: PermissionsConfig,
     pub bites: BitesConfig,
 }

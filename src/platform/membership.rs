@@ -1,9 +1,11 @@
-//! Who belongs to which conversation: the one membership policy every service obeys.
+//! Who belongs to which conversation, and who may see whom: the one access policy every
+//! service obeys.
 //!
-//! core owns memberships and announces every change with the events below; permissions answers
-//! [`AccessCheck`] from a cache it fills through [`MembershipSource`] (core, in-process) and
-//! empties on those events. heartbeat, pictures and bites ask [`AccessCheck`] and never import
-//! either service.
+//! core owns memberships and contacts and announces every change with the events below;
+//! permissions answers [`AccessCheck`] from a cache it fills through [`MembershipSource`]
+//! (core, in-process) and empties on those events. core answers [`RelationCheck`] (contact
+//! or shared conversation) itself, cached the same way. heartbeat, pictures and bites ask
+//! these traits and never import either service.
 
 use std::sync::Arc;
 
@@ -70,4 +72,50 @@ pub struct ConversationDeleted {
 
 impl Event for ConversationDeleted {
     const SUBJECT: &'static str = "core.conversation_deleted";
+}
+
+/// What `viewer` is to `user`, for who may watch `user`'s presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Relation {
+    /// There is no such user.
+    NoSuchUser,
+    /// Neither a contact nor in a conversation with them.
+    Stranger,
+    /// `viewer` has `user` as a contact, shares a conversation with them, or is them.
+    Related,
+}
+
+/// Whether an answer may come from a cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Cached answers are fine: they are cleared by the events that change them.
+    Cached,
+    /// From the tables: for a reader reacting to one of those events, which may hear it before
+    /// the cache does.
+    Fresh,
+}
+
+/// "May `viewer` see `user`'s presence?", answered by core from its contacts and members.
+/// An error means "could not tell"; callers refuse (fail closed).
+pub trait RelationCheck: Send + Sync {
+    fn relation<'a>(
+        &'a self,
+        viewer: &'a str,
+        user: &'a str,
+        freshness: Freshness,
+    ) -> BoxFuture<'a, Result<Relation, AccessError>>;
+}
+
+pub type SharedRelations = Arc<dyn RelationCheck>;
+
+/// `user` no longer has `contact` as a contact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactRemoved {
+    pub user: String,
+    pub contact: String,
+}
+
+impl Event for ContactRemoved {
+    const SUBJECT: &'static str = "core.contact_removed";
 }

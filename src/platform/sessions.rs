@@ -96,6 +96,8 @@ struct Registry {
     by_user: HashMap<String, Vec<Watched>>,
     /// Sessions ended lately, with when they may be forgotten (Unix seconds).
     ended: HashMap<String, u64>,
+    /// The server is shutting down: every connection ends, and any opened now ends at once.
+    closing: bool,
 }
 
 struct Watched {
@@ -126,6 +128,11 @@ impl Lease {
 
     pub fn user(&self) -> &str {
         &self.user
+    }
+
+    /// Whether it ended because the server is shutting down (not because of the session).
+    pub fn ended_by_shutdown(&self) -> bool {
+        self.is_ended() && self.watch.registry().closing
     }
 
     /// `events` until the lease ends; the stream holds the lease (and its place) meanwhile.
@@ -163,10 +170,11 @@ impl SessionWatch {
         let mut registry = self.0.registry();
         let id = registry.next_id;
         registry.next_id += 1;
-        let ended = caller
-            .session_id
-            .as_ref()
-            .is_some_and(|session| registry.ended.contains_key(session));
+        let ended = registry.closing
+            || caller
+                .session_id
+                .as_ref()
+                .is_some_and(|session| registry.ended.contains_key(session));
         let open = registry.by_user.entry(caller.user_id.clone()).or_default();
         if open.len() >= self.0.max_per_user {
             return Err(TooManyStreams(self.0.max_per_user));
@@ -237,6 +245,19 @@ impl SessionWatch {
             .by_user
             .values()
             .map(|open| end(open, |watched| watched.ends_at.is_some_and(|at| at < now)))
+            .sum()
+    }
+
+    /// Ends every connection, now and from now on: the server is shutting down, and a
+    /// graceful stop would otherwise wait `server.shutdown_timeout_secs` for streams that
+    /// never end by themselves. Clients reconnect to another replica, or to this one restarted.
+    pub fn end_all(&self) -> usize {
+        let mut registry = self.0.registry();
+        registry.closing = true;
+        registry
+            .by_user
+            .values()
+            .map(|open| end(open, |_| true))
             .sum()
     }
 

@@ -8,7 +8,7 @@ use std::io::IsTerminal as _;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use metrics::{Counter, Histogram, Key, Label, Metadata, Recorder as _};
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder as _};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
@@ -98,6 +98,11 @@ impl Metrics {
     pub fn counter(&self, name: &'static str, labels: &[(&'static str, String)]) -> Counter {
         self.recorder
             .register_counter(&key(name, labels), &metadata())
+    }
+
+    pub fn gauge(&self, name: &'static str, labels: &[(&'static str, String)]) -> Gauge {
+        self.recorder
+            .register_gauge(&key(name, labels), &metadata())
     }
 
     pub fn histogram(&self, name: &'static str, labels: &[(&'static str, String)]) -> Histogram {

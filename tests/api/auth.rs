@@ -1056,7 +1056,7 @@ async fn a_split_service_verifies_tokens_from_the_jwks_url() {
         let jwks_url = auth.url("/.well-known/jwks.json");
         let other = TestApp::spawn_services(
             column,
-            &["heartbeat"],
+            &["core"],
             |config| {
                 config.auth.jwks_url = jwks_url;
                 config.auth.jwks_refresh_secs = 1;

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex, Once};
 
-use actix_web::dev::ServerHandle;
+use beep::app::AppHandle;
 use beep::app::{self, Hosting};
 use beep::config::{Config, Secret};
 use beep::platform::Platform;
@@ -139,7 +139,7 @@ pub struct TestApp {
     pub platform: Platform,
     /// The app's clock: `app.clock.advance(…)` skips to an expiry instead of sleeping to it.
     pub clock: Clock,
-    handle: ServerHandle,
+    handle: AppHandle,
     task: JoinHandle<std::io::Result<()>>,
     postgres_database: Option<String>,
     data_dir: TempDir,

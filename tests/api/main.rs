@@ -14,6 +14,8 @@ mod browser;
 mod bus;
 mod cache;
 mod core;
+#[cfg(feature = "heartbeat")]
+mod heartbeat;
 mod helpers;
 mod http;
 #[allow(dead_code)]

@@ -88,6 +88,15 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> HttpResp
     })
 }
 
+/// Tells a refused client when to try again: whole seconds, rounded up, never 0 (a client
+/// would retry at once).
+pub fn set_retry_after(response: &mut HttpResponse, wait: std::time::Duration) {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(secs.max(1)));
+}
+
 /// The stable code of a bare status, for errors raised outside any handler.
 pub fn code_for(status: StatusCode) -> &'static str {
     match status {

@@ -4,13 +4,12 @@
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::{HeaderValue, RETRY_AFTER};
 use actix_web::{HttpResponse, ResponseError};
 
 use super::keys::KeyError;
 use crate::platform::cache::CacheError;
 use crate::platform::http::ApiError;
-use crate::platform::http::error::ErrorChain;
+use crate::platform::http::error::{ErrorChain, set_retry_after};
 use crate::platform::users::{DirectoryError, InvalidLogin};
 
 /// Why auth cannot start: reported before the server listens.
@@ -136,11 +135,7 @@ impl ResponseError for AuthError {
         };
         let mut response = api.error_response();
         if let Some(wait) = self.retry_after() {
-            // Whole seconds, rounded up, never 0 (a client would retry at once).
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            set_retry_after(&mut response, wait);
         }
         response
     }

@@ -79,6 +79,21 @@ impl Contacts {
         }
     }
 
+    /// Removes `contact` from `user`'s contacts; returns whether it was one.
+    pub async fn remove(&self, user: &str, contact: &str) -> Result<bool, DbErr> {
+        let removed = contact::Entity::delete_many()
+            .filter(contact::Column::User.eq(user))
+            .filter(contact::Column::Contact.eq(contact))
+            .exec(&self.db)
+            .await?;
+        Ok(removed.rows_affected > 0)
+    }
+
+    /// Whether `user` has `contact` as a contact.
+    pub async fn has(&self, user: &str, contact: &str) -> Result<bool, DbErr> {
+        Ok(self.held_by(user, &[contact]).await?.contains(contact))
+    }
+
     /// `user`'s contacts, ordered by id, after the cursor `after`.
     pub async fn list(
         &self,

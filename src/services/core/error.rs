@@ -37,6 +37,8 @@ pub enum CoreError {
     AlreadyAMember,
     #[error("already a contact")]
     AlreadyAContact,
+    #[error("not one of your contacts")]
+    ContactNotFound,
     #[error("this username is taken")]
     UsernameTaken,
     #[error(transparent)]
@@ -75,6 +77,7 @@ impl CoreError {
             Self::MemberNotFound => (StatusCode::NOT_FOUND, "member_not_found"),
             Self::AlreadyAMember => (StatusCode::CONFLICT, "already_a_member"),
             Self::AlreadyAContact => (StatusCode::CONFLICT, "already_a_contact"),
+            Self::ContactNotFound => (StatusCode::NOT_FOUND, "contact_not_found"),
             Self::UsernameTaken => (StatusCode::CONFLICT, "username_taken"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

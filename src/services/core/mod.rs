@@ -1,20 +1,23 @@
 //! core: users, contacts, conversations and members (`/core`), the original `core` service.
 //!
 //! It owns the `user`, `conversation`, `member` and `contact` tables, answers auth's "the user
-//! behind this login" ([`UserDirectory`](crate::platform::users::UserDirectory)) and
-//! permissions' "is U a member of C" ([`MembershipSource`](crate::platform::membership::MembershipSource)),
+//! behind this login" ([`UserDirectory`](crate::platform::users::UserDirectory)),
+//! permissions' "is U a member of C" ([`MembershipSource`](crate::platform::membership::MembershipSource))
+//! and heartbeat's "may V see U's presence" ([`RelationCheck`](crate::platform::membership::RelationCheck)),
 //! and announces every change on the bus.
 
 pub mod contacts;
 pub mod conversations;
 mod error;
 pub mod events;
+mod relations;
 mod routes;
 mod service;
 pub mod streams;
 pub mod users;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use self::error::CoreError;
 pub use self::service::CoreService;
@@ -23,9 +26,10 @@ use crate::platform::service::{Routes, Service};
 use crate::platform::workers::Workers;
 
 pub struct Core {
-    /// The seams core answers: `UserDirectory` and `MembershipSource`.
+    /// The seams core answers: `UserDirectory`, `MembershipSource` and `RelationCheck`.
     pub users: Arc<users::Users>,
     pub conversations: Arc<conversations::Conversations>,
+    pub relations: Arc<relations::Relations>,
     service: Arc<CoreService>,
 }
 
@@ -35,6 +39,11 @@ impl Core {
         let clock = &platform.clock;
         let users = Arc::new(users::Users::new(db.clone(), clock.clone()));
         let conversations = Arc::new(conversations::Conversations::new(db.clone(), clock.clone()));
+        let relations = Arc::new(relations::Relations::new(
+            db.clone(),
+            Duration::from_secs(platform.config.core.relation_cache_ttl_secs.max(1)),
+            clock.clone(),
+        ));
         let service = Arc::new(CoreService::new(
             Arc::clone(&users),
             Arc::clone(&conversations),
@@ -45,6 +54,7 @@ impl Core {
         Self {
             users,
             conversations,
+            relations,
             service,
         }
     }
@@ -63,5 +73,8 @@ impl Service for Core {
         let hub = self.service.hub();
         let bus = self.service.bus();
         workers.spawn("core-streams", move |stop| hub.run(bus, stop));
+        let relations = Arc::clone(&self.relations);
+        let bus = self.service.bus();
+        workers.spawn("core-relations", move |stop| relations.follow(bus, stop));
     }
 }

@@ -17,7 +17,9 @@ use super::streams::{Hub, Topic};
 use super::users::{NewUser, ProfilePatch, Users, record, user};
 use crate::config::CoreConfig;
 use crate::platform::bus::{Bus, Event};
-use crate::platform::membership::{ConversationDeleted, MemberAdded, MemberRemoved};
+use crate::platform::membership::{
+    ContactRemoved, ConversationDeleted, MemberAdded, MemberRemoved,
+};
 use crate::platform::sessions::Lease;
 use crate::platform::users::{Login, PhoneNumber, UserRecord};
 
@@ -319,6 +321,20 @@ impl CoreService {
         })
         .await;
         Ok(record(contact))
+    }
+
+    /// Removes `contact` from `me`'s contacts; `me` stops seeing their presence (unless they
+    /// share a conversation) and their phone number.
+    pub async fn remove_contact(&self, me: &str, contact: &str) -> Result<(), CoreError> {
+        if !self.contacts.remove(me, contact).await? {
+            return Err(CoreError::ContactNotFound);
+        }
+        self.announce(ContactRemoved {
+            user: me.to_owned(),
+            contact: contact.to_owned(),
+        })
+        .await;
+        Ok(())
     }
 
     pub async fn contacts(&self, me: &str, page: Page<'_>) -> Result<Vec<UserRecord>, CoreError> {

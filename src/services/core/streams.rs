@@ -12,12 +12,14 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::contacts::Contacts;
+use super::contacts::{ContactView, Contacts};
 use super::conversations::{ConversationView, Conversations, MemberView};
 use super::events::{ContactAdded, ConversationUpdated, MemberUpdated, UserUpdated};
 use crate::platform::bus::{Bus, BusError, keep_listening};
 use crate::platform::http::SSE_KEEP_ALIVE;
-use crate::platform::membership::{ConversationDeleted, MemberAdded, MemberRemoved};
+use crate::platform::membership::{
+    ContactRemoved, ConversationDeleted, MemberAdded, MemberRemoved,
+};
 use crate::platform::sessions::Lease;
 
 /// Events buffered per stream; a client this far behind is dropped (it reconnects) rather
@@ -31,7 +33,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 pub enum Topic {
     /// `GET /user/subscribe`: profile changes of the user and of their contacts.
     Users,
-    /// `GET /user/subscribe/contact`: contacts the user adds.
+    /// `GET /user/subscribe/contact`: contacts the user adds and removes.
     Contacts,
     /// `GET /user/subscribe/conversation`: the user's conversations appearing, changing, going.
     Conversations,
@@ -43,6 +45,7 @@ pub enum Topic {
 enum Change {
     User(UserUpdated),
     Contact(ContactAdded),
+    Uncontact(ContactRemoved),
     Conversation(ConversationUpdated),
     Deleted(ConversationDeleted),
     Joined(MemberAdded),
@@ -153,6 +156,7 @@ impl Hub {
     async fn listen(&self, bus: &Bus, stop: &CancellationToken) -> Result<(), BusError> {
         let mut users = bus.subscribe::<UserUpdated>().await?;
         let mut contacts = bus.subscribe::<ContactAdded>().await?;
+        let mut uncontacts = bus.subscribe::<ContactRemoved>().await?;
         let mut updated = bus.subscribe::<ConversationUpdated>().await?;
         let mut deleted = bus.subscribe::<ConversationDeleted>().await?;
         let mut added = bus.subscribe::<MemberAdded>().await?;
@@ -169,6 +173,7 @@ impl Hub {
                 }
                 Some(event) = users.next() => Change::User(event.data),
                 Some(event) = contacts.next() => Change::Contact(event.data),
+                Some(event) = uncontacts.next() => Change::Uncontact(event.data),
                 Some(event) = updated.next() => Change::Conversation(event.data),
                 Some(event) = deleted.next() => Change::Deleted(event.data),
                 Some(event) = added.next() => Change::Joined(event.data),
@@ -191,6 +196,10 @@ impl Hub {
             Change::User(event) => self.user_updated(event).await,
             Change::Contact(event) => {
                 self.contact_added(&event);
+                Ok(())
+            }
+            Change::Uncontact(event) => {
+                self.contact_removed(event);
                 Ok(())
             }
             Change::Conversation(event) => self.conversation_updated(event).await,
@@ -218,6 +227,16 @@ impl Hub {
     fn contact_added(&self, event: &ContactAdded) {
         if let Some(message) = update_msg("add", &event.contact) {
             self.send(&event.contact.usera, &Topic::Contacts, &message);
+        }
+    }
+
+    fn contact_removed(&self, event: ContactRemoved) {
+        let view = ContactView {
+            usera: event.user,
+            userb: event.contact,
+        };
+        if let Some(message) = update_msg("delete", &view) {
+            self.send(&view.usera, &Topic::Contacts, &message);
         }
     }
 

@@ -1,14 +1,75 @@
-//! heartbeat: "last seen" pings, pushed to subscribers over Server-Sent Events (`/heartbeat`).
+//! heartbeat: "last seen" pings, pushed to subscribers over Server-Sent Events (`/heartbeat`),
+//! the original `heartbeat` service, private and shared across replicas.
 //!
-//! Its routes, tables and workers arrive with its own issue; until then it is hosted (its
-//! migration table exists, it is listed in `beep`'s service set) and serves nothing.
+//! A ping is held in memory, written behind to the database (`heartbeat_last_seen`) once a
+//! second, pushed to this process's streams at once and relayed to the other replicas (NATS,
+//! else Redis pub/sub). Who may watch whom is core's answer ([`RelationCheck`]); the streams of
+//! a watcher who loses that relation end when core announces it.
+//!
+//! [`RelationCheck`]: crate::platform::membership::RelationCheck
 
-use crate::platform::service::Service;
+mod error;
+mod hub;
+mod presence;
+mod relay;
+mod routes;
+mod service;
+mod store;
 
-pub struct Heartbeat;
+use std::sync::Arc;
+
+use actix_web::web;
+
+pub use self::error::HeartbeatError;
+pub use self::presence::{INVISIBLE, Ping, Presence};
+pub use self::relay::Pinged;
+pub use self::service::{HeartbeatService, MAX_STATUS_CHARS};
+use crate::platform::Platform;
+use crate::platform::bus::Bus;
+use crate::platform::membership::SharedRelations;
+use crate::platform::service::{Routes, Service};
+use crate::platform::workers::Workers;
+
+pub struct Heartbeat {
+    service: Arc<HeartbeatService>,
+    bus: Bus,
+}
+
+impl Heartbeat {
+    pub fn new(platform: &Platform, relations: SharedRelations) -> Self {
+        Self {
+            service: Arc::new(HeartbeatService::new(platform, relations)),
+            bus: platform.bus.clone(),
+        }
+    }
+
+    /// Streams open in this process (each gives its place back when its client goes away).
+    pub fn open_streams(&self) -> usize {
+        self.service.hub().open_streams()
+    }
+}
 
 impl Service for Heartbeat {
     fn name(&self) -> &'static str {
         "heartbeat"
+    }
+
+    fn routes(&self, cfg: &mut Routes<'_>) {
+        routes::routes(cfg, web::Data::from(Arc::clone(&self.service)));
+    }
+
+    fn start(&self, workers: &mut Workers) {
+        let service = Arc::clone(&self.service);
+        workers.spawn("heartbeat-write-behind", move |stop| {
+            service.write_behind(stop)
+        });
+        let service = Arc::clone(&self.service);
+        workers.spawn("heartbeat-replicas", move |stop| {
+            service.hear_replicas(stop)
+        });
+        let (service, bus) = (Arc::clone(&self.service), self.bus.clone());
+        workers.spawn("heartbeat-relations", move |stop| {
+            service.watch_relations(bus, stop)
+        });
     }
 }

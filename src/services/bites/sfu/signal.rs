@@ -105,7 +105,8 @@ async fn join(
 /// A WebSocket: frames `offer::<sdp>`, `answer::<sdp>`, `ice::<candidate>` both ways and
 /// `error::{"code","message"}` from the server. When the caller's session ends (logout,
 /// revocation, block, the token's expiry) the server sends `error::` with code
-/// `session_ended`, closes the socket and tears down the media connection.
+/// `session_ended` (`server_shutdown` when the server stops), closes the socket and tears
+/// down the media connection.
 #[utoipa::path(
     tag = "bites",
     params(
@@ -164,6 +165,11 @@ async fn serve(
     let reason = loop {
         tokio::select! {
             () = lease.ended() => {
+                if lease.ended_by_shutdown() {
+                    let error = json!({"code": "server_shutdown", "message": "the server is shutting down; reconnect"});
+                    let _gone = session.text(format!("error::{error}")).await;
+                    break Some(CloseReason { code: CloseCode::Restart, description: Some("server shutting down".into()) });
+                }
                 let error = json!({"code": "session_ended", "message": "the session was ended or its token expired"});
                 let _gone = session.text(format!("error::{error}")).await;
                 break Some(CloseReason { code: CloseCode::Policy, description: Some("session ended".into()) });

@@ -1,10 +1,10 @@
 //! Contacts, added by phone number.
 
-use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use actix_web::{HttpRequest, HttpResponse, delete, get, post, web};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::{PageQuery, State, page_of};
+use super::{PageQuery, State, page_of, user_id};
 use crate::platform::http::error::ErrorBody;
 use crate::platform::http::{ApiError, Caller};
 use crate::platform::users::{PhoneNumber, UserRecord};
@@ -59,4 +59,27 @@ pub(super) async fn list_contacts(
     let limit = page.limit;
     let contacts = state.contacts(&caller.user_id, page).await?;
     Ok(page_of(&req, &contacts, limit, |user| &user.id))
+}
+
+/// Removes a contact (it stays a user). The caller stops hearing of their profile and, unless
+/// they share a conversation, stops seeing their presence: open heartbeat streams on them end.
+#[utoipa::path(
+    tag = "core",
+    params(("user" = String, Path, description = "The contact's user id: `u-` and 32 lowercase hex digits",
+        pattern = r"^u-[0-9a-f]{32}$")),
+    responses(
+        (status = 200, description = "Removed (empty body, as core's other removals)"),
+        (status = 400, description = "Not a user id: `invalid_id`", body = ErrorBody),
+        (status = 404, description = "`contact_not_found`", body = ErrorBody),
+    ),
+)]
+#[delete("/user/contact/{user}")]
+pub(super) async fn remove_contact(
+    state: State,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let contact = user_id(&path)?;
+    state.remove_contact(&caller.user_id, contact).await?;
+    Ok(HttpResponse::Ok().finish())
 }

@@ -1,5 +1,5 @@
 //! The HTTP surface of core: the original's 20 routes under `/core`, plus leaving or removing
-//! a member. Every route needs a verified caller (behind traefik the original did too).
+//! a member and removing a contact. Every route needs a verified caller (behind traefik the original did too).
 
 use std::sync::Arc;
 
@@ -44,6 +44,7 @@ pub fn routes(cfg: &mut Routes<'_>, state: Arc<CoreService>) {
             .service(conversations::remove_member)
             .service(contacts::list_contacts)
             .service(contacts::add_contact)
+            .service(contacts::remove_contact)
             .service(streams::subscribe_users)
             // The original README's name for the same stream.
             .service(streams::subscribe_users_by_old_name)

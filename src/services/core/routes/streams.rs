@@ -56,7 +56,7 @@ pub(super) async fn subscribe_users_by_old_name(
     Ok(state.subscribe(watch.sessions.open(&caller)?, Topic::Users))
 }
 
-/// Contacts the caller adds.
+/// Contacts the caller adds (`add`) and removes (`delete`).
 #[utoipa::path(tag = "core", responses(UserStream))]
 #[get("/user/subscribe/contact")]
 pub(super) async fn subscribe_contacts(

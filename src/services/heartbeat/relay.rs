@@ -1,0 +1,129 @@
+//! Pings between replicas, so a ping on one reaches subscribers on every other: over NATS when
+//! the bus is NATS, else over Redis pub/sub when the cache is Redis. A lone process (both
+//! in-process) relays nothing: its own streams get each ping directly.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::hub::Hub;
+use super::presence::{Presence, Presences};
+use crate::platform::bus::{Bus, Event, Received};
+use crate::platform::cache::Cache;
+
+/// A user's presence after a ping stored by replica `origin`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pinged {
+    pub user: String,
+    pub presence: Presence,
+    pub origin: String,
+}
+
+impl Event for Pinged {
+    const SUBJECT: &'static str = "heartbeat.pinged";
+}
+
+/// The Redis pub/sub channel, under `cache.prefix`.
+const CHANNEL: &str = "heartbeat:pinged";
+/// How long to wait before subscribing again after the relay refused.
+const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
+
+#[derive(Clone)]
+pub enum Relay {
+    Alone,
+    Bus(Bus),
+    Cache(Cache),
+}
+
+impl Relay {
+    pub fn choose(bus: &Bus, cache: &Cache) -> Self {
+        if bus.backend() != "memory" {
+            Self::Bus(bus.clone())
+        } else if cache.backend() != "memory" {
+            Self::Cache(cache.clone())
+        } else {
+            Self::Alone
+        }
+    }
+
+    /// Tells the other replicas; a failure only costs them this ping (the next one, or the
+    /// database, catches them up).
+    pub async fn publish(&self, pinged: Pinged) {
+        let result = match self {
+            Self::Alone => return,
+            Self::Bus(bus) => bus.publish(pinged).await.map_err(anyhow::Error::from),
+            Self::Cache(cache) => match serde_json::to_vec(&pinged) {
+                Ok(payload) => cache
+                    .publish(CHANNEL, &payload)
+                    .await
+                    .map_err(anyhow::Error::from),
+                Err(err) => Err(err.into()),
+            },
+        };
+        if let Err(err) = result {
+            tracing::warn!(error = %err, "a ping could not be relayed to the other replicas");
+        }
+    }
+
+    /// Applies the other replicas' pings here until `stop`.
+    pub async fn follow(
+        self,
+        origin: String,
+        presences: Arc<Presences>,
+        hub: Hub,
+        stop: CancellationToken,
+    ) {
+        let apply = |pinged: Pinged| {
+            if pinged.origin != origin
+                && let Some(ping) = presences.apply_remote(&pinged.user, pinged.presence)
+            {
+                hub.deliver(&pinged.user, &ping);
+            }
+        };
+        loop {
+            match &self {
+                Self::Alone => return,
+                Self::Bus(bus) => match bus.subscribe::<Pinged>().await {
+                    Ok(mut pings) => loop {
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            received = pings.receive() => match received {
+                                Some(Received::Event(envelope)) => apply(envelope.data),
+                                Some(Received::Missed) => presences.forget_written(),
+                                None => break,
+                            },
+                        }
+                    },
+                    Err(err) => {
+                        tracing::warn!(error = %err, "heartbeat cannot hear other replicas")
+                    }
+                },
+                Self::Cache(cache) => match cache.subscribe(CHANNEL).await {
+                    Ok(mut pings) => loop {
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            payload = pings.next() => match payload {
+                                Some(payload) => match serde_json::from_slice(&payload) {
+                                    Ok(pinged) => apply(pinged),
+                                    Err(err) => tracing::warn!(error = %err, "undecodable ping skipped"),
+                                },
+                                None => break,
+                            },
+                        }
+                    },
+                    Err(err) => {
+                        tracing::warn!(error = %err, "heartbeat cannot hear other replicas")
+                    }
+                },
+            }
+            // Pings may have been missed while not subscribed.
+            presences.forget_written();
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(RESUBSCRIBE_AFTER) => {}
+            }
+        }
+    }
+}
