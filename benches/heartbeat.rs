@@ -53,6 +53,7 @@ fn main() {
         return;
     }
     raise_open_file_limit();
+    beep::platform::install_crypto_provider();
     let runtime = load::client_runtime();
     println!(
         "# beep heartbeat bench ({} cores)",
@@ -572,7 +573,8 @@ async fn pings(redis: Option<&str>) {
     let mut same = Vec::new();
     let mut reference = Vec::new();
     let mut probe_delays = Vec::new();
-    for round in 0..PING_ROUNDS {
+    let probes = Arc::new(AtomicU64::new(0));
+    for _ in 0..PING_ROUNDS {
         reference.push(load(addr, healthz).await);
         // The probe pings every 20 ms while the changing pings run, alternating its status.
         let stop = Arc::new(AtomicBool::new(false));
@@ -580,11 +582,12 @@ async fn pings(redis: Option<&str>) {
             let (http, stop) = (http.clone(), Arc::clone(&stop));
             let (url, token) = (format!("{base}/heartbeat/ping"), probe_token.clone());
             let (sent_sender, sent) = mpsc::unbounded_channel();
+            let probes = Arc::clone(&probes);
             let task = tokio::spawn(async move {
-                let mut n = round;
                 while !stop.load(Ordering::SeqCst) {
-                    n += 1;
-                    let status = if n % 2 == 0 { "0" } else { "1" };
+                    // Alternating across rounds too: a repeated status would not be pushed.
+                    let n = probes.fetch_add(1, Ordering::SeqCst);
+                    let status = if n.is_multiple_of(2) { "0" } else { "1" };
                     let sent_at = Instant::now();
                     let response = http
                         .post(&url)

@@ -353,9 +353,19 @@ pub async fn start(
             sessions: platform.sessions.clone(),
         };
         tokio::spawn(async move {
-            stop_signal().await;
-            tracing::info!("stop signal received; shutting down");
-            handle.stop(true).await;
+            let graceful = stop_signal().await;
+            tracing::info!(graceful, "stop signal received; shutting down");
+            let stopping = handle.stop(graceful);
+            if !graceful {
+                return stopping.await;
+            }
+            tokio::select! {
+                () = stopping => {}
+                _ = stop_signal() => {
+                    tracing::warn!("second stop signal: stopping without waiting");
+                    handle.stop(false).await;
+                }
+            }
         });
     }
 
@@ -382,35 +392,42 @@ pub struct AppHandle {
 }
 
 impl AppHandle {
-    /// Ends the SSE streams and signalling sockets (each belongs to a session; clients
-    /// reconnect), then stops the server: gracefully lets other in-flight requests finish, up
-    /// to `server.shutdown_timeout_secs`.
-    pub async fn stop(&self, graceful: bool) {
+    /// Stops the server and ends the SSE streams and signalling sockets (each belongs to a
+    /// session; clients reconnect elsewhere or later). Graceful lets other in-flight requests
+    /// finish, up to `server.shutdown_timeout_secs`. The returned future resolves once
+    /// stopped; the stop itself starts at once.
+    pub fn stop(&self, graceful: bool) -> impl Future<Output = ()> + use<> {
+        // The listener stops first, so a client reconnecting at once is not let in only to
+        // be ended.
+        let stopped = self.server.stop(graceful);
         let ended = self.sessions.end_all();
         if ended > 0 {
             tracing::info!(ended, "open streams and sockets ended for the shutdown");
         }
-        self.server.stop(graceful).await;
+        stopped
     }
 }
 
-/// SIGINT (Ctrl-C) or SIGTERM (service managers, container runtimes).
-async fn stop_signal() {
+/// Waits for a stop signal; whether it asks for a graceful stop. As actix-web's own handling:
+/// SIGTERM (service managers, container runtimes) is graceful, SIGINT (Ctrl-C) and SIGQUIT
+/// are not.
+async fn stop_signal() -> bool {
     use tokio::signal::unix::{SignalKind, signal};
-    let terminate = async {
-        match signal(SignalKind::terminate()) {
+    let received = |kind: SignalKind, name: &'static str| async move {
+        match signal(kind) {
             Ok(mut stream) => {
                 stream.recv().await;
             }
             Err(err) => {
-                tracing::warn!(error = %err, "cannot listen for SIGTERM");
+                tracing::warn!(error = %err, "cannot listen for {name}");
                 std::future::pending::<()>().await;
             }
         }
     };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
+        () = received(SignalKind::terminate(), "SIGTERM") => true,
+        () = received(SignalKind::interrupt(), "SIGINT") => false,
+        () = received(SignalKind::quit(), "SIGQUIT") => false,
     }
 }
 

@@ -321,10 +321,11 @@ const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
 
 /// Runs `listen` (subscribe, then handle events until `stop`) and, when the bus refuses a
 /// subscription (NATS down), tries again every second until it succeeds or `stop`.
-pub async fn keep_listening<F, Fut>(what: &str, stop: &CancellationToken, mut listen: F)
+pub async fn keep_listening<F, Fut, E>(what: &str, stop: &CancellationToken, mut listen: F)
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), BusError>>,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
 {
     loop {
         match listen().await {

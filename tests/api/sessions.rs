@@ -447,3 +447,21 @@ async fn a_restarted_server_refuses_revoked_tokens_from_its_first_request() {
         app.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_stopping_server_tells_the_socket_why_it_ends() {
+    let app = spawn(Column::Embedded, |_| {}).await;
+    let alice = login_as(&app, &unique_phone(), "phone").await;
+    let socket = socket(&app, &alice.access).await.unwrap();
+    let since = Instant::now();
+    let stopping = tokio::spawn(app.stop());
+    let (errors, took) = socket_closes(socket, since, WITHIN).await;
+    stopping.await.unwrap();
+    assert!(
+        errors
+            .iter()
+            .any(|error| error.contains("\"server_shutdown\"")),
+        "{errors:?}"
+    );
+    eprintln!("stop -> signalling socket closed in {took:?}");
+}

@@ -18,6 +18,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: Cow<'static, str>,
     pub message: String,
+    /// Sent as `Retry-After` (a refusal by a rate limit).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
@@ -30,7 +32,15 @@ impl ApiError {
             status,
             code: code.into(),
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// Tells the client when to try again.
+    #[must_use]
+    pub fn with_retry_after(mut self, wait: std::time::Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
     }
 
     /// A 500 whose cause is logged here and never shown to the client.
@@ -63,7 +73,15 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        error_response(self.status, &self.code, &self.message)
+        let mut response = error_response(self.status, &self.code, &self.message);
+        if let Some(wait) = self.retry_after {
+            // Whole seconds, rounded up, never 0 (a client would retry at once).
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs.max(1)));
+        }
+        response
     }
 }
 
@@ -86,15 +104,6 @@ pub fn error_response(status: StatusCode, code: &str, message: &str) -> HttpResp
     HttpResponse::build(status).json(ErrorBody {
         error: ErrorDetail { code, message },
     })
-}
-
-/// Tells a refused client when to try again: whole seconds, rounded up, never 0 (a client
-/// would retry at once).
-pub fn set_retry_after(response: &mut HttpResponse, wait: std::time::Duration) {
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, header::HeaderValue::from(secs.max(1)));
 }
 
 /// The stable code of a bare status, for errors raised outside any handler.

@@ -9,7 +9,7 @@ use actix_web::{HttpResponse, ResponseError};
 use super::keys::KeyError;
 use crate::platform::cache::CacheError;
 use crate::platform::http::ApiError;
-use crate::platform::http::error::{ErrorChain, set_retry_after};
+use crate::platform::http::error::ErrorChain;
 use crate::platform::users::{DirectoryError, InvalidLogin};
 
 /// Why auth cannot start: reported before the server listens.
@@ -133,10 +133,9 @@ impl ResponseError for AuthError {
                 ApiError::new(status, code, other.to_string())
             }
         };
-        let mut response = api.error_response();
-        if let Some(wait) = self.retry_after() {
-            set_retry_after(&mut response, wait);
+        match self.retry_after() {
+            Some(wait) => api.with_retry_after(wait).error_response(),
+            None => api.error_response(),
         }
-        response
     }
 }

@@ -6,7 +6,6 @@ use sea_orm::{
     ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect, SqlErr,
 };
-use serde::{Deserialize, Serialize};
 
 use super::error::CoreError;
 use super::users::user;
@@ -42,13 +41,6 @@ pub mod contact {
     }
 
     impl ActiveModelBehavior for ActiveModel {}
-}
-
-/// A contact as the original's events carried it: `usera` has `userb`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ContactView {
-    pub usera: String,
-    pub userb: String,
 }
 
 pub struct Contacts {
@@ -87,11 +79,6 @@ impl Contacts {
             .exec(&self.db)
             .await?;
         Ok(removed.rows_affected > 0)
-    }
-
-    /// Whether `user` has `contact` as a contact.
-    pub async fn has(&self, user: &str, contact: &str) -> Result<bool, DbErr> {
-        Ok(self.held_by(user, &[contact]).await?.contains(contact))
     }
 
     /// `user`'s contacts, ordered by id, after the cursor `after`.

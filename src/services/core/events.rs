@@ -1,10 +1,9 @@
-//! core's own events. Membership events every service hears live in
+//! core's own events. Membership and contact events every service hears live in
 //! [`platform::membership`](crate::platform::membership); these are for core's streams and any
 //! service that wants them.
 
 use serde::{Deserialize, Serialize};
 
-use super::contacts::ContactView;
 use super::conversations::ConversationView;
 use crate::platform::bus::Event;
 use crate::platform::users::UserRecord;
@@ -50,13 +49,4 @@ pub struct MemberUpdated {
 
 impl Event for MemberUpdated {
     const SUBJECT: &'static str = "core.member_updated";
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ContactAdded {
-    pub contact: ContactView,
-}
-
-impl Event for ContactAdded {
-    const SUBJECT: &'static str = "core.contact_added";
 }

@@ -11,22 +11,24 @@ use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 use sea_orm::sea_query::Query;
 use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, PaginatorTrait, QueryFilter};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::contacts::contact;
 use super::conversations::member;
-use super::events::ContactAdded;
 use super::users::user;
-use crate::platform::bus::{Bus, BusError, Received, keep_listening};
+use crate::platform::bus::Bus;
 use crate::platform::clock::Clock;
 use crate::platform::ids::is_prefixed_id;
 use crate::platform::membership::{
-    AccessError, ContactRemoved, ConversationDeleted, Freshness, MemberAdded, MemberRemoved,
-    Relation, RelationCheck,
+    AccessError, AccessEvent, AccessEvents, ContactAdded, ContactRemoved, ConversationDeleted,
+    MemberAdded, MemberRemoved, Relation, RelationChange, RelationCheck,
 };
 
 /// Beyond this many cached pairs the cache starts over: a bound on memory, not a policy.
 const MAX_CACHED: usize = 100_000;
+/// Changes buffered for a slow reader, which past it is told to recheck everything.
+const CHANGES_BUFFER: usize = 256;
 
 struct Cached {
     relation: Relation,
@@ -43,6 +45,8 @@ pub struct Relations {
     invalidations: AtomicU64,
     /// Answers are cached only while the events that clear them are heard.
     listening: AtomicBool,
+    /// Announced after the answers they affect are cleared.
+    changes: broadcast::Sender<RelationChange>,
     clock: Clock,
 }
 
@@ -54,6 +58,7 @@ impl Relations {
             ttl,
             invalidations: AtomicU64::new(0),
             listening: AtomicBool::new(false),
+            changes: broadcast::channel(CHANGES_BUFFER).0,
             clock,
         }
     }
@@ -62,12 +67,7 @@ impl Relations {
         self.answers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub async fn relation(
-        &self,
-        viewer: &str,
-        user: &str,
-        freshness: Freshness,
-    ) -> Result<Relation, DbErr> {
+    pub async fn relation(&self, viewer: &str, user: &str) -> Result<Relation, DbErr> {
         if !is_prefixed_id(user, "u-") {
             return Ok(Relation::NoSuchUser);
         }
@@ -76,8 +76,7 @@ impl Relations {
         }
         let key = (viewer.to_owned(), user.to_owned());
         let now = self.clock.now_millis();
-        if freshness == Freshness::Cached
-            && let Some(cached) = self.answers().get(&key)
+        if let Some(cached) = self.answers().get(&key)
             && cached.expires_at > now
         {
             return Ok(cached.relation);
@@ -138,84 +137,76 @@ impl Relations {
         })
     }
 
-    /// Clears every answer about `users`, as viewer or as viewed.
-    fn forget(&self, users: &[&str]) {
-        let mut answers = self.answers();
-        self.invalidations.fetch_add(1, Ordering::SeqCst);
-        answers.retain(|(viewer, user), _| {
-            !users.contains(&viewer.as_str()) && !users.contains(&user.as_str())
-        });
+    /// Clears every answer about `users`, as viewer or as viewed; `ended` when their
+    /// relations may have ended (rather than begun), which is then announced.
+    fn forget(&self, users: &[&str], ended: bool) {
+        {
+            let mut answers = self.answers();
+            self.invalidations.fetch_add(1, Ordering::SeqCst);
+            answers.retain(|(viewer, user), _| {
+                !users.contains(&viewer.as_str()) && !users.contains(&user.as_str())
+            });
+        }
+        if ended {
+            let users = users.iter().map(|user| (*user).to_owned()).collect();
+            self.announce(RelationChange::Users(users));
+        }
     }
 
-    fn forget_pair(&self, viewer: &str, user: &str) {
-        let mut answers = self.answers();
-        self.invalidations.fetch_add(1, Ordering::SeqCst);
-        answers.remove(&(viewer.to_owned(), user.to_owned()));
+    fn forget_pair(&self, viewer: &str, user: &str, ended: bool) {
+        {
+            let mut answers = self.answers();
+            self.invalidations.fetch_add(1, Ordering::SeqCst);
+            answers.remove(&(viewer.to_owned(), user.to_owned()));
+        }
+        if ended {
+            self.announce(RelationChange::Pair {
+                viewer: viewer.to_owned(),
+                user: user.to_owned(),
+            });
+        }
     }
 
     fn forget_all(&self, why: &str) {
-        let mut answers = self.answers();
-        self.invalidations.fetch_add(1, Ordering::SeqCst);
-        answers.clear();
+        {
+            let mut answers = self.answers();
+            self.invalidations.fetch_add(1, Ordering::SeqCst);
+            answers.clear();
+        }
         tracing::warn!(
             why,
             "relation events may have been lost: cached answers dropped"
         );
+        self.announce(RelationChange::All);
     }
 
-    /// Clears answers on core's contact and membership events until `stop`.
+    fn announce(&self, change: RelationChange) {
+        // No receiver (no heartbeat in this process) is fine.
+        let _unheard = self.changes.send(change);
+    }
+
+    /// Clears answers on core's contact and membership events until `stop`. A joiner (or a
+    /// leaver) now shares (or no longer shares) a conversation with each member: every
+    /// answer about them goes.
     pub async fn follow(self: Arc<Self>, bus: Bus, stop: CancellationToken) {
-        keep_listening("core relations", &stop, || async {
-            let result = self.listen(&bus, &stop).await;
-            self.listening.store(false, Ordering::SeqCst);
-            if !stop.is_cancelled() {
-                self.forget_all("the subscription ended");
-            }
-            result
-        })
-        .await;
-    }
-
-    async fn listen(&self, bus: &Bus, stop: &CancellationToken) -> Result<(), BusError> {
-        let mut contacted = bus.subscribe::<ContactAdded>().await?;
-        let mut uncontacted = bus.subscribe::<ContactRemoved>().await?;
-        let mut joined = bus.subscribe::<MemberAdded>().await?;
-        let mut left = bus.subscribe::<MemberRemoved>().await?;
-        let mut deleted = bus.subscribe::<ConversationDeleted>().await?;
-        bus.confirm_subscriptions().await?;
-        self.listening.store(true, Ordering::SeqCst);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return Ok(()),
-                Some(received) = contacted.receive() => match received {
-                    Received::Event(event) => {
-                        let contact = &event.data.contact;
-                        self.forget_pair(&contact.usera, &contact.userb);
-                    }
-                    Received::Missed => self.forget_all("missed contact_added events"),
-                },
-                Some(received) = uncontacted.receive() => match received {
-                    Received::Event(event) => self.forget_pair(&event.data.user, &event.data.contact),
-                    Received::Missed => self.forget_all("missed contact_removed events"),
-                },
-                // A joiner (or leaver) now shares (or no longer shares) the conversation with
-                // each member: every answer about them is cleared.
-                Some(received) = joined.receive() => match received {
-                    Received::Event(event) => self.forget(&[&event.data.user]),
-                    Received::Missed => self.forget_all("missed member_added events"),
-                },
-                Some(received) = left.receive() => match received {
-                    Received::Event(event) => self.forget(&[&event.data.user]),
-                    Received::Missed => self.forget_all("missed member_removed events"),
-                },
-                Some(received) = deleted.receive() => match received {
-                    Received::Event(event) => {
-                        let members: Vec<&str> = event.data.members.iter().map(String::as_str).collect();
-                        self.forget(&members);
-                    }
-                    Received::Missed => self.forget_all("missed conversation_deleted events"),
-                },
-                else => return Ok(()),
+        let mut events = AccessEvents::new("core relations", &bus, &self.listening);
+        while let Some(event) = events.next(&stop).await {
+            match event {
+                AccessEvent::ContactAdded(ContactAdded { contact }) => {
+                    self.forget_pair(&contact.usera, &contact.userb, false);
+                }
+                AccessEvent::ContactRemoved(ContactRemoved { user, contact }) => {
+                    self.forget_pair(&user, &contact, true);
+                }
+                AccessEvent::MemberAdded(MemberAdded { user, .. }) => self.forget(&[&user], false),
+                AccessEvent::MemberRemoved(MemberRemoved { user, .. }) => {
+                    self.forget(&[&user], true);
+                }
+                AccessEvent::ConversationDeleted(ConversationDeleted { members, .. }) => {
+                    let members: Vec<&str> = members.iter().map(String::as_str).collect();
+                    self.forget(&members, true);
+                }
+                AccessEvent::Missed(why) => self.forget_all(why),
             }
         }
     }
@@ -226,13 +217,16 @@ impl RelationCheck for Relations {
         &'a self,
         viewer: &'a str,
         user: &'a str,
-        freshness: Freshness,
     ) -> BoxFuture<'a, Result<Relation, AccessError>> {
         async move {
-            Relations::relation(self, viewer, user, freshness)
+            Relations::relation(self, viewer, user)
                 .await
                 .map_err(|err| AccessError(err.into()))
         }
         .boxed()
+    }
+
+    fn changes(&self) -> broadcast::Receiver<RelationChange> {
+        self.changes.subscribe()
     }
 }

@@ -5,20 +5,18 @@ use std::sync::Arc;
 
 use actix_web::Responder;
 
-use super::contacts::{ContactView, Contacts};
+use super::contacts::Contacts;
 use super::conversations::{
     ConversationPatch, ConversationView, Conversations, MAX_TITLE_CHARS, Removal,
 };
 use super::error::CoreError;
-use super::events::{
-    ContactAdded, ConversationCreated, ConversationUpdated, MemberUpdated, UserUpdated,
-};
+use super::events::{ConversationCreated, ConversationUpdated, MemberUpdated, UserUpdated};
 use super::streams::{Hub, Topic};
 use super::users::{NewUser, ProfilePatch, Users, record, user};
 use crate::config::CoreConfig;
 use crate::platform::bus::{Bus, Event};
 use crate::platform::membership::{
-    ContactRemoved, ConversationDeleted, MemberAdded, MemberRemoved,
+    ContactAdded, ContactRemoved, ContactView, ConversationDeleted, MemberAdded, MemberRemoved,
 };
 use crate::platform::sessions::Lease;
 use crate::platform::users::{Login, PhoneNumber, UserRecord};

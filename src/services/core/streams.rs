@@ -12,13 +12,13 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::contacts::{ContactView, Contacts};
+use super::contacts::Contacts;
 use super::conversations::{ConversationView, Conversations, MemberView};
-use super::events::{ContactAdded, ConversationUpdated, MemberUpdated, UserUpdated};
+use super::events::{ConversationUpdated, MemberUpdated, UserUpdated};
 use crate::platform::bus::{Bus, BusError, keep_listening};
 use crate::platform::http::SSE_KEEP_ALIVE;
 use crate::platform::membership::{
-    ContactRemoved, ConversationDeleted, MemberAdded, MemberRemoved,
+    ContactAdded, ContactRemoved, ContactView, ConversationDeleted, MemberAdded, MemberRemoved,
 };
 use crate::platform::sessions::Lease;
 

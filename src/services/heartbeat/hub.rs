@@ -2,7 +2,7 @@
 //! fan-out measured at 10,000 streams), and each stream's place, given back when the client
 //! goes away or the watcher's relation to the user ends.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -208,6 +208,11 @@ impl Hub {
         };
         let watching = topic.watchers.iter().filter(|w| w.viewer == viewer);
         watching.map(|watcher| watcher.ended.cancel()).count()
+    }
+
+    /// The users someone here is watching.
+    pub fn watched(&self) -> HashSet<String> {
+        self.0.topics().keys().cloned().collect()
     }
 
     /// Open streams, across all watched users.

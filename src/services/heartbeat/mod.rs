@@ -4,7 +4,7 @@
 //! A ping is held in memory, written behind to the database (`heartbeat_last_seen`) once a
 //! second, pushed to this process's streams at once and relayed to the other replicas (NATS,
 //! else Redis pub/sub). Who may watch whom is core's answer ([`RelationCheck`]); the streams of
-//! a watcher who loses that relation end when core announces it.
+//! a watcher who loses that relation end when core announces the change.
 //!
 //! [`RelationCheck`]: crate::platform::membership::RelationCheck
 
@@ -25,21 +25,18 @@ pub use self::presence::{INVISIBLE, Ping, Presence};
 pub use self::relay::Pinged;
 pub use self::service::{HeartbeatService, MAX_STATUS_CHARS};
 use crate::platform::Platform;
-use crate::platform::bus::Bus;
 use crate::platform::membership::SharedRelations;
 use crate::platform::service::{Routes, Service};
 use crate::platform::workers::Workers;
 
 pub struct Heartbeat {
     service: Arc<HeartbeatService>,
-    bus: Bus,
 }
 
 impl Heartbeat {
     pub fn new(platform: &Platform, relations: SharedRelations) -> Self {
         Self {
             service: Arc::new(HeartbeatService::new(platform, relations)),
-            bus: platform.bus.clone(),
         }
     }
 
@@ -67,9 +64,9 @@ impl Service for Heartbeat {
         workers.spawn("heartbeat-replicas", move |stop| {
             service.hear_replicas(stop)
         });
-        let (service, bus) = (Arc::clone(&self.service), self.bus.clone());
+        let service = Arc::clone(&self.service);
         workers.spawn("heartbeat-relations", move |stop| {
-            service.watch_relations(bus, stop)
+            service.watch_relations(stop)
         });
     }
 }

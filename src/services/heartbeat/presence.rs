@@ -2,7 +2,7 @@
 //! lately, written behind to the database (at most once a second per flush), and kept in step
 //! with the other replicas by the relay.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use sea_orm::DbErr;
@@ -48,6 +48,17 @@ struct Entry {
     touched_at: i64,
 }
 
+impl Entry {
+    /// What the database says (or a relay brought), as written.
+    fn written(presence: Option<Presence>, now: i64) -> Self {
+        Self {
+            presence,
+            dirty: false,
+            touched_at: now,
+        }
+    }
+}
+
 pub struct Presences {
     store: Store,
     entries: Mutex<HashMap<String, Entry>>,
@@ -80,11 +91,7 @@ impl Presences {
         // A ping recorded while the database answered wins over what it said.
         self.entries()
             .entry(user.to_owned())
-            .or_insert_with(|| Entry {
-                presence,
-                dirty: false,
-                touched_at: now,
-            });
+            .or_insert_with(|| Entry::written(presence, now));
         Ok(())
     }
 
@@ -93,11 +100,9 @@ impl Presences {
         self.ensure_loaded(user).await?;
         let now = self.clock.now_millis();
         let mut entries = self.entries();
-        let entry = entries.entry(user.to_owned()).or_insert_with(|| Entry {
-            presence: None,
-            dirty: false,
-            touched_at: now,
-        });
+        let entry = entries
+            .entry(user.to_owned())
+            .or_insert_with(|| Entry::written(None, now));
         entry.touched_at = now;
         let previous = entry.presence.as_ref();
         if let Some(previous) = previous
@@ -143,11 +148,9 @@ impl Presences {
     pub fn apply_remote(&self, user: &str, presence: Presence) -> Option<Ping> {
         let now = self.clock.now_millis();
         let mut entries = self.entries();
-        let entry = entries.entry(user.to_owned()).or_insert_with(|| Entry {
-            presence: None,
-            dirty: false,
-            touched_at: now,
-        });
+        let entry = entries
+            .entry(user.to_owned())
+            .or_insert_with(|| Entry::written(None, now));
         entry.touched_at = now;
         let known = entry.presence.as_ref();
         if known.is_some_and(|known| known.last.at_ms >= presence.last.at_ms) {
@@ -197,11 +200,13 @@ impl Presences {
         }
     }
 
-    /// Forgets written entries unused since `before` (Unix ms): they are read again when next
-    /// needed, so memory holds only the users seen lately.
-    pub fn evict_idle(&self, before: i64) {
-        self.entries()
-            .retain(|_, entry| entry.dirty || entry.touched_at >= before);
+    /// Forgets written entries unused since `before` (Unix ms) of users nobody here is
+    /// `watched`: they are read again when next needed, so memory holds only the users seen
+    /// lately.
+    pub fn evict_idle(&self, before: i64, watched: &HashSet<String>) {
+        self.entries().retain(|user, entry| {
+            entry.dirty || entry.touched_at >= before || watched.contains(user)
+        });
     }
 
     /// Forgets every written entry: another replica's pings may have been missed.

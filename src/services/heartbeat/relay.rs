@@ -3,14 +3,13 @@
 //! in-process) relays nothing: its own streams get each ping directly.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::hub::Hub;
 use super::presence::{Presence, Presences};
-use crate::platform::bus::{Bus, Event, Received};
+use crate::platform::bus::{Bus, Event, Received, keep_listening};
 use crate::platform::cache::Cache;
 
 /// A user's presence after a ping stored by replica `origin`.
@@ -27,8 +26,6 @@ impl Event for Pinged {
 
 /// The Redis pub/sub channel, under `cache.prefix`.
 const CHANNEL: &str = "heartbeat:pinged";
-/// How long to wait before subscribing again after the relay refused.
-const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub enum Relay {
@@ -75,6 +72,9 @@ impl Relay {
         hub: Hub,
         stop: CancellationToken,
     ) {
+        if matches!(self, Self::Alone) {
+            return;
+        }
         let apply = |pinged: Pinged| {
             if pinged.origin != origin
                 && let Some(ping) = presences.apply_remote(&pinged.user, pinged.presence)
@@ -82,47 +82,50 @@ impl Relay {
                 hub.deliver(&pinged.user, &ping);
             }
         };
-        loop {
-            match &self {
-                Self::Alone => return,
-                Self::Bus(bus) => match bus.subscribe::<Pinged>().await {
-                    Ok(mut pings) => loop {
-                        tokio::select! {
-                            _ = stop.cancelled() => return,
-                            received = pings.receive() => match received {
-                                Some(Received::Event(envelope)) => apply(envelope.data),
-                                Some(Received::Missed) => presences.forget_written(),
-                                None => break,
-                            },
-                        }
-                    },
-                    Err(err) => {
-                        tracing::warn!(error = %err, "heartbeat cannot hear other replicas")
-                    }
-                },
-                Self::Cache(cache) => match cache.subscribe(CHANNEL).await {
-                    Ok(mut pings) => loop {
-                        tokio::select! {
-                            _ = stop.cancelled() => return,
-                            payload = pings.next() => match payload {
-                                Some(payload) => match serde_json::from_slice(&payload) {
-                                    Ok(pinged) => apply(pinged),
-                                    Err(err) => tracing::warn!(error = %err, "undecodable ping skipped"),
-                                },
-                                None => break,
-                            },
-                        }
-                    },
-                    Err(err) => {
-                        tracing::warn!(error = %err, "heartbeat cannot hear other replicas")
-                    }
-                },
-            }
+        keep_listening("heartbeat relay", &stop, || async {
             // Pings may have been missed while not subscribed.
             presences.forget_written();
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(RESUBSCRIBE_AFTER) => {}
+            self.listen(&stop, &presences, apply).await
+        })
+        .await;
+    }
+
+    /// Hands each ping heard to `apply` until `stop`; an error once the subscription ends.
+    async fn listen(
+        &self,
+        stop: &CancellationToken,
+        presences: &Presences,
+        apply: impl Fn(Pinged),
+    ) -> anyhow::Result<()> {
+        match self {
+            Self::Alone => Ok(()),
+            Self::Bus(bus) => {
+                let mut pings = bus.subscribe::<Pinged>().await?;
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return Ok(()),
+                        received = pings.receive() => match received {
+                            Some(Received::Event(envelope)) => apply(envelope.data),
+                            Some(Received::Missed) => presences.forget_written(),
+                            None => anyhow::bail!("the NATS subscription ended"),
+                        },
+                    }
+                }
+            }
+            Self::Cache(cache) => {
+                let mut pings = cache.subscribe(CHANNEL).await?;
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return Ok(()),
+                        payload = pings.next() => match payload {
+                            Some(payload) => match serde_json::from_slice(&payload) {
+                                Ok(pinged) => apply(pinged),
+                                Err(err) => tracing::warn!(error = %err, "undecodable ping skipped"),
+                            },
+                            None => anyhow::bail!("the Redis subscription ended"),
+                        },
+                    }
+                }
             }
         }
     }

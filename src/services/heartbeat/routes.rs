@@ -5,7 +5,6 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_actix_web::scope;
 
-use super::error::HeartbeatError;
 use super::service::HeartbeatService;
 use crate::platform::Platform;
 use crate::platform::http::error::ErrorBody;
@@ -41,6 +40,7 @@ struct PingRequest {
         (status = 200, description = "Recorded (empty body, as the original)"),
         (status = 400, description = "`invalid_status`, or a body that is not the JSON above", body = ErrorBody),
         (status = 429, description = "More than `heartbeat.pings_per_minute`: `rate_limited`, with `Retry-After`", body = ErrorBody),
+        (status = 503, description = "The database or the cache does not answer: `heartbeat_unavailable`", body = ErrorBody),
     ),
 )]
 #[post("/ping")]
@@ -48,7 +48,7 @@ async fn ping(
     state: State,
     caller: Caller,
     body: web::Json<PingRequest>,
-) -> Result<HttpResponse, HeartbeatError> {
+) -> Result<HttpResponse, ApiError> {
     state.ping(&caller.user_id, &body.status).await?;
     Ok(HttpResponse::Ok().finish())
 }
@@ -69,7 +69,7 @@ async fn ping(
         (status = 403, description = "Neither a contact nor in a conversation with them: `not_related`", body = ErrorBody),
         (status = 404, description = "`user_not_found`", body = ErrorBody),
         (status = 429, description = "The user has `http.max_streams_per_user` streams open: `too_many_streams`", body = ErrorBody),
-        (status = 503, description = "Relations cannot be read: `heartbeat_unavailable`", body = ErrorBody),
+        (status = 503, description = "The database or core does not answer: `heartbeat_unavailable`", body = ErrorBody),
     ),
 )]
 #[get("/subscribe/{user}")]
@@ -78,7 +78,7 @@ async fn subscribe(
     platform: web::Data<Platform>,
     caller: Caller,
     path: web::Path<String>,
-) -> actix_web::Result<impl Responder> {
-    let lease = platform.sessions.open(&caller).map_err(ApiError::from)?;
+) -> Result<impl Responder, ApiError> {
+    let lease = platform.sessions.open(&caller)?;
     Ok(state.subscribe(lease, &path).await?)
 }

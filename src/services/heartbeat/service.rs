@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use actix_web::Responder;
 use actix_web_lab::sse;
+use futures_util::{StreamExt as _, stream};
 use metrics::Counter;
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::error::HeartbeatError;
@@ -15,15 +17,12 @@ use super::presence::{Presences, Recorded};
 use super::relay::{Pinged, Relay};
 use super::store::Store;
 use crate::platform::Platform;
-use crate::platform::bus::{Bus, BusError, Received, keep_listening};
 use crate::platform::cache::Cache;
 use crate::platform::clock::Clock;
 use crate::platform::http::SSE_KEEP_ALIVE;
 use crate::platform::ids::is_prefixed_id;
 use crate::platform::ids::random_hex128;
-use crate::platform::membership::{
-    ContactRemoved, ConversationDeleted, Freshness, MemberRemoved, Relation, SharedRelations,
-};
+use crate::platform::membership::{Relation, RelationChange, SharedRelations};
 use crate::platform::sessions::Lease;
 
 /// Longest status accepted, in characters. The documented ones are one digit; the Flutter
@@ -34,6 +33,11 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// Users not seen for this long are dropped from memory (read again when next needed).
 const EVICT_IDLE_AFTER: Duration = Duration::from_secs(600);
 const PING_WINDOW: Duration = Duration::from_secs(60);
+/// Relations asked again at once after a change: enough to end a popular user's watchers
+/// within a second, few enough to leave the database to the requests.
+const RECHECKS_AT_ONCE: usize = 8;
+/// Attempts at the last write-behind on shutdown, a short pause apart.
+const FINAL_FLUSH_ATTEMPTS: u32 = 3;
 
 struct PingCounters {
     stored: Counter,
@@ -93,7 +97,7 @@ impl HeartbeatService {
                 .cache
                 .increment(&format!("heartbeat:pings:{user}"), PING_WINDOW)
                 .await
-                .map_err(|err| HeartbeatError::Internal(err.into()))?;
+                .map_err(|err| HeartbeatError::Unavailable(err.into()))?;
             if count.value > self.pings_per_minute {
                 self.counters.limited.increment(1);
                 return Err(HeartbeatError::RateLimited {
@@ -135,7 +139,7 @@ impl HeartbeatService {
         let registered = self.hub.register(&viewer, target);
         match self
             .relations
-            .relation(&viewer, target, Freshness::Cached)
+            .relation(&viewer, target)
             .await
             .map_err(|err| HeartbeatError::Unavailable(err.into()))?
         {
@@ -149,93 +153,99 @@ impl HeartbeatService {
     }
 
     /// Ends streams whose watcher may no longer see the watched user (a contact removed, a
-    /// conversation left or deleted), until `stop`.
-    pub async fn watch_relations(self: Arc<Self>, bus: Bus, stop: CancellationToken) {
-        keep_listening("heartbeat relations", &stop, || {
-            self.follow_relations(&bus, &stop)
-        })
-        .await;
-    }
-
-    async fn follow_relations(&self, bus: &Bus, stop: &CancellationToken) -> Result<(), BusError> {
-        let mut uncontacted = bus.subscribe::<ContactRemoved>().await?;
-        let mut left = bus.subscribe::<MemberRemoved>().await?;
-        let mut deleted = bus.subscribe::<ConversationDeleted>().await?;
-        let everyone = |_: &str, _: &str| true;
+    /// conversation left or deleted), as core announces those changes, until `stop`.
+    pub async fn watch_relations(self: Arc<Self>, stop: CancellationToken) {
+        let mut changes = self.relations.changes();
         loop {
-            let pairs = tokio::select! {
-                _ = stop.cancelled() => return Ok(()),
-                Some(received) = uncontacted.receive() => match received {
-                    Received::Event(event) => {
-                        let ContactRemoved { user, contact } = &event.data;
-                        self.hub.pairs(|viewer, target| viewer == user && target == contact)
-                    }
-                    Received::Missed => self.hub.pairs(everyone),
-                },
-                Some(received) = left.receive() => match received {
-                    Received::Event(event) => {
-                        let user = &event.data.user;
-                        self.hub.pairs(|viewer, target| viewer == user || target == user)
-                    }
-                    Received::Missed => self.hub.pairs(everyone),
-                },
-                Some(received) = deleted.receive() => match received {
-                    Received::Event(event) => {
-                        let members = &event.data.members;
-                        self.hub.pairs(|viewer, target| {
-                            members.iter().any(|member| member == viewer || member == target)
-                        })
-                    }
-                    Received::Missed => self.hub.pairs(everyone),
-                },
-                else => return Ok(()),
+            let first = tokio::select! {
+                () = stop.cancelled() => return,
+                change = changes.recv() => change,
             };
+            // What else is queued is handled in the same pass.
+            let mut batch = vec![first];
+            loop {
+                match changes.try_recv() {
+                    Err(broadcast::error::TryRecvError::Empty) => break,
+                    Err(broadcast::error::TryRecvError::Closed) => return,
+                    Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                        batch.push(Ok(RelationChange::All));
+                    }
+                    Ok(change) => batch.push(Ok(change)),
+                }
+            }
+            let mut changed = Vec::with_capacity(batch.len());
+            for received in batch {
+                match received {
+                    Ok(change) => changed.push(change),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        changed.push(RelationChange::All)
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+            let pairs = self.hub.pairs(|viewer, target| {
+                changed.iter().any(|change| match change {
+                    RelationChange::All => true,
+                    RelationChange::Pair { viewer: v, user } => viewer == v && target == user,
+                    RelationChange::Users(users) => {
+                        users.iter().any(|user| user == viewer || user == target)
+                    }
+                })
+            });
             self.recheck(pairs).await;
         }
     }
 
-    /// Asks again, from the tables, whether each viewer may see each target; ends the
-    /// streams of those who may not (and, failing closed, of those it cannot tell).
+    /// Asks again whether each viewer may see each target; ends the streams of those who may
+    /// not (and, failing closed, of those it cannot tell).
     async fn recheck(&self, pairs: Vec<(String, String)>) {
-        for (viewer, target) in pairs {
-            match self
-                .relations
-                .relation(&viewer, &target, Freshness::Fresh)
-                .await
-            {
-                Ok(Relation::Related) => {}
-                Ok(_) => {
-                    self.hub.end(&viewer, &target);
+        stream::iter(pairs)
+            .for_each_concurrent(RECHECKS_AT_ONCE, |(viewer, target)| async move {
+                match self.relations.relation(&viewer, &target).await {
+                    Ok(Relation::Related) => {}
+                    Ok(_) => {
+                        self.hub.end(&viewer, &target);
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "a heartbeat stream ended: its relation cannot be checked");
+                        self.hub.end(&viewer, &target);
+                    }
                 }
-                Err(err) => {
-                    tracing::warn!(error = %err, "a heartbeat stream ended: its relation cannot be checked");
-                    self.hub.end(&viewer, &target);
-                }
-            }
-        }
+            })
+            .await;
     }
 
-    /// Writes pings behind to the database once a second, and forgets idle users, until
-    /// `stop`; then writes what is left.
+    /// Writes pings behind to the database once a second, and forgets users neither seen
+    /// nor watched lately, until `stop`; then writes what is left.
     pub async fn write_behind(self: Arc<Self>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(FLUSH_EVERY);
+        let mut evict = tokio::time::interval(EVICT_IDLE_AFTER / 10);
         let evict_after_ms = i64::try_from(EVICT_IDLE_AFTER.as_millis()).unwrap_or(i64::MAX);
         loop {
             tokio::select! {
-                _ = stop.cancelled() => break,
+                () = stop.cancelled() => break,
                 _ = tick.tick() => {
-                    self.flush().await;
+                    if let Err(err) = self.presences.flush().await {
+                        tracing::warn!(error = %err, "last-seen could not be written; retrying");
+                    }
+                }
+                _ = evict.tick() => {
                     let idle_since = self.clock.now_millis().saturating_sub(evict_after_ms);
-                    self.presences.evict_idle(idle_since);
+                    self.presences.evict_idle(idle_since, &self.hub.watched());
                 }
             }
         }
-        self.flush().await;
-    }
-
-    async fn flush(&self) {
-        if let Err(err) = self.presences.flush().await {
-            tracing::warn!(error = %err, "last-seen could not be written; retrying");
+        for attempt in 1..=FINAL_FLUSH_ATTEMPTS {
+            match self.presences.flush().await {
+                Ok(_) => return,
+                Err(err) if attempt == FINAL_FLUSH_ATTEMPTS => {
+                    tracing::error!(error = %err, "last-seen of the last second could not be written");
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "last-seen could not be written; retrying");
+                    tokio::time::sleep(FLUSH_EVERY / 4).await;
+                }
+            }
         }
     }
 

@@ -8,12 +8,13 @@ use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-use crate::platform::bus::{Bus, BusError, Received, keep_listening};
+use crate::platform::bus::Bus;
 use crate::platform::cache::Cache;
 use crate::platform::clock::Clock;
 use crate::platform::ids::is_prefixed_id;
 use crate::platform::membership::{
-    AccessCheck, AccessError, ConversationDeleted, MemberAdded, MemberRemoved, SharedMembership,
+    AccessCheck, AccessError, AccessEvent, AccessEvents, ConversationDeleted, MemberAdded,
+    MemberRemoved, SharedMembership,
 };
 
 const MEMBER: &[u8] = b"1";
@@ -191,47 +192,23 @@ impl Checker {
 
     /// Clears answers on core's membership events until `stop`.
     pub async fn follow(self: Arc<Self>, bus: Bus, stop: CancellationToken) {
-        keep_listening("permissions", &stop, || async {
-            let result = self.listen(&bus, &stop).await;
-            self.listening.store(false, Ordering::SeqCst);
-            if !stop.is_cancelled() {
-                self.forget_all("the subscription ended");
-            }
-            result
-        })
-        .await;
-    }
-
-    async fn listen(&self, bus: &Bus, stop: &CancellationToken) -> Result<(), BusError> {
-        let mut added = bus.subscribe::<MemberAdded>().await?;
-        let mut removed = bus.subscribe::<MemberRemoved>().await?;
-        let mut deleted = bus.subscribe::<ConversationDeleted>().await?;
-        bus.confirm_subscriptions().await?;
-        self.listening.store(true, Ordering::SeqCst);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return Ok(()),
-                Some(received) = added.receive() => match received {
-                    Received::Event(event) => {
-                        self.forget(&event.data.user, &event.data.conversation).await;
+        let mut events = AccessEvents::new("permissions", &bus, &self.listening);
+        while let Some(event) = events.next(&stop).await {
+            match event {
+                AccessEvent::MemberAdded(MemberAdded { user, conversation })
+                | AccessEvent::MemberRemoved(MemberRemoved { user, conversation }) => {
+                    self.forget(&user, &conversation).await;
+                }
+                AccessEvent::ConversationDeleted(ConversationDeleted {
+                    conversation,
+                    members,
+                }) => {
+                    for member in &members {
+                        self.forget(member, &conversation).await;
                     }
-                    Received::Missed => self.forget_all("missed member_added events"),
-                },
-                Some(received) = removed.receive() => match received {
-                    Received::Event(event) => {
-                        self.forget(&event.data.user, &event.data.conversation).await;
-                    }
-                    Received::Missed => self.forget_all("missed member_removed events"),
-                },
-                Some(received) = deleted.receive() => match received {
-                    Received::Event(event) => {
-                        for member in &event.data.members {
-                            self.forget(member, &event.data.conversation).await;
-                        }
-                    }
-                    Received::Missed => self.forget_all("missed conversation_deleted events"),
-                },
-                else => return Ok(()),
+                }
+                AccessEvent::ContactAdded(_) | AccessEvent::ContactRemoved(_) => {}
+                AccessEvent::Missed(why) => self.forget_all(why),
             }
         }
     }
