@@ -478,41 +478,45 @@ fn ping_request(token: &str, status: &str) -> Vec<u8> {
 /// write, alternating the status when `changing`.
 async fn ping_load(addr: SocketAddr, tokens: &[String], changing: bool) -> f64 {
     let deadline = Instant::now() + PING_ROUND;
-    let clients = tokens.iter().map(|token| {
-        let batch: Vec<u8> = (0..load::PIPELINE)
-            .flat_map(|n| {
-                let status = if changing && n % 2 == 1 { "1" } else { "0" };
-                ping_request(token, status)
-            })
-            .collect();
-        tokio::spawn(async move {
-            let mut conn = TcpStream::connect(addr).await.unwrap();
-            conn.set_nodelay(true).unwrap();
-            let mut done = 0u64;
-            let mut buffer = vec![0u8; 64 * 1024];
-            while Instant::now() < deadline {
-                conn.write_all(&batch).await.unwrap();
-                let mut seen = 0;
-                let mut pending = Vec::new();
-                while seen < load::PIPELINE {
-                    let n = conn.read(&mut buffer).await.unwrap();
-                    assert!(n > 0);
-                    pending.extend_from_slice(&buffer[..n]);
-                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                        assert!(
-                            pending.starts_with(b"HTTP/1.1 200"),
-                            "{}",
-                            String::from_utf8_lossy(&pending)
-                        );
-                        pending.drain(..end + 4);
-                        seen += 1;
+    // Collected, so every connection starts now.
+    let clients: Vec<_> = tokens
+        .iter()
+        .map(|token| {
+            let batch: Vec<u8> = (0..load::PIPELINE)
+                .flat_map(|n| {
+                    let status = if changing && n % 2 == 1 { "1" } else { "0" };
+                    ping_request(token, status)
+                })
+                .collect();
+            tokio::spawn(async move {
+                let mut conn = TcpStream::connect(addr).await.unwrap();
+                conn.set_nodelay(true).unwrap();
+                let mut done = 0u64;
+                let mut buffer = vec![0u8; 64 * 1024];
+                while Instant::now() < deadline {
+                    conn.write_all(&batch).await.unwrap();
+                    let mut seen = 0;
+                    let mut pending = Vec::new();
+                    while seen < load::PIPELINE {
+                        let n = conn.read(&mut buffer).await.unwrap();
+                        assert!(n > 0);
+                        pending.extend_from_slice(&buffer[..n]);
+                        while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                            assert!(
+                                pending.starts_with(b"HTTP/1.1 200"),
+                                "{}",
+                                String::from_utf8_lossy(&pending)
+                            );
+                            pending.drain(..end + 4);
+                            seen += 1;
+                        }
                     }
+                    done += load::PIPELINE as u64;
                 }
-                done += load::PIPELINE as u64;
-            }
-            done
+                done
+            })
         })
-    });
+        .collect();
     let mut total = 0;
     for client in clients {
         total += client.await.unwrap();
@@ -574,16 +578,20 @@ async fn pings(redis: Option<&str>) {
     let mut reference = Vec::new();
     let mut probe_delays = Vec::new();
     let probes = Arc::new(AtomicU64::new(0));
+    let mut probes_lost = 0;
     for _ in 0..PING_ROUNDS {
         reference.push(load(addr, healthz).await);
-        // The probe pings every 20 ms while the changing pings run, alternating its status.
+        // The probe pings while the changing pings run, alternating its status, each time
+        // once its previous ping has arrived (or was given up on after a second: lost).
         let stop = Arc::new(AtomicBool::new(false));
         let prober = {
             let (http, stop) = (http.clone(), Arc::clone(&stop));
             let (url, token) = (format!("{base}/heartbeat/ping"), probe_token.clone());
-            let (sent_sender, sent) = mpsc::unbounded_channel();
             let probes = Arc::clone(&probes);
-            let task = tokio::spawn(async move {
+            let mut probe = probe;
+            tokio::spawn(async move {
+                let (mut delays, mut lost) = (Vec::new(), 0);
+                probe.drain();
                 while !stop.load(Ordering::SeqCst) {
                     // Alternating across rounds too: a repeated status would not be pushed.
                     let n = probes.fetch_add(1, Ordering::SeqCst);
@@ -597,26 +605,30 @@ async fn pings(redis: Option<&str>) {
                         .await
                         .unwrap();
                     assert_eq!(response.status(), 200);
-                    let _ = sent_sender.send(sent_at);
+                    match tokio::time::timeout(Duration::from_secs(1), probe.arrivals.recv()).await
+                    {
+                        Ok(Some(arrived)) => {
+                            delays.push(arrived.duration_since(sent_at).as_secs_f64() * 1e3);
+                        }
+                        _ => lost += 1,
+                    }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-            });
-            (task, sent)
+                (probe, delays, lost)
+            })
         };
-        probe.drain();
         changing.push(ping_load(addr, &tokens, true).await);
         stop.store(true, Ordering::SeqCst);
-        let (task, mut sent) = prober;
-        task.await.unwrap();
-        while let Ok(sent_at) = sent.try_recv() {
-            let delay = probe.delays(sent_at, 1).await;
-            probe_delays.extend(delay);
-        }
+        let (returned, delays, lost) = prober.await.unwrap();
+        probe = returned;
+        probe_delays.extend(delays);
+        probes_lost += lost;
         same.push(ping_load(addr, &tokens, false).await);
     }
     let healthz = median(reference);
     let changing = median(changing);
     let same = median(same);
+    let probe_delays_count = probe_delays.len();
     let delays = summarise(probe_delays);
     println!("  GET /healthz (reference): {healthz:.0} req/s");
     println!(
@@ -628,8 +640,8 @@ async fn pings(redis: Option<&str>) {
         same / healthz
     );
     println!(
-        "  probe ping -> subscriber at that load: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        delays.p50, delays.p99, delays.max
+        "  probe ping -> subscriber at that load: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} probes, {probes_lost} not delivered within 1 s)",
+        delays.p50, delays.p99, delays.max, probe_delays_count
     );
     drop(subscribers);
     drop(probe);

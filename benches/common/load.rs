@@ -106,25 +106,29 @@ pub async fn load_for(addr: SocketAddr, raw: &[u8], round: Duration) -> f64 {
     };
     let batch = raw.repeat(PIPELINE);
     let deadline = Instant::now() + round;
-    let clients = (0..CONNECTIONS).map(|_| {
-        let batch = batch.clone();
-        tokio::spawn(async move {
-            let mut conn = TcpStream::connect(addr).await.unwrap();
-            conn.set_nodelay(true).unwrap();
-            let expected = response_len * PIPELINE;
-            let mut responses = vec![0u8; expected];
-            let mut done = 0u64;
-            while Instant::now() < deadline {
-                conn.write_all(&batch).await.unwrap();
-                conn.read_exact(&mut responses).await.unwrap();
-                for response in responses.chunks_exact(response_len) {
-                    assert!(response.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    // Collected, so every connection starts now: a lazy map would spawn each one only once
+    // the one before it had finished.
+    let clients: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            let batch = batch.clone();
+            tokio::spawn(async move {
+                let mut conn = TcpStream::connect(addr).await.unwrap();
+                conn.set_nodelay(true).unwrap();
+                let expected = response_len * PIPELINE;
+                let mut responses = vec![0u8; expected];
+                let mut done = 0u64;
+                while Instant::now() < deadline {
+                    conn.write_all(&batch).await.unwrap();
+                    conn.read_exact(&mut responses).await.unwrap();
+                    for response in responses.chunks_exact(response_len) {
+                        assert!(response.starts_with(b"HTTP/1.1 200 OK\r\n"));
+                    }
+                    done += PIPELINE as u64;
                 }
-                done += PIPELINE as u64;
-            }
-            done
+                done
+            })
         })
-    });
+        .collect();
     let mut total = 0;
     for client in clients {
         total += client.await.unwrap();

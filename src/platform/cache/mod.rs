@@ -119,14 +119,23 @@ impl Cache {
 
     /// Sends `payload` to the current subscribers of `channel` (fire and forget).
     pub async fn publish(&self, channel: &str, payload: &[u8]) -> Result<(), CacheError> {
+        self.publish_all(channel, &[payload]).await
+    }
+
+    /// Sends each payload, in order, to the current subscribers of `channel`; with Redis in
+    /// one round trip.
+    pub async fn publish_all(&self, channel: &str, payloads: &[&[u8]]) -> Result<(), CacheError> {
         match self {
             Self::Memory(cache) => {
-                cache
-                    .channels
-                    .publish(&cache.key(channel), Bytes::copy_from_slice(payload));
+                let channel = cache.key(channel);
+                for payload in payloads {
+                    cache
+                        .channels
+                        .publish(&channel, Bytes::copy_from_slice(payload));
+                }
                 Ok(())
             }
-            Self::Redis(cache) => cache.publish(channel, payload).await,
+            Self::Redis(cache) => cache.publish(channel, payloads).await,
         }
     }
 

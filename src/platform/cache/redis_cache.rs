@@ -147,12 +147,18 @@ impl RedisCache {
         }
     }
 
-    pub(super) async fn publish(&self, channel: &str, payload: &[u8]) -> Result<(), CacheError> {
-        let _receivers: u64 = self
-            .connection()
-            .await?
-            .publish(self.key(channel), payload)
-            .await?;
+    /// Every payload in one round trip (a pipeline), in order.
+    pub(super) async fn publish(
+        &self,
+        channel: &str,
+        payloads: &[&[u8]],
+    ) -> Result<(), CacheError> {
+        let channel = self.key(channel);
+        let mut pipe = redis::pipe();
+        for payload in payloads {
+            pipe.publish(&channel, *payload).ignore();
+        }
+        let () = pipe.query_async(&mut *self.connection().await?).await?;
         Ok(())
     }
 

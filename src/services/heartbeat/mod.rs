@@ -61,7 +61,11 @@ impl Service for Heartbeat {
             service.write_behind(stop)
         });
         let service = Arc::clone(&self.service);
-        workers.spawn("heartbeat-replicas", move |stop| {
+        workers.spawn("heartbeat-relay-out", move |stop| {
+            service.tell_replicas(stop)
+        });
+        let service = Arc::clone(&self.service);
+        workers.spawn("heartbeat-relay-in", move |stop| {
             service.hear_replicas(stop)
         });
         let service = Arc::clone(&self.service);

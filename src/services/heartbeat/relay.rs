@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::hub::Hub;
@@ -26,6 +27,11 @@ impl Event for Pinged {
 
 /// The Redis pub/sub channel, under `cache.prefix`.
 const CHANNEL: &str = "heartbeat:pinged";
+/// Pings waiting to be relayed; past it a ping is not relayed (the others catch up from the
+/// next one, or from the database) rather than holding its request.
+const QUEUE_CAPACITY: usize = 16_384;
+/// Pings relayed in one round trip at most.
+const BATCH: usize = 256;
 
 #[derive(Clone)]
 pub enum Relay {
@@ -45,22 +51,61 @@ impl Relay {
         }
     }
 
-    /// Tells the other replicas; a failure only costs them this ping (the next one, or the
-    /// database, catches them up).
-    pub async fn publish(&self, pinged: Pinged) {
+    /// A queue of pings to tell the other replicas, and its sender, which [`Self::publish`]
+    /// drains: a ping's answer never waits for the relay. `None` for a lone process.
+    pub fn queue(&self) -> Option<(mpsc::Sender<Pinged>, mpsc::Receiver<Pinged>)> {
+        (!matches!(self, Self::Alone)).then(|| mpsc::channel(QUEUE_CAPACITY))
+    }
+
+    /// Tells the other replicas of the queued pings, in batches of what has queued up, until
+    /// `stop`; then of what is left. A failure only costs them those pings: the next one, or
+    /// the database, catches them up.
+    pub async fn publish(self, mut queue: mpsc::Receiver<Pinged>, stop: CancellationToken) {
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                received = queue.recv_many(&mut batch, BATCH) => if received == 0 {
+                    return;
+                },
+            }
+            self.send(&batch).await;
+            batch.clear();
+        }
+        queue.close();
+        while queue.recv_many(&mut batch, BATCH).await > 0 {
+            self.send(&batch).await;
+            batch.clear();
+        }
+    }
+
+    async fn send(&self, batch: &[Pinged]) {
         let result = match self {
-            Self::Alone => return,
-            Self::Bus(bus) => bus.publish(pinged).await.map_err(anyhow::Error::from),
-            Self::Cache(cache) => match serde_json::to_vec(&pinged) {
-                Ok(payload) => cache
-                    .publish(CHANNEL, &payload)
-                    .await
-                    .map_err(anyhow::Error::from),
-                Err(err) => Err(err.into()),
-            },
+            Self::Alone => Ok(()),
+            Self::Bus(bus) => {
+                let mut result = Ok(());
+                for pinged in batch {
+                    result = result.and(bus.publish(pinged.clone()).await);
+                }
+                result.map_err(anyhow::Error::from)
+            }
+            Self::Cache(cache) => {
+                let encoded: Result<Vec<Vec<u8>>, _> =
+                    batch.iter().map(serde_json::to_vec).collect();
+                match encoded {
+                    Ok(encoded) => {
+                        let payloads: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
+                        cache
+                            .publish_all(CHANNEL, &payloads)
+                            .await
+                            .map_err(anyhow::Error::from)
+                    }
+                    Err(err) => Err(err.into()),
+                }
+            }
         };
         if let Err(err) = result {
-            tracing::warn!(error = %err, "a ping could not be relayed to the other replicas");
+            tracing::warn!(error = %err, pings = batch.len(), "pings could not be relayed to the other replicas");
         }
     }
 

@@ -1,14 +1,14 @@
 //! What heartbeat does: record a ping and push it, open a subscriber's stream, and end streams
 //! whose watcher may no longer see the user.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use actix_web::Responder;
 use actix_web_lab::sse;
 use futures_util::{StreamExt as _, stream};
 use metrics::Counter;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::error::HeartbeatError;
@@ -43,12 +43,17 @@ struct PingCounters {
     stored: Counter,
     unchanged: Counter,
     limited: Counter,
+    /// Stored, but the relay queue was full: other replicas hear of the next one.
+    unrelayed: Counter,
 }
 
 pub struct HeartbeatService {
     presences: Arc<Presences>,
     hub: Hub,
     relay: Relay,
+    /// Pings to tell the other replicas (none for a lone process), and what drains it.
+    relay_queue: Option<mpsc::Sender<Pinged>>,
+    relay_drain: Mutex<Option<mpsc::Receiver<Pinged>>>,
     relations: SharedRelations,
     cache: Cache,
     clock: Clock,
@@ -68,6 +73,8 @@ impl HeartbeatService {
                 &[("outcome", outcome.to_owned())],
             )
         };
+        let relay = Relay::choose(&platform.bus, &platform.cache);
+        let (relay_queue, relay_drain) = relay.queue().unzip();
         Self {
             presences: Arc::new(Presences::new(
                 Store::new(platform.db.connection().clone()),
@@ -75,7 +82,9 @@ impl HeartbeatService {
                 platform.clock.clone(),
             )),
             hub: Hub::new(metrics.gauge("beep_heartbeat_subscribers", &[])),
-            relay: Relay::choose(&platform.bus, &platform.cache),
+            relay,
+            relay_queue,
+            relay_drain: Mutex::new(relay_drain),
             relations,
             cache: platform.cache.clone(),
             clock: platform.clock.clone(),
@@ -85,6 +94,7 @@ impl HeartbeatService {
                 stored: pings("stored"),
                 unchanged: pings("unchanged"),
                 limited: pings("rate_limited"),
+                unrelayed: pings("not_relayed"),
             },
         }
     }
@@ -114,13 +124,16 @@ impl HeartbeatService {
         if shown {
             self.hub.deliver(user, &presence.last);
         }
-        self.relay
-            .publish(Pinged {
+        if let Some(queue) = &self.relay_queue {
+            let pinged = Pinged {
                 user: user.to_owned(),
                 presence,
                 origin: self.origin.clone(),
-            })
-            .await;
+            };
+            if queue.try_send(pinged).is_err() {
+                self.counters.unrelayed.increment(1);
+            }
+        }
         Ok(())
     }
 
@@ -246,6 +259,18 @@ impl HeartbeatService {
                     tokio::time::sleep(FLUSH_EVERY / 4).await;
                 }
             }
+        }
+    }
+
+    /// Tells the other replicas of this process's pings until `stop`.
+    pub async fn tell_replicas(self: Arc<Self>, stop: CancellationToken) {
+        let drain = self
+            .relay_drain
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(queue) = drain {
+            self.relay.clone().publish(queue, stop).await;
         }
     }
 
