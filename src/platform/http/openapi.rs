@@ -31,6 +31,18 @@ pub const TOKEN_QUERY: &str = "token";
 /// The error body's schema name in `components/schemas`.
 const ERROR_SCHEMA: &str = "ErrorBody";
 
+/// What every long-lived connection (an SSE stream, the signalling socket) may answer besides
+/// its own responses: the per-user cap of `platform::sessions`.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code, reason = "documents the response; handlers answer ApiError")]
+pub enum StreamCap {
+    #[response(
+        status = 429,
+        description = "The user has `http.max_streams_per_user` streams open: `too_many_streams`"
+    )]
+    TooManyStreams(ErrorBody<'static>),
+}
+
 /// The Server-Sent Events body of a stream route, one event as OpenAPI 3.1 describes it.
 #[derive(ToSchema)]
 #[allow(

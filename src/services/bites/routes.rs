@@ -16,7 +16,7 @@ use super::store::{BiteMeta, Scan, SharedStore, blocking};
 use crate::config::BitesConfig;
 use crate::platform::Platform;
 use crate::platform::http::error::ErrorBody;
-use crate::platform::http::openapi::SseEvent;
+use crate::platform::http::openapi::{SseEvent, StreamCap};
 use crate::platform::http::{ApiError, Caller, SSE_KEEP_ALIVE, next_link, page_limit};
 use crate::platform::ids::is_prefixed_id;
 use crate::platform::membership::SharedAccess;
@@ -324,7 +324,7 @@ fn byte_range(header: &str, total: u64) -> RangeAnswer {
         (status = 200, description = "`event: bite` with a bite's metadata as each is stored", content_type = "text/event-stream", body = SseEvent),
         (status = 400, description = "`invalid_id`", body = ErrorBody),
         (status = 403, description = "`not_a_member`", body = ErrorBody),
-        (status = 429, description = "The user has `http.max_streams_per_user` streams open: `too_many_streams`", body = ErrorBody),
+        StreamCap,
         (status = 503, description = "Memberships cannot be read: `membership_unavailable`", body = ErrorBody),
     ),
 )]

@@ -59,6 +59,15 @@ impl Entry {
     }
 }
 
+/// `user`'s entry (a blank one if none), marked used at `now`.
+fn touched<'a>(entries: &'a mut HashMap<String, Entry>, user: &str, now: i64) -> &'a mut Entry {
+    let entry = entries
+        .entry(user.to_owned())
+        .or_insert_with(|| Entry::written(None, now));
+    entry.touched_at = now;
+    entry
+}
+
 pub struct Presences {
     store: Store,
     entries: Mutex<HashMap<String, Entry>>,
@@ -100,10 +109,7 @@ impl Presences {
         self.ensure_loaded(user).await?;
         let now = self.clock.now_millis();
         let mut entries = self.entries();
-        let entry = entries
-            .entry(user.to_owned())
-            .or_insert_with(|| Entry::written(None, now));
-        entry.touched_at = now;
+        let entry = touched(&mut entries, user, now);
         let previous = entry.presence.as_ref();
         if let Some(previous) = previous
             && previous.last.status == status
@@ -148,10 +154,7 @@ impl Presences {
     pub fn apply_remote(&self, user: &str, presence: Presence) -> Option<Ping> {
         let now = self.clock.now_millis();
         let mut entries = self.entries();
-        let entry = entries
-            .entry(user.to_owned())
-            .or_insert_with(|| Entry::written(None, now));
-        entry.touched_at = now;
+        let entry = touched(&mut entries, user, now);
         let known = entry.presence.as_ref();
         if known.is_some_and(|known| known.last.at_ms >= presence.last.at_ms) {
             return None;

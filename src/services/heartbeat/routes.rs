@@ -8,7 +8,7 @@ use utoipa_actix_web::scope;
 use super::service::HeartbeatService;
 use crate::platform::Platform;
 use crate::platform::http::error::ErrorBody;
-use crate::platform::http::openapi::SseEvent;
+use crate::platform::http::openapi::{SseEvent, StreamCap};
 use crate::platform::http::{ApiError, Caller};
 use crate::platform::service::Routes;
 
@@ -68,7 +68,7 @@ async fn ping(
         (status = 400, description = "Not a user id: `invalid_id`", body = ErrorBody),
         (status = 403, description = "Neither a contact nor in a conversation with them: `not_related`", body = ErrorBody),
         (status = 404, description = "`user_not_found`", body = ErrorBody),
-        (status = 429, description = "The user has `http.max_streams_per_user` streams open: `too_many_streams`", body = ErrorBody),
+        StreamCap,
         (status = 503, description = "The database or core does not answer: `heartbeat_unavailable`", body = ErrorBody),
     ),
 )]

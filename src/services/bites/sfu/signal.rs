@@ -24,6 +24,7 @@ use super::peer::{Frame, Participant};
 use crate::config::IceServer;
 use crate::platform::Platform;
 use crate::platform::http::error::ErrorBody;
+use crate::platform::http::openapi::StreamCap;
 use crate::platform::http::{ApiError, Caller};
 use crate::platform::membership::SharedAccess;
 use crate::platform::service::Routes;
@@ -117,7 +118,7 @@ async fn join(
     responses(
         (status = 101, description = "Switching Protocols: the signalling socket"),
         (status = 400, description = "Not a WebSocket handshake: `websocket_required`", body = ErrorBody),
-        (status = 429, description = "The user has `http.max_streams_per_user` streams open: `too_many_streams`", body = ErrorBody),
+        StreamCap,
         (status = 503, description = "`media_unavailable`", body = ErrorBody),
     ),
     extensions(("x-websocket" = json!(true))),

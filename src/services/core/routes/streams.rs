@@ -7,8 +7,7 @@ use utoipa::IntoResponses;
 
 use super::{ConversationPath, MembersOnly, State, conversation_id};
 use crate::platform::Platform;
-use crate::platform::http::error::ErrorBody;
-use crate::platform::http::openapi::SseEvent;
+use crate::platform::http::openapi::{SseEvent, StreamCap};
 use crate::platform::http::{ApiError, Caller};
 use crate::services::core::streams::Topic;
 
@@ -27,15 +26,10 @@ enum UserStream {
         content_type = "text/event-stream"
     )]
     Events(SseEvent),
-    #[response(
-        status = 429,
-        description = "The user has `http.max_streams_per_user` streams open: `too_many_streams`"
-    )]
-    TooManyStreams(ErrorBody<'static>),
 }
 
 /// Profile changes of the caller and of their contacts.
-#[utoipa::path(tag = "core", responses(UserStream))]
+#[utoipa::path(tag = "core", responses(UserStream, StreamCap))]
 #[get("/user/subscribe")]
 pub(super) async fn subscribe_users(
     state: State,
@@ -46,7 +40,7 @@ pub(super) async fn subscribe_users(
 }
 
 /// `/user/subscribe` by the original README's name.
-#[utoipa::path(tag = "core", responses(UserStream))]
+#[utoipa::path(tag = "core", responses(UserStream, StreamCap))]
 #[get("/user/subscribe/user")]
 pub(super) async fn subscribe_users_by_old_name(
     state: State,
@@ -57,7 +51,7 @@ pub(super) async fn subscribe_users_by_old_name(
 }
 
 /// Contacts the caller adds (`add`) and removes (`delete`).
-#[utoipa::path(tag = "core", responses(UserStream))]
+#[utoipa::path(tag = "core", responses(UserStream, StreamCap))]
 #[get("/user/subscribe/contact")]
 pub(super) async fn subscribe_contacts(
     state: State,
@@ -68,7 +62,7 @@ pub(super) async fn subscribe_contacts(
 }
 
 /// The caller's conversations appearing, changing and going.
-#[utoipa::path(tag = "core", responses(UserStream))]
+#[utoipa::path(tag = "core", responses(UserStream, StreamCap))]
 #[get("/user/subscribe/conversation")]
 pub(super) async fn subscribe_conversations(
     state: State,
@@ -86,7 +80,7 @@ pub(super) async fn subscribe_conversations(
         (status = 200, description = "Events as on the other streams; ends when the caller is removed",
             content_type = "text/event-stream", body = SseEvent),
         MembersOnly,
-        (status = 429, description = "The user has `http.max_streams_per_user` streams open: `too_many_streams`", body = ErrorBody),
+        StreamCap,
     ),
 )]
 #[get("/user/subscribe/conversation/{conversation}/member")]
