@@ -11,7 +11,9 @@ use crate::auth::{Tokens, login_as};
 use beep::platform::bus::durable_stream_name;
 use beep::services::bites::BiteStored;
 
-use crate::helpers::{Column, NATS, TestApp, columns, env, error_code, unique_phone};
+use crate::helpers::{
+    Column, NATS, TestApp, columns, conversation_of, env, error_code, unique_phone,
+};
 use crate::peer::{Peer, synthetic_opus};
 
 /// Speech and silence as the RFC 6464 levels a browser puts on its packets.
@@ -49,34 +51,6 @@ async fn send(app: &TestApp, method: &str, path: &str, who: &Tokens) -> reqwest:
     call(app, method, path, who).send().await.unwrap()
 }
 
-pub async fn conversation_of(app: &TestApp, owner: &Tokens, others: &[&Tokens]) -> String {
-    let response = call(app, "POST", "/core/user/conversation", owner)
-        .json(&json!({ "title": "bites" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let id = response.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    for other in others {
-        let status = call(
-            app,
-            "POST",
-            &format!("/core/user/conversation/{id}/member"),
-            owner,
-        )
-        .json(&json!({ "id": other.user_id }))
-        .send()
-        .await
-        .unwrap()
-        .status();
-        assert_eq!(status, 200);
-    }
-    id
-}
-
 async fn join(app: &TestApp, who: &Tokens, conversation: &str) -> reqwest::Response {
     call(app, "POST", &format!("/webrtc/join/{conversation}"), who)
         .send()
@@ -98,6 +72,17 @@ async fn eventually(within: Duration, what: &str, mut condition: impl FnMut() ->
 }
 
 /// Sends 20 ms packets of speech from `peer` for `ms`.
+/// Both talk in turn, `first` first, until each has heard the other (at most 10 turns).
+async fn talk_until_heard(first: &mut Peer, first_id: &str, second: &mut Peer, second_id: &str) {
+    for _ in 0..10 {
+        talk(first, 100).await;
+        talk(second, 100).await;
+        if first.heard_from(second_id) > 0 && second.heard_from(first_id) > 0 {
+            break;
+        }
+    }
+}
+
 async fn talk(peer: &mut Peer, ms: usize) {
     let packets: Vec<Vec<u8>> = (0..ms / 20).map(|i| synthetic_opus(i as u8, 60)).collect();
     peer.speak(&packets, SPEECH).await;
@@ -1135,13 +1120,7 @@ async fn a_bad_offer_does_not_wedge_the_connection() {
     assert_eq!(join(&app, &bob.tokens, &conversation).await.status(), 200);
 
     // Both hear each other once the joins' renegotiation has settled.
-    for _ in 0..10 {
-        talk(&mut a, 100).await;
-        talk(&mut b, 100).await;
-        if a.heard_from(&bob.tokens.user_id) > 0 && b.heard_from(&alice.tokens.user_id) > 0 {
-            break;
-        }
-    }
+    talk_until_heard(&mut a, &alice.tokens.user_id, &mut b, &bob.tokens.user_id).await;
     assert!(a.heard_from(&bob.tokens.user_id) > 0, "Alice hears Bob");
     let (heard_by_a, heard_by_b) = (
         a.heard_from(&bob.tokens.user_id),
@@ -1218,13 +1197,7 @@ async fn offers_crossing_are_resolved() {
         || a.offers.load(std::sync::atomic::Ordering::SeqCst) > 0,
     )
     .await;
-    for _ in 0..10 {
-        talk(&mut b, 100).await;
-        talk(&mut a, 100).await;
-        if a.heard_from(&bob.tokens.user_id) > 0 && b.heard_from(&alice.tokens.user_id) > 0 {
-            break;
-        }
-    }
+    talk_until_heard(&mut b, &bob.tokens.user_id, &mut a, &alice.tokens.user_id).await;
     assert!(a.heard_from(&bob.tokens.user_id) > 0, "Alice hears Bob");
     assert!(b.heard_from(&alice.tokens.user_id) > 0, "Bob hears Alice");
     assert!(a.errors.lock().unwrap().is_empty());

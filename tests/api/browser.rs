@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::auth::{Tokens, login_as};
-use crate::bites::conversation_of;
-use crate::helpers::{Column, TestApp, env, unique_phone};
+use crate::helpers::{Column, TestApp, conversation_of, env, unique_phone};
 
 /// The driver gives up after 30 s; this bounds a driver that hangs anyway.
 const DRIVER_TIMEOUT: Duration = Duration::from_secs(60);

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::auth::{Tokens, login_as};
-use crate::helpers::{Column, NATS, REDIS, TestApp, columns, env, error_code, unique_phone};
+use crate::helpers::{
+    Column, NATS, REDIS, TestApp, columns, conversation_of, env, error_code, unique_phone,
+};
 
 /// How soon a stream must end once its watcher may no longer see the user.
 const WITHIN: Duration = Duration::from_secs(1);
@@ -62,29 +64,8 @@ async fn add_contact(app: &TestApp, who: &User, contact: &User) {
 }
 
 async fn conversation_with(app: &TestApp, owner: &User, members: &[&User]) -> String {
-    let response = app
-        .post("/core/user/conversation")
-        .bearer_auth(&owner.tokens.access)
-        .json(&json!({ "title": "presence" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let id = response.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    for member in members {
-        let response = app
-            .post(&format!("/core/user/conversation/{id}/member"))
-            .bearer_auth(&owner.tokens.access)
-            .json(&json!({ "id": member.id() }))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-    }
-    id
+    let members: Vec<&Tokens> = members.iter().map(|member| &member.tokens).collect();
+    conversation_of(app, &owner.tokens, &members).await
 }
 
 async fn call(app: &TestApp, method: reqwest::Method, path: &str, who: &User) -> u16 {

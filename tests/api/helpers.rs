@@ -365,3 +365,34 @@ pub async fn error_code(response: reqwest::Response, status: u16) -> String {
     assert!(!message.is_empty(), "error without a message: {body}");
     body["error"]["code"].as_str().unwrap().to_owned()
 }
+
+/// A new conversation of `owner`'s with `others` added as members; its id.
+pub async fn conversation_of(
+    app: &TestApp,
+    owner: &crate::auth::Tokens,
+    others: &[&crate::auth::Tokens],
+) -> String {
+    let response = app
+        .post("/core/user/conversation")
+        .bearer_auth(&owner.access)
+        .json(&serde_json::json!({ "title": "test" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let id = response.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for other in others {
+        let response = app
+            .post(&format!("/core/user/conversation/{id}/member"))
+            .bearer_auth(&owner.access)
+            .json(&serde_json::json!({ "id": other.user_id }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    id
+}

@@ -125,11 +125,21 @@ async fn open_all(app: &TestApp, tokens: &Tokens, conversation: &str) -> (Vec<St
 
 /// Asserts every connection ends within [`WITHIN`] of `since`; returns the slowest.
 async fn all_end(streams: Vec<Stream>, socket: Socket, since: Instant) -> Duration {
+    all_end_within(streams, socket, since, WITHIN).await
+}
+
+/// Asserts every connection ends within `within` of `since`; returns the slowest.
+async fn all_end_within(
+    streams: Vec<Stream>,
+    socket: Socket,
+    since: Instant,
+    within: Duration,
+) -> Duration {
     let mut slowest = Duration::ZERO;
     for stream in streams {
-        slowest = slowest.max(stream.ends(since, WITHIN).await);
+        slowest = slowest.max(stream.ends(since, within).await);
     }
-    let (errors, took) = socket_closes(socket, since, WITHIN).await;
+    let (errors, took) = socket_closes(socket, since, within).await;
     assert!(
         errors.iter().any(|e| e.contains("session_ended")),
         "{errors:?}"
@@ -232,18 +242,7 @@ async fn blocking_a_user_ends_their_streams() {
         let since = Instant::now();
         beep_cli(&app, &["users", "block", &alice.user_id]);
         eprintln!("{column:?}: beep users block ran for {:?}", since.elapsed());
-        let slowest = {
-            let mut slowest = Duration::ZERO;
-            for stream in streams {
-                slowest = slowest.max(stream.ends(since, within).await);
-            }
-            let (errors, took) = socket_closes(socket, since, within).await;
-            assert!(
-                errors.iter().any(|e| e.contains("session_ended")),
-                "{errors:?}"
-            );
-            slowest.max(took)
-        };
+        let slowest = all_end_within(streams, socket, since, within).await;
         eprintln!("{column:?}: beep users block -> ended in {slowest:?}");
         if !on_nats {
             assert_eq!(whoami(&app, &alice.access).await.status(), 401);

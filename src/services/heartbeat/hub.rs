@@ -215,8 +215,4 @@ impl Hub {
         self.0.topics().keys().cloned().collect()
     }
 
-    /// Open streams, across all watched users.
-    pub fn open_streams(&self) -> usize {
-        self.0.topics().values().map(|t| t.watchers.len()).sum()
-    }
 }

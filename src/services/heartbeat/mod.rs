@@ -20,10 +20,7 @@ use std::sync::Arc;
 
 use actix_web::web;
 
-pub use self::error::HeartbeatError;
-pub use self::presence::{INVISIBLE, Ping, Presence};
-pub use self::relay::Pinged;
-pub use self::service::{HeartbeatService, MAX_STATUS_CHARS};
+use self::service::HeartbeatService;
 use crate::platform::Platform;
 use crate::platform::membership::SharedRelations;
 use crate::platform::service::{Routes, Service};
@@ -38,11 +35,6 @@ impl Heartbeat {
         Self {
             service: Arc::new(HeartbeatService::new(platform, relations)),
         }
-    }
-
-    /// Streams open in this process (each gives its place back when its client goes away).
-    pub fn open_streams(&self) -> usize {
-        self.service.hub().open_streams()
     }
 }
 

@@ -169,7 +169,7 @@ impl Presences {
     }
 
     /// Takes the presences not yet written, marking them written.
-    pub fn take_dirty(&self) -> Vec<(String, Presence)> {
+    fn take_dirty(&self) -> Vec<(String, Presence)> {
         let mut entries = self.entries();
         entries
             .iter_mut()
@@ -182,7 +182,7 @@ impl Presences {
     }
 
     /// Marks a batch that could not be written as still to write.
-    pub fn return_dirty(&self, batch: &[(String, Presence)]) {
+    fn return_dirty(&self, batch: &[(String, Presence)]) {
         let mut entries = self.entries();
         for (user, _) in batch {
             if let Some(entry) = entries.get_mut(user) {
@@ -217,7 +217,4 @@ impl Presences {
         self.entries().retain(|_, entry| entry.dirty);
     }
 
-    pub fn held(&self) -> usize {
-        self.entries().len()
-    }
 }

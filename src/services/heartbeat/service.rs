@@ -282,14 +282,6 @@ impl HeartbeatService {
             .follow(self.origin.clone(), presences, self.hub.clone(), stop)
             .await;
     }
-
-    pub fn hub(&self) -> &Hub {
-        &self.hub
-    }
-
-    pub fn presences(&self) -> &Presences {
-        &self.presences
-    }
 }
 
 /// 1 to [`MAX_STATUS_CHARS`] characters, none of them control characters.
