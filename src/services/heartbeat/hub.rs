@@ -214,5 +214,4 @@ impl Hub {
     pub fn watched(&self) -> HashSet<String> {
         self.0.topics().keys().cloned().collect()
     }
-
 }

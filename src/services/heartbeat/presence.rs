@@ -216,5 +216,4 @@ impl Presences {
     pub fn forget_written(&self) {
         self.entries().retain(|_, entry| entry.dirty);
     }
-
 }
