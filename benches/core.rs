@@ -253,7 +253,7 @@ async fn access(redis: Option<&str>) {
         .unwrap();
     let conversation = conversation["id"].as_str().unwrap().to_owned();
     // The same parts `app::build_services` wires, over the running app's platform.
-    let core = beep::services::core::Core::new(&platform);
+    let core = beep::services::core::Core::new(&platform, None);
     let permissions =
         beep::services::permissions::Permissions::new(&platform, core.conversations.clone());
     let checker = &permissions.checker;
@@ -480,7 +480,11 @@ async fn orm(postgres: Option<&str>) {
 
     // The queries alone, in-process, without HTTP.
     let connection = platform.db.connection().clone();
-    let users = beep::services::core::users::Users::new(connection.clone(), platform.clock.clone());
+    let users = beep::services::core::users::Users::new(
+        connection.clone(),
+        platform.clock.clone(),
+        beep::services::core::pictures::PictureNames::default(),
+    );
     let mut ratios = Vec::new();
     let (mut orm_us, mut raw_us) = (Vec::new(), Vec::new());
     for _ in 0..9 {

@@ -7,7 +7,8 @@
 //!             core ──UserDirectory──▶ auth
 //!             core ──MembershipSource──▶ permissions ──AccessCheck──▶ bites
 //!             core ──RelationCheck──▶ heartbeat
-//!   pictures: nothing asked yet
+//!             core ──PictureUsage──▶ pictures ◀──AccessCheck── permissions
+//!         pictures ──PictureCatalog──▶ core
 //!   everyone ◀── bus (core's events: memberships, profiles) ──▶ everyone
 //! ```
 //!
@@ -30,12 +31,16 @@ use crate::platform::http::cors::CorsPolicy;
 use crate::platform::http::openapi::{self, ApiDocument};
 use crate::platform::http::request::{self, PlatformLayer};
 use crate::platform::http::{self, tls};
-#[cfg(feature = "bites")]
+#[cfg(any(feature = "bites", feature = "pictures"))]
 use crate::platform::membership::SharedAccess;
 #[cfg(feature = "permissions")]
 use crate::platform::membership::SharedMembership;
 #[cfg(feature = "heartbeat")]
 use crate::platform::membership::SharedRelations;
+#[cfg(feature = "core")]
+use crate::platform::pictures::SharedCatalog;
+#[cfg(feature = "pictures")]
+use crate::platform::pictures::SharedUsage;
 use crate::platform::service::{Routes, Service};
 use crate::platform::sessions::SessionWatch;
 #[cfg(feature = "auth")]
@@ -103,12 +108,18 @@ struct Seams {
     /// "Is U a member of C", from the tables: core, asked by permissions.
     #[cfg(feature = "permissions")]
     memberships: Option<SharedMembership>,
-    /// "May U touch C", cached: permissions, asked by bites (then heartbeat and pictures).
-    #[cfg(feature = "bites")]
+    /// "May U touch C", cached: permissions, asked by bites and pictures.
+    #[cfg(any(feature = "bites", feature = "pictures"))]
     access: Option<SharedAccess>,
     /// "May V see U's presence": core, asked by heartbeat.
     #[cfg(feature = "heartbeat")]
     relations: Option<SharedRelations>,
+    /// "Is this a picture name pictures stored": pictures, asked by core.
+    #[cfg(feature = "core")]
+    catalog: Option<SharedCatalog>,
+    /// "Who shows this picture": core, asked by pictures.
+    #[cfg(feature = "pictures")]
+    picture_usage: Option<SharedUsage>,
 }
 
 /// The seam `service` asks, or why it cannot start without `owner`.
@@ -138,9 +149,17 @@ pub fn build_services(
     let mut seams = Seams::default();
     let mut built: Vec<Arc<dyn Service>> = Vec::with_capacity(names.len());
 
+    // pictures' store answers core, and pictures asks core: the store comes first.
+    #[cfg(feature = "pictures")]
+    let picture_store = hosted("pictures").then(|| services::pictures::Pictures::store(platform));
+    #[cfg(all(feature = "pictures", feature = "core"))]
+    {
+        seams.catalog = picture_store.clone().map(|store| store as SharedCatalog);
+    }
+
     #[cfg(feature = "core")]
     if hosted("core") {
-        let core = services::core::Core::new(platform);
+        let core = services::core::Core::new(platform, seams.catalog.clone());
         #[cfg(feature = "auth")]
         {
             seams.users = Some(Arc::clone(&core.users) as SharedDirectory);
@@ -153,6 +172,10 @@ pub fn build_services(
         {
             seams.relations = Some(Arc::clone(&core.relations) as SharedRelations);
         }
+        #[cfg(feature = "pictures")]
+        {
+            seams.picture_usage = Some(Arc::clone(&core.picture_uses) as SharedUsage);
+        }
         built.push(Arc::new(core));
     }
     #[cfg(feature = "permissions")]
@@ -164,7 +187,7 @@ pub fn build_services(
             "core",
         )?;
         let permissions = services::permissions::Permissions::new(platform, memberships);
-        #[cfg(feature = "bites")]
+        #[cfg(any(feature = "bites", feature = "pictures"))]
         {
             seams.access = Some(Arc::clone(&permissions.checker) as SharedAccess);
         }
@@ -188,8 +211,12 @@ pub fn build_services(
         )));
     }
     #[cfg(feature = "pictures")]
-    if hosted("pictures") {
-        built.push(Arc::new(services::pictures::Pictures));
+    if let Some(store) = picture_store {
+        let usage = ask(&seams.picture_usage, "pictures", "PictureUsage", "core")?;
+        let access = ask(&seams.access, "pictures", "AccessCheck", "permissions")?;
+        built.push(Arc::new(services::pictures::Pictures::new(
+            platform, store, usage, access,
+        )));
     }
     #[cfg(feature = "bites")]
     if hosted("bites") {

@@ -10,7 +10,11 @@ pub struct Core;
 impl ServiceMigrations for Core {
     const TRACKING_TABLE: &'static str = "core_migrations";
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateUsers), Box::new(CreateConversations)]
+        vec![
+            Box::new(CreateUsers),
+            Box::new(CreateConversations),
+            Box::new(IndexPictures),
+        ]
     }
 }
 
@@ -140,6 +144,48 @@ impl MigrationTrait for CreateConversations {
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
         for table in ["contact", "member", "conversation"] {
             m.drop_table(Table::drop().table(table).if_exists().to_owned())
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+struct IndexPictures;
+
+impl MigrationName for IndexPictures {
+    fn name(&self) -> &str {
+        "m20261130_000001_core_picture_indexes"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for IndexPictures {
+    async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        // pictures asks who shows a picture on every uncached read and for every stored
+        // picture in its orphan sweep.
+        for (name, table, column) in [
+            ("idx_user_profile_pic", "user", "profile_pic"),
+            ("idx_conversation_picture", "conversation", "picture"),
+        ] {
+            m.create_index(
+                Index::create()
+                    .name(name)
+                    .table(table)
+                    .col(column)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
+        for (name, table) in [
+            ("idx_user_profile_pic", "user"),
+            ("idx_conversation_picture", "conversation"),
+        ] {
+            m.drop_index(Index::drop().name(name).table(table).to_owned())
                 .await?;
         }
         Ok(())

@@ -10,6 +10,7 @@ mod bites;
 mod core;
 mod heartbeat;
 mod permissions;
+mod pictures;
 mod secret;
 mod server;
 
@@ -29,6 +30,7 @@ pub use self::bites::{BitesConfig, IceServer, SfuConfig};
 pub use self::core::CoreConfig;
 pub use self::heartbeat::HeartbeatConfig;
 pub use self::permissions::{PermissionsConfig, PermissionsRoute};
+pub use self::pictures::{PictureServing, PicturesConfig};
 use self::secret::MASK;
 pub use self::secret::Secret;
 pub use self::server::{
@@ -49,6 +51,7 @@ pub struct Config {
     pub core: CoreConfig,
     pub heartbeat: HeartbeatConfig,
     pub permissions: PermissionsConfig,
+    pub pictures: PicturesConfig,
     pub bites: BitesConfig,
 }
 
@@ -111,6 +114,7 @@ impl Config {
                 "http.cors.allowed_origins: \"*\" cannot be mixed with explicit origins".into(),
             ));
         }
+        self.pictures.validate(&self.blobs)?;
         Ok(self)
     }
 

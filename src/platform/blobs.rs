@@ -1,14 +1,19 @@
 //! Object storage for pictures and other files: a local directory by default, any
 //! S3-compatible server when `blobs.url` is `s3://BUCKET`.
 
+use std::ops::Range;
 use std::path::Path as FsPath;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use object_store::aws::AmazonS3Builder;
+use futures_util::TryStreamExt as _;
+use futures_util::stream::BoxStream;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
+use object_store::signer::{Method, Signer as _};
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt as _, PutPayload};
 
 use crate::config::BlobsConfig;
 
@@ -28,8 +33,13 @@ pub enum BlobsError {
 #[derive(Clone)]
 pub struct Blobs {
     store: Arc<dyn ObjectStore>,
+    /// The same store when it can presign URLs (S3); a local directory cannot.
+    signer: Option<Arc<AmazonS3>>,
     backend: &'static str,
 }
+
+/// An object's bytes as they arrive from the store, never all in memory at once.
+pub type BlobStream = BoxStream<'static, Result<Bytes, BlobsError>>;
 
 /// Listed by the readiness check: empty is the expected answer, proving the store responds.
 const PROBE_PREFIX: &str = ".beep-readiness-probe";
@@ -51,8 +61,10 @@ impl Blobs {
                     .with_access_key_id(&s3.access_key_id)
                     .with_secret_access_key(s3.secret_access_key.expose());
             }
+            let s3 = Arc::new(builder.build()?);
             return Ok(Self {
-                store: Arc::new(builder.build()?),
+                store: Arc::clone(&s3) as Arc<dyn ObjectStore>,
+                signer: Some(s3),
                 backend: "s3",
             });
         }
@@ -68,6 +80,7 @@ impl Blobs {
         let local = LocalFileSystem::new_with_prefix(&dir)?.with_automatic_cleanup(true);
         Ok(Self {
             store: Arc::new(local),
+            signer: None,
             backend: "local",
         })
     }
@@ -103,6 +116,42 @@ impl Blobs {
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(err) => Err(err.into()),
         }
+    }
+
+    /// The bytes of `range` of the object (all of it when `None`) as a stream, or `None` when
+    /// there is no such object.
+    pub async fn stream(
+        &self,
+        key: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<Option<BlobStream>, BlobsError> {
+        let options = GetOptions {
+            range: range.map(GetRange::Bounded),
+            ..GetOptions::default()
+        };
+        match self.store.get_opts(&Self::key(key)?, options).await {
+            Ok(result) => Ok(Some(Box::pin(
+                result.into_stream().map_err(BlobsError::from),
+            ))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// A URL that lets anyone holding it GET the object for `expires_in`, or `None` when the
+    /// store cannot presign (a local directory).
+    pub async fn presigned_get(
+        &self,
+        key: &str,
+        expires_in: Duration,
+    ) -> Result<Option<String>, BlobsError> {
+        let Some(signer) = &self.signer else {
+            return Ok(None);
+        };
+        let url = signer
+            .signed_url(Method::GET, &Self::key(key)?, expires_in)
+            .await?;
+        Ok(Some(url.to_string()))
     }
 
     /// Deletes the object; deleting a missing object succeeds on every backend (local

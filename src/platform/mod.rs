@@ -12,6 +12,7 @@ pub mod http;
 pub mod identity;
 pub mod ids;
 pub mod membership;
+pub mod pictures;
 pub mod service;
 pub mod sessions;
 pub mod telemetry;

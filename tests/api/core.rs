@@ -261,15 +261,17 @@ async fn only_members_reach_a_conversation() {
         );
 
         // PATCH keeps what it is not sent (the original needed a title to change anything).
+        let picture =
+            crate::pictures::uploaded(&app, &alice, &crate::pictures::png(20, 20, 0)).await;
         let patched = call(&app, "PATCH", &path, &alice)
-            .json(&json!({ "picture": "p.png" }))
+            .json(&json!({ "picture": picture }))
             .send()
             .await
             .unwrap();
         let patched = json_of(patched, 200).await;
         assert_eq!(
             (patched["title"].as_str(), patched["picture"].as_str()),
-            (Some("Team"), Some("p.png"))
+            (Some("Team"), Some(picture.as_str()))
         );
 
         // Pins are per member and show in the list.
@@ -287,7 +289,7 @@ async fn only_members_reach_a_conversation() {
         .await;
         assert_eq!(
             listed,
-            json!([{ "id": id, "title": "Team", "picture": "p.png", "pinned": true }])
+            json!([{ "id": id, "title": "Team", "picture": picture, "pinned": true }])
         );
         assert_eq!(
             status(call(&app, "DELETE", &format!("{path}/pin"), &alice)).await,

@@ -25,6 +25,8 @@ mod openapi;
 #[cfg(feature = "bites")]
 #[path = "../common/peer.rs"]
 mod peer;
+#[cfg(feature = "pictures")]
+mod pictures;
 mod readiness;
 #[path = "../common/served.rs"]
 mod served;

@@ -249,18 +249,17 @@ impl Conversations {
     }
 
     /// Applies `patch` to a conversation `user` belongs to.
+    /// Applies `patch` to `current`, the conversation as its member just read it.
     pub async fn update(
         &self,
-        user: &str,
-        id: &str,
+        current: ConversationView,
         patch: ConversationPatch,
     ) -> Result<ConversationView, CoreError> {
-        let current = self.get_for(user, id).await?;
         if patch.title.is_none() && patch.picture.is_none() {
             return Ok(current);
         }
         let mut update =
-            conversation::Entity::update_many().filter(conversation::Column::Id.eq(id));
+            conversation::Entity::update_many().filter(conversation::Column::Id.eq(&current.id));
         if let Some(title) = &patch.title {
             update = update.col_expr(conversation::Column::Title, Expr::value(title.clone()));
         }

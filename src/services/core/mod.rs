@@ -3,13 +3,15 @@
 //! It owns the `user`, `conversation`, `member` and `contact` tables, answers auth's "the user
 //! behind this login" ([`UserDirectory`](crate::platform::users::UserDirectory)),
 //! permissions' "is U a member of C" ([`MembershipSource`](crate::platform::membership::MembershipSource))
-//! and heartbeat's "may V see U's presence" ([`RelationCheck`](crate::platform::membership::RelationCheck)),
+//! heartbeat's "may V see U's presence" ([`RelationCheck`](crate::platform::membership::RelationCheck))
+//! and pictures' "who shows this picture" ([`PictureUsage`](crate::platform::pictures::PictureUsage)),
 //! and announces every change on the bus.
 
 pub mod contacts;
 pub mod conversations;
 mod error;
 pub mod events;
+pub mod pictures;
 mod relations;
 mod routes;
 mod service;
@@ -22,6 +24,7 @@ use std::time::Duration;
 pub use self::error::CoreError;
 pub use self::service::CoreService;
 use crate::platform::Platform;
+use crate::platform::pictures::SharedCatalog;
 use crate::platform::service::{Routes, Service};
 use crate::platform::workers::Workers;
 
@@ -30,24 +33,34 @@ pub struct Core {
     pub users: Arc<users::Users>,
     pub conversations: Arc<conversations::Conversations>,
     pub relations: Arc<relations::Relations>,
+    /// `PictureUsage`, asked by pictures.
+    pub picture_uses: Arc<pictures::PictureUses>,
     service: Arc<CoreService>,
 }
 
 impl Core {
-    pub fn new(platform: &Platform) -> Self {
+    /// `catalog` is pictures' "is this name stored", when pictures is hosted.
+    pub fn new(platform: &Platform, catalog: Option<SharedCatalog>) -> Self {
         let db = platform.db.connection().clone();
         let clock = &platform.clock;
-        let users = Arc::new(users::Users::new(db.clone(), clock.clone()));
+        let picture_names = pictures::PictureNames::new(catalog);
+        let users = Arc::new(users::Users::new(
+            db.clone(),
+            clock.clone(),
+            picture_names.clone(),
+        ));
         let conversations = Arc::new(conversations::Conversations::new(db.clone(), clock.clone()));
         let relations = Arc::new(relations::Relations::new(
             db.clone(),
             Duration::from_secs(platform.config.core.relation_cache_ttl_secs.max(1)),
             clock.clone(),
         ));
+        let picture_uses = Arc::new(pictures::PictureUses::new(db.clone()));
         let service = Arc::new(CoreService::new(
             Arc::clone(&users),
             Arc::clone(&conversations),
             Arc::new(contacts::Contacts::new(db, clock.clone())),
+            picture_names,
             platform.bus.clone(),
             platform.config.core.clone(),
         ));
@@ -55,6 +68,7 @@ impl Core {
             users,
             conversations,
             relations,
+            picture_uses,
             service,
         }
     }

@@ -11,6 +11,7 @@ use super::conversations::{
 };
 use super::error::CoreError;
 use super::events::{ConversationCreated, ConversationUpdated, MemberUpdated, UserUpdated};
+use super::pictures::{PictureNames, PictureRefused};
 use super::streams::{Hub, Topic};
 use super::users::{NewUser, ProfilePatch, Users, record, user};
 use crate::config::CoreConfig;
@@ -18,6 +19,7 @@ use crate::platform::bus::{Bus, Event};
 use crate::platform::membership::{
     ContactAdded, ContactRemoved, ContactView, ConversationDeleted, MemberAdded, MemberRemoved,
 };
+use crate::platform::pictures::PictureReleased;
 use crate::platform::sessions::Lease;
 use crate::platform::users::{Login, PhoneNumber, UserRecord};
 
@@ -31,6 +33,7 @@ pub struct CoreService {
     users: Arc<Users>,
     conversations: Arc<Conversations>,
     contacts: Arc<Contacts>,
+    pictures: PictureNames,
     hub: Arc<Hub>,
     bus: Bus,
     pub(super) config: CoreConfig,
@@ -41,6 +44,7 @@ impl CoreService {
         users: Arc<Users>,
         conversations: Arc<Conversations>,
         contacts: Arc<Contacts>,
+        pictures: PictureNames,
         bus: Bus,
         config: CoreConfig,
     ) -> Self {
@@ -49,6 +53,7 @@ impl CoreService {
             users,
             conversations,
             contacts,
+            pictures,
             hub,
             bus,
             config,
@@ -164,9 +169,7 @@ impl CoreService {
             last_name: Some(profile.last_name),
             ..ProfilePatch::default()
         };
-        let user = record(self.users.update_profile(found, patch).await?);
-        self.announce(UserUpdated { user: user.clone() }).await;
-        Ok(user)
+        self.write_profile(found, patch).await
     }
 
     pub async fn update_profile(
@@ -175,9 +178,40 @@ impl CoreService {
         patch: ProfilePatch,
     ) -> Result<UserRecord, CoreError> {
         let found = self.users.by_id(me).await?.ok_or(CoreError::UserNotFound)?;
+        self.write_profile(found, patch).await
+    }
+
+    async fn write_profile(
+        &self,
+        found: user::Model,
+        patch: ProfilePatch,
+    ) -> Result<UserRecord, CoreError> {
+        let old_picture = found.profile_pic.clone();
         let user = record(self.users.update_profile(found, patch).await?);
+        self.release_picture(old_picture, &user.profile_pic).await;
         self.announce(UserUpdated { user: user.clone() }).await;
         Ok(user)
+    }
+
+    /// Tells pictures' caches that `old` is no longer shown where `new` now is.
+    async fn release_picture(&self, old: String, new: &str) {
+        if !old.is_empty() && old != new {
+            self.announce(PictureReleased { name: old }).await;
+        }
+    }
+
+    /// Refuses a conversation picture pictures did not store.
+    async fn check_picture(&self, patch: &ConversationPatch) -> Result<(), CoreError> {
+        let Some(Some(name)) = &patch.picture else {
+            return Ok(());
+        };
+        match self.pictures.check("picture", name).await {
+            Ok(()) => Ok(()),
+            Err(refused @ PictureRefused::Unknown(_)) => {
+                Err(CoreError::InvalidConversation(refused.to_string()))
+            }
+            Err(PictureRefused::Lookup(err)) => Err(CoreError::Internal(err.into())),
+        }
     }
 
     // ---- conversations ----
@@ -188,6 +222,7 @@ impl CoreService {
         patch: ConversationPatch,
     ) -> Result<ConversationView, CoreError> {
         checked_patch(&patch)?;
+        self.check_picture(&patch).await?;
         let created = self.conversations.create(me, patch).await?;
         let view = ConversationView::new(created, false);
         self.announce(ConversationCreated {
@@ -225,7 +260,20 @@ impl CoreService {
         patch: ConversationPatch,
     ) -> Result<ConversationView, CoreError> {
         checked_patch(&patch)?;
-        let view = self.conversations.update(me, id, patch).await?;
+        let current = self.conversations.get_for(me, id).await?;
+        let old_picture = current.picture.clone();
+        if patch
+            .picture
+            .as_ref()
+            .is_some_and(|new| *new != old_picture)
+        {
+            self.check_picture(&patch).await?;
+        }
+        let view = self.conversations.update(current, patch).await?;
+        if let Some(old) = old_picture {
+            self.release_picture(old, view.picture.as_deref().unwrap_or_default())
+                .await;
+        }
         self.announce(ConversationUpdated {
             conversation: view.clone(),
         })

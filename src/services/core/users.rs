@@ -9,6 +9,7 @@ use sea_orm::{
     IntoActiveModel as _, QueryFilter, SqlErr,
 };
 
+use super::pictures::{PictureNames, PictureRefused};
 use crate::platform::clock::Clock;
 use crate::platform::db::by_key;
 use crate::platform::ids::random_hex128;
@@ -46,6 +47,7 @@ const MAX_FIELD_CHARS: usize = 256;
 pub struct Users {
     db: DatabaseConnection,
     clock: Clock,
+    pictures: PictureNames,
 }
 
 /// A partial profile update: absent fields keep their value (the original overwrote them all).
@@ -108,8 +110,22 @@ pub fn new_user_id() -> String {
 }
 
 impl Users {
-    pub fn new(db: DatabaseConnection, clock: Clock) -> Self {
-        Self { db, clock }
+    pub fn new(db: DatabaseConnection, clock: Clock, pictures: PictureNames) -> Self {
+        Self {
+            db,
+            clock,
+            pictures,
+        }
+    }
+
+    async fn check_picture(&self, name: &str) -> DirectoryResult<()> {
+        self.pictures
+            .check("profile_pic", name)
+            .await
+            .map_err(|refused| match refused {
+                PictureRefused::Unknown(_) => DirectoryError::Invalid(refused.to_string()),
+                PictureRefused::Lookup(err) => DirectoryError::Backend(err.into()),
+            })
     }
 
     pub async fn by_id(&self, id: &str) -> Result<Option<user::Model>, DbErr> {
@@ -157,6 +173,9 @@ impl Users {
         }
         normalise(&mut profile);
         validate_profile(&profile, false)?;
+        if profile.profile_pic != found.profile_pic {
+            self.check_picture(&profile.profile_pic).await?;
+        }
         let mut row = found.into_active_model();
         row.username = Set(profile.username);
         row.bio = Set(profile.bio);
@@ -213,6 +232,7 @@ impl Users {
     ) -> DirectoryResult<UserRecord> {
         normalise(&mut profile);
         validate_profile(&profile, true)?;
+        self.check_picture(&profile.profile_pic).await?;
         let mut row = empty_user(login, self.clock.now_millis());
         let id = new_user_id();
         row.id = Set(id.clone());
