@@ -206,6 +206,10 @@ impl Service for BareThumb {
         "bare-thumb"
     }
 
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "a bench-only route, not part of the API document"
+    )]
     fn routes(&self, cfg: &mut Routes<'_>) {
         let bytes = self.0.clone();
         // Bench-only: mounted, not documented.

@@ -167,7 +167,7 @@ fn a_split_binary_migrates_only_its_own_service() {
             .args(["migrate", "--data-dir", "data"])
             .env_remove("BEEP_DATABASE__URL"),
     );
-    assert_eq!(printed.trim(), "core: 2 migration(s) applied");
+    assert_eq!(printed.trim(), "core: 3 migration(s) applied");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

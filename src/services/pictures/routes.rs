@@ -170,6 +170,7 @@ fn form_error(err: MultipartError) -> PicturesError {
 struct DownloadQuery {
     /// `thumb` for the thumbnail (`pictures.thumb_side` on its longest side); the picture
     /// itself otherwise.
+    #[param(inline)]
     size: Option<SizeParam>,
 }
 

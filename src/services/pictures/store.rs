@@ -273,11 +273,11 @@ impl PictureStore {
                 match (in_use.contains(&name), orphan_since) {
                     (true, Some(_)) => self.set_orphan_since(&name, None).await?,
                     (false, None) => self.set_orphan_since(&name, Some(now)).await?,
-                    (false, Some(since)) if now - since >= grace_ms => {
-                        if self.delete_orphan(&name, since).await? {
-                            swept.deleted += 1;
-                            deleted(&name);
-                        }
+                    (false, Some(since))
+                        if now - since >= grace_ms && self.delete_orphan(&name, since).await? =>
+                    {
+                        swept.deleted += 1;
+                        deleted(&name);
                     }
                     _ => {}
                 }
