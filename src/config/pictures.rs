@@ -23,6 +23,8 @@ pub struct PicturesConfig {
     /// Largest width or height an upload may declare, checked from its header before decoding.
     pub max_input_side: u32,
     /// Largest pixel area an upload may declare (decompression bombs), checked the same way.
+    /// Decoding one upload takes at most 4 bytes for each of these pixels (200 MB at the
+    /// default); a 16-bit or grey picture must fit that too, so its largest area is smaller.
     pub max_input_pixels: u64,
     /// Stored pictures are scaled down to this longest side (never up).
     pub max_side: u32,
@@ -32,6 +34,8 @@ pub struct PicturesConfig {
     pub jpeg_quality: u8,
     /// Uploads decoded and encoded at once, off the async workers; 0 means one per CPU.
     pub concurrent_uploads: usize,
+    /// An upload's whole body must arrive within this (a slow client holds an upload slot).
+    pub upload_timeout_secs: u64,
     /// Uploads in progress at once (receiving or waiting to be processed); past it, 503
     /// `pictures_busy` with `Retry-After`. Bounds memory to about this many bodies.
     pub uploads_in_flight: usize,
@@ -60,6 +64,7 @@ impl Default for PicturesConfig {
             thumb_side: 256,
             jpeg_quality: 82,
             concurrent_uploads: 0,
+            upload_timeout_secs: 60,
             uploads_in_flight: 16,
             orphan_grace_secs: 86_400,
             gc_interval_secs: 600,

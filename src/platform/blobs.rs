@@ -13,7 +13,10 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::signer::{Method, Signer as _};
-use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt as _, PutPayload};
+use object_store::{
+    Attribute, Attributes, GetOptions, GetRange, ObjectStore, ObjectStoreExt as _, PutOptions,
+    PutPayload,
+};
 
 use crate::config::BlobsConfig;
 
@@ -105,6 +108,29 @@ impl Blobs {
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), BlobsError> {
         self.store
             .put(&Self::key(key)?, PutPayload::from(bytes))
+            .await?;
+        Ok(())
+    }
+
+    /// [`Self::put`], with the `Content-Type` S3 answers for it (to presigned URLs too). A
+    /// local directory keeps no attributes (object_store refuses them there).
+    pub async fn put_typed(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        content_type: &'static str,
+    ) -> Result<(), BlobsError> {
+        if self.signer.is_none() {
+            return self.put(key, bytes).await;
+        }
+        let mut attributes = Attributes::new();
+        attributes.insert(Attribute::ContentType, content_type.into());
+        let options = PutOptions {
+            attributes,
+            ..PutOptions::default()
+        };
+        self.store
+            .put_opts(&Self::key(key)?, PutPayload::from(bytes), options)
             .await?;
         Ok(())
     }

@@ -27,26 +27,56 @@ pub fn is_picture_name(name: &str) -> bool {
 #[error("pictures cannot be looked up: {0}")]
 pub struct PictureLookupError(#[source] pub anyhow::Error);
 
-/// Answered by pictures: is `name` one it stored? A yes also marks the picture as in use, so
-/// the orphan sweep does not delete it between this answer and the asker saving the name.
+/// What pictures knows of a name a user wants to show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claimed {
+    /// Not a picture it stored.
+    Unknown,
+    /// Stored, and this user uploaded it.
+    Uploader,
+    /// Stored by others: the asker decides whether this user may see it.
+    Stored,
+}
+
+/// Answered by pictures: is `name` one it stored, and did `user` upload it? A stored picture
+/// is also marked as in use, so the orphan sweep does not delete it between this answer and
+/// the asker saving the name.
 pub trait PictureCatalog: Send + Sync {
-    fn claim<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, PictureLookupError>>;
+    fn claim<'a>(
+        &'a self,
+        name: &'a str,
+        user: &'a str,
+    ) -> BoxFuture<'a, Result<Claimed, PictureLookupError>>;
 }
 
 pub type SharedCatalog = Arc<dyn PictureCatalog>;
+
+/// How many conversations [`PictureUse`] lists; past it, ask [`PictureUsage::shown_to`].
+pub const LISTED_CONVERSATIONS: u64 = 8;
 
 /// Where a picture is shown.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PictureUse {
     /// Some user's `profile_pic`: every signed-in user may see it.
     pub profile: bool,
-    /// Conversations whose `picture` it is: their members may see it.
+    /// Conversations whose `picture` it is (at most [`LISTED_CONVERSATIONS`]): their members
+    /// may see it.
     pub conversations: Vec<String>,
+    /// It is the picture of more conversations than listed.
+    pub more: bool,
 }
 
 /// Answered by core, from the `profile_pic` and `picture` columns.
 pub trait PictureUsage: Send + Sync {
     fn usage<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<PictureUse, PictureLookupError>>;
+
+    /// Whether `user` is shown `name`: it is someone's profile picture, or the picture of a
+    /// conversation `user` is a member of. One question, however many conversations show it.
+    fn shown_to<'a>(
+        &'a self,
+        name: &'a str,
+        user: &'a str,
+    ) -> BoxFuture<'a, Result<bool, PictureLookupError>>;
 
     /// Which of `names` are shown anywhere.
     fn in_use<'a>(

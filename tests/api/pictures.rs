@@ -549,9 +549,43 @@ async fn who_may_read_follows_who_shows_the_picture() {
                 "{bad}"
             );
         }
-        // Bob may show a picture Alice uploaded (a shared avatar), once he knows its name.
+        // Carol kept the name after leaving, but cannot make it everyone's by showing it.
+        let response = set_profile_pic(&app, &carol, &cover).await;
+        assert_eq!(error_code(response, 400).await, "invalid_profile");
+        assert_eq!(fetch(&app, &bob, &cover).await.status(), 403);
+        // Its uploader may; then anyone may show what everyone is shown.
+        assert_eq!(set_profile_pic(&app, &alice, &cover).await.status(), 200);
         assert_eq!(set_profile_pic(&app, &bob, &cover).await.status(), 200);
         assert_eq!(fetch(&app, &carol, &cover).await.status(), 200);
+
+        // The picture of many conversations: Bob, a member of one of them, is shown it.
+        let banner = uploaded(&app, &alice, &png(50, 50, 9)).await;
+        for n in 0..10 {
+            let response = app
+                .post("/core/user/conversation")
+                .bearer_auth(&alice.access)
+                .json(&json!({ "title": format!("room {n}"), "picture": banner }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            if n == 9 {
+                let id = response.json::<Value>().await.unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                let added = app
+                    .post(&format!("/core/user/conversation/{id}/member"))
+                    .bearer_auth(&alice.access)
+                    .json(&json!({ "id": bob.user_id }))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(added.status(), 200);
+            }
+        }
+        assert_eq!(fetch(&app, &bob, &banner).await.status(), 200);
+        assert_eq!(fetch(&app, &carol, &banner).await.status(), 403);
         app.stop().await;
     }
 }

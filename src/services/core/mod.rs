@@ -43,7 +43,8 @@ impl Core {
     pub fn new(platform: &Platform, catalog: Option<SharedCatalog>) -> Self {
         let db = platform.db.connection().clone();
         let clock = &platform.clock;
-        let picture_names = pictures::PictureNames::new(catalog);
+        let picture_uses = Arc::new(pictures::PictureUses::new(db.clone()));
+        let picture_names = pictures::PictureNames::new(catalog, Arc::clone(&picture_uses));
         let users = Arc::new(users::Users::new(
             db.clone(),
             clock.clone(),
@@ -55,7 +56,6 @@ impl Core {
             Duration::from_secs(platform.config.core.relation_cache_ttl_secs.max(1)),
             clock.clone(),
         ));
-        let picture_uses = Arc::new(pictures::PictureUses::new(db.clone()));
         let service = Arc::new(CoreService::new(
             Arc::clone(&users),
             Arc::clone(&conversations),

@@ -5,12 +5,18 @@ use std::collections::HashSet;
 
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
+use std::sync::Arc;
 
-use super::conversations::conversation;
+use sea_orm::{
+    ColumnTrait, DatabaseConnection, EntityTrait, JoinType, QueryFilter, QuerySelect,
+    RelationTrait as _,
+};
+
+use super::conversations::{conversation, member};
 use super::users::user;
 use crate::platform::pictures::{
-    PictureLookupError, PictureUsage, PictureUse, SharedCatalog, is_picture_name,
+    Claimed, LISTED_CONVERSATIONS, PictureLookupError, PictureUsage, PictureUse, SharedCatalog,
+    is_picture_name,
 };
 
 /// Answers [`PictureUsage`] from the `user` and `conversation` tables.
@@ -23,6 +29,33 @@ impl PictureUses {
         Self { db }
     }
 
+    async fn is_profile_pic(&self, name: &str) -> Result<bool, sea_orm::DbErr> {
+        Ok(user::Entity::find()
+            .select_only()
+            .column(user::Column::Id)
+            .filter(user::Column::ProfilePic.eq(name))
+            .into_tuple::<String>()
+            .one(&self.db)
+            .await?
+            .is_some())
+    }
+
+    async fn read_shown_to(&self, name: &str, viewer: &str) -> Result<bool, sea_orm::DbErr> {
+        if self.is_profile_pic(name).await? {
+            return Ok(true);
+        }
+        Ok(member::Entity::find()
+            .select_only()
+            .column(member::Column::Conversation)
+            .join(JoinType::InnerJoin, member::Relation::Conversation.def())
+            .filter(member::Column::User.eq(viewer))
+            .filter(conversation::Column::Picture.eq(name))
+            .into_tuple::<String>()
+            .one(&self.db)
+            .await?
+            .is_some())
+    }
+
     async fn read(&self, name: &str) -> Result<PictureUse, sea_orm::DbErr> {
         let profile = user::Entity::find()
             .select_only()
@@ -32,16 +65,20 @@ impl PictureUses {
             .one(&self.db)
             .await?
             .is_some();
-        let conversations = conversation::Entity::find()
+        let mut conversations = conversation::Entity::find()
             .select_only()
             .column(conversation::Column::Id)
             .filter(conversation::Column::Picture.eq(name))
+            .limit(LISTED_CONVERSATIONS + 1)
             .into_tuple::<String>()
             .all(&self.db)
             .await?;
+        let more = conversations.len() as u64 > LISTED_CONVERSATIONS;
+        conversations.truncate(LISTED_CONVERSATIONS as usize);
         Ok(PictureUse {
             profile,
             conversations,
+            more,
         })
     }
 
@@ -78,6 +115,19 @@ impl PictureUsage for PictureUses {
         .boxed()
     }
 
+    fn shown_to<'a>(
+        &'a self,
+        name: &'a str,
+        user: &'a str,
+    ) -> BoxFuture<'a, Result<bool, PictureLookupError>> {
+        async move {
+            self.read_shown_to(name, user)
+                .await
+                .map_err(|err| PictureLookupError(err.into()))
+        }
+        .boxed()
+    }
+
     fn in_use<'a>(
         &'a self,
         names: &'a [String],
@@ -98,33 +148,58 @@ pub enum PictureRefused {
         "{0} is not a picture stored here: upload it to /pictures/upload and use the name it answers"
     )]
     Unknown(&'static str),
+    #[error("{0} is a picture you neither uploaded nor are shown")]
+    NotYours(&'static str),
     #[error(transparent)]
     Lookup(#[from] PictureLookupError),
 }
 
-/// Checks picture names before core keeps them: with pictures hosted, only names it stored
-/// (and claimed, so its orphan sweep keeps them); without it, names of the stored shape.
+/// Checks picture names before core keeps them. With pictures hosted: only names it stored,
+/// which the user uploaded or is already shown (so a name someone kept after leaving a
+/// conversation cannot be made everyone's profile picture), claimed so the orphan sweep keeps
+/// them. Without it: names of the stored shape.
 #[derive(Clone, Default)]
 pub struct PictureNames {
-    catalog: Option<SharedCatalog>,
+    checked: Option<(SharedCatalog, Arc<PictureUses>)>,
 }
 
 impl PictureNames {
-    pub fn new(catalog: Option<SharedCatalog>) -> Self {
-        Self { catalog }
+    pub fn new(catalog: Option<SharedCatalog>, uses: Arc<PictureUses>) -> Self {
+        Self {
+            checked: catalog.map(|catalog| (catalog, uses)),
+        }
     }
 
-    /// `field` is named in the refusal. An empty name clears the picture and is always fine.
-    pub async fn check(&self, field: &'static str, name: &str) -> Result<(), PictureRefused> {
+    /// May `user` show `name` in `field`? An empty name clears the picture and is always fine.
+    pub async fn check(
+        &self,
+        field: &'static str,
+        name: &str,
+        user: &str,
+    ) -> Result<(), PictureRefused> {
         if name.is_empty() {
             return Ok(());
         }
         if !is_picture_name(name) {
             return Err(PictureRefused::Unknown(field));
         }
-        match &self.catalog {
-            Some(catalog) if !catalog.claim(name).await? => Err(PictureRefused::Unknown(field)),
-            _ => Ok(()),
+        let Some((catalog, uses)) = &self.checked else {
+            return Ok(());
+        };
+        match catalog.claim(name, user).await? {
+            Claimed::Unknown => Err(PictureRefused::Unknown(field)),
+            Claimed::Uploader => Ok(()),
+            Claimed::Stored => {
+                let shown = uses
+                    .read_shown_to(name, user)
+                    .await
+                    .map_err(|err| PictureLookupError(err.into()))?;
+                if shown {
+                    Ok(())
+                } else {
+                    Err(PictureRefused::NotYours(field))
+                }
+            }
         }
     }
 }

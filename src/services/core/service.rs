@@ -200,17 +200,15 @@ impl CoreService {
         }
     }
 
-    /// Refuses a conversation picture pictures did not store.
-    async fn check_picture(&self, patch: &ConversationPatch) -> Result<(), CoreError> {
+    /// Refuses a conversation picture pictures did not store, or `me` may not show.
+    async fn check_picture(&self, me: &str, patch: &ConversationPatch) -> Result<(), CoreError> {
         let Some(Some(name)) = &patch.picture else {
             return Ok(());
         };
-        match self.pictures.check("picture", name).await {
+        match self.pictures.check("picture", name, me).await {
             Ok(()) => Ok(()),
-            Err(refused @ PictureRefused::Unknown(_)) => {
-                Err(CoreError::InvalidConversation(refused.to_string()))
-            }
             Err(PictureRefused::Lookup(err)) => Err(CoreError::Internal(err.into())),
+            Err(refused) => Err(CoreError::InvalidConversation(refused.to_string())),
         }
     }
 
@@ -222,7 +220,7 @@ impl CoreService {
         patch: ConversationPatch,
     ) -> Result<ConversationView, CoreError> {
         checked_patch(&patch)?;
-        self.check_picture(&patch).await?;
+        self.check_picture(me, &patch).await?;
         let created = self.conversations.create(me, patch).await?;
         let view = ConversationView::new(created, false);
         self.announce(ConversationCreated {
@@ -267,7 +265,7 @@ impl CoreService {
             .as_ref()
             .is_some_and(|new| *new != old_picture)
         {
-            self.check_picture(&patch).await?;
+            self.check_picture(me, &patch).await?;
         }
         let view = self.conversations.update(current, patch).await?;
         if let Some(old) = old_picture {

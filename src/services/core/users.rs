@@ -118,13 +118,13 @@ impl Users {
         }
     }
 
-    async fn check_picture(&self, name: &str) -> DirectoryResult<()> {
+    async fn check_picture(&self, name: &str, user: &str) -> DirectoryResult<()> {
         self.pictures
-            .check("profile_pic", name)
+            .check("profile_pic", name, user)
             .await
             .map_err(|refused| match refused {
-                PictureRefused::Unknown(_) => DirectoryError::Invalid(refused.to_string()),
                 PictureRefused::Lookup(err) => DirectoryError::Backend(err.into()),
+                refused => DirectoryError::Invalid(refused.to_string()),
             })
     }
 
@@ -174,7 +174,7 @@ impl Users {
         normalise(&mut profile);
         validate_profile(&profile, false)?;
         if profile.profile_pic != found.profile_pic {
-            self.check_picture(&profile.profile_pic).await?;
+            self.check_picture(&profile.profile_pic, &found.id).await?;
         }
         let mut row = found.into_active_model();
         row.username = Set(profile.username);
@@ -232,9 +232,10 @@ impl Users {
     ) -> DirectoryResult<UserRecord> {
         normalise(&mut profile);
         validate_profile(&profile, true)?;
-        self.check_picture(&profile.profile_pic).await?;
-        let mut row = empty_user(login, self.clock.now_millis());
         let id = new_user_id();
+        // A user not yet created uploaded nothing: only pictures shown to all (profiles).
+        self.check_picture(&profile.profile_pic, &id).await?;
+        let mut row = empty_user(login, self.clock.now_millis());
         row.id = Set(id.clone());
         row.username = Set(profile.username);
         row.bio = Set(profile.bio);

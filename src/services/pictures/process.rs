@@ -13,7 +13,8 @@ use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer
 use image::error::{ImageError, LimitErrorKind};
 use image::metadata::Orientation;
 use image::{
-    DynamicImage, ImageDecoder as _, ImageFormat, ImageReader, Limits, RgbImage, RgbaImage,
+    ColorType, DynamicImage, ImageDecoder as _, ImageFormat, ImageReader, Limits, RgbImage,
+    RgbaImage,
 };
 use sha2::{Digest as _, Sha256};
 
@@ -132,25 +133,32 @@ pub fn process(upload: &[u8], processing: &Processing) -> Result<Processed, Proc
     {
         return Err(ProcessError::Unsupported);
     }
+    // One decode's memory budget: four bytes for every pixel of the largest area allowed.
+    let budget = processing.max_input_pixels.saturating_mul(4);
     let mut limits = Limits::default();
     limits.max_image_width = Some(processing.max_input_side);
     limits.max_image_height = Some(processing.max_input_side);
-    // Four bytes per pixel of the largest area allowed, and some slack for the decoder.
-    limits.max_alloc = Some(processing.max_input_pixels.saturating_mul(4) + (16 << 20));
+    limits.max_alloc = Some(budget + (16 << 20));
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(refusal)?;
     let (width, height) = decoder.dimensions();
-    if u64::from(width) * u64::from(height) > processing.max_input_pixels {
+    let area = u64::from(width) * u64::from(height);
+    if area > processing.max_input_pixels {
         return Err(ProcessError::TooLarge(format!(
             "{width}x{height} is more than {} pixels",
             processing.max_input_pixels
         )));
     }
-    // `from_decoder` does not honour `max_alloc` for the pixel buffer: checked here.
-    if decoder.total_bytes() > processing.max_input_pixels.saturating_mul(8) {
+    // `from_decoder` does not honour `max_alloc` for the pixel buffer: the decoded buffer,
+    // and the 8-bit copy made of any other layout (16-bit, grey, float), are checked here.
+    let converted = match decoder.color_type() {
+        ColorType::Rgb8 | ColorType::Rgba8 => 0,
+        _ => area * 4,
+    };
+    if decoder.total_bytes().saturating_add(converted) > budget {
         return Err(ProcessError::TooLarge(format!(
-            "{width}x{height} decodes to {} bytes",
-            decoder.total_bytes()
+            "{width}x{height} in {:?} needs more than {budget} bytes to decode",
+            decoder.color_type()
         )));
     }
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
@@ -161,20 +169,23 @@ pub fn process(upload: &[u8], processing: &Processing) -> Result<Processed, Proc
         .filter(|icc| icc.len() <= MAX_ICC_BYTES);
     let decoded = DynamicImage::from_decoder(decoder).map_err(refusal)?;
 
+    // Kept in the decoded layout (no full-size copy); an alpha channel that is opaque
+    // everywhere (GIFs, many PNGs) is dropped after scaling, and the picture stored as JPEG.
     let pixels = if decoded.color().has_alpha() {
-        let rgba = decoded.into_rgba8();
-        // GIFs and many PNGs carry an alpha channel that is opaque everywhere: JPEG then.
-        if rgba.pixels().any(|pixel| pixel.0[3] < u8::MAX) {
-            Pixels::Rgba(rgba)
-        } else {
-            Pixels::Rgb(DynamicImage::ImageRgba8(rgba).into_rgb8())
-        }
+        Pixels::Rgba(decoded.into_rgba8())
     } else {
         Pixels::Rgb(decoded.into_rgb8())
     };
+    let opaque = match &pixels {
+        Pixels::Rgb(_) => true,
+        Pixels::Rgba(image) => image.pixels().all(|pixel| pixel.0[3] == u8::MAX),
+    };
     // Scaled before it is turned upright: rotating the smaller image is cheaper, and the
     // longest side is the same either way.
-    let full = fit(pixels, processing.max_side)?;
+    let mut full = fit(pixels, processing.max_side)?;
+    if opaque {
+        full = full.without_alpha();
+    }
     let thumb = fit(full.copy(), processing.thumb_side)?;
     let full = upright(full, orientation);
     let thumb = upright(thumb, orientation);
@@ -212,6 +223,13 @@ impl Pixels {
         match self {
             Self::Rgb(image) => image.dimensions(),
             Self::Rgba(image) => image.dimensions(),
+        }
+    }
+
+    fn without_alpha(self) -> Self {
+        match self {
+            Self::Rgba(image) => Self::Rgb(DynamicImage::ImageRgba8(image).into_rgb8()),
+            rgb => rgb,
         }
     }
 
@@ -384,6 +402,29 @@ mod tests {
             process(&png(20, 5, 255), &small),
             Err(ProcessError::TooLarge(_))
         ));
+    }
+
+    #[test]
+    fn wide_layouts_count_against_the_memory_budget() {
+        // 16-bit RGBA: 8 bytes per pixel decoded, plus the 8-bit copy.
+        let image = image::ImageBuffer::<image::Rgba<u16>, Vec<u16>>::from_pixel(
+            100,
+            100,
+            image::Rgba([1, 2, 3, u16::MAX]),
+        );
+        let mut out = Cursor::new(Vec::new());
+        DynamicImage::ImageRgba16(image)
+            .write_to(&mut out, ImageFormat::Png)
+            .unwrap();
+        let mut tight = processing();
+        // 10,000 pixels fit the area, not the 120,000 bytes: 40,000 allowed.
+        tight.max_input_pixels = 10_000;
+        assert!(matches!(
+            process(out.get_ref(), &tight),
+            Err(ProcessError::TooLarge(_))
+        ));
+        tight.max_input_pixels = 30_000;
+        assert!(process(out.get_ref(), &tight).is_ok());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The original pictures service's two routes under `/pictures`.
 
 use std::ops::Range;
+use std::time::Duration;
 
 use actix_multipart::{Multipart, MultipartError};
 use actix_web::http::header::{self, HeaderValue};
@@ -69,7 +70,7 @@ struct Uploaded {
             (Uploaded = "application/json"),
         )),
         (status = 400, description = "No single `file` field, or a broken form: `invalid_upload`", body = ErrorBody),
-        (status = 408, description = "The body stopped arriving: `body_timeout`", body = ErrorBody),
+        (status = 408, description = "The body stopped arriving, or took longer than `pictures.upload_timeout_secs`: `body_timeout`", body = ErrorBody),
         (status = 413, description = "Larger than `pictures.max_upload_bytes`: `payload_too_large`", body = ErrorBody),
         (status = 415, description = "Not JPEG, PNG, WebP or GIF: `unsupported_picture`; not multipart/form-data: `not_multipart`", body = ErrorBody),
         (status = 422, description = "Too many pixels declared: `picture_too_large`; truncated or corrupt: `invalid_picture`", body = ErrorBody),
@@ -85,12 +86,20 @@ async fn upload(
 ) -> Result<HttpResponse, ApiError> {
     let limit = state.config.max_upload_bytes;
     // A declared length over the limit is refused before a byte is read.
-    if declared_length(&req).is_some_and(|length| length > limit + MULTIPART_OVERHEAD) {
+    if declared_length(&req).is_some_and(|length| length > limit.saturating_add(MULTIPART_OVERHEAD))
+    {
         return Err(PicturesError::TooLarge(limit).into());
     }
-    let _slot = state.upload_slot()?;
-    let file = read_file(Multipart::new(req.headers(), payload), limit).await?;
-    let name = state.store_upload(&caller.user_id, file).await?;
+    let slot = state.upload_slot()?;
+    // A client trickling bytes just under the idle timeout would hold its slot forever.
+    let deadline = Duration::from_secs(state.config.upload_timeout_secs);
+    let file = tokio::time::timeout(
+        deadline,
+        read_file(Multipart::new(req.headers(), payload), limit),
+    )
+    .await
+    .map_err(|_| PicturesError::BodyTimeout)??;
+    let name = state.store_upload(&caller.user_id, file, slot).await?;
     Ok(if wants_json(&req) {
         HttpResponse::Ok().json(Uploaded { name })
     } else {

@@ -62,7 +62,7 @@ pub struct PicturesService {
     pub(super) config: PicturesConfig,
     processing: Processing,
     /// Uploads being decoded or encoded: about one per core.
-    processing_slots: Semaphore,
+    processing_slots: Arc<Semaphore>,
     /// Uploads anywhere between their first byte and their answer.
     in_flight: Arc<Semaphore>,
     answers: Mutex<Answers>,
@@ -102,7 +102,7 @@ impl PicturesService {
             bus: platform.bus.clone(),
             clock: platform.clock.clone(),
             processing: Processing::new(&config),
-            processing_slots: Semaphore::new(slots),
+            processing_slots: Arc::new(Semaphore::new(slots)),
             in_flight: Arc::new(Semaphore::new(config.uploads_in_flight)),
             answers: Mutex::default(),
             invalidations: AtomicU64::new(0),
@@ -137,19 +137,34 @@ impl PicturesService {
             })
     }
 
-    /// Validates, re-encodes and stores `upload` for `user`; answers the stored name.
-    pub async fn store_upload(&self, user: &str, upload: Bytes) -> Result<String, PicturesError> {
-        let processed = {
-            let _slot = self
-                .processing_slots
-                .acquire()
-                .await
-                .map_err(|err| PicturesError::Unavailable(err.into()))?;
-            let processing = self.processing;
-            tokio::task::spawn_blocking(move || process(&upload, &processing))
-                .await
-                .map_err(|err| PicturesError::Unavailable(err.into()))?
-        };
+    /// Validates, re-encodes and stores `upload` for `user`; answers the stored name. `slot`
+    /// (from [`Self::upload_slot`]) and a processing permit are held by the decoding itself,
+    /// so a client that hangs up does not free them while its picture is still being decoded.
+    pub async fn store_upload(
+        &self,
+        user: &str,
+        upload: Bytes,
+        slot: OwnedSemaphorePermit,
+    ) -> Result<String, PicturesError> {
+        let permit = Arc::clone(&self.processing_slots)
+            .acquire_owned()
+            .await
+            .map_err(|err| PicturesError::Unavailable(err.into()))?;
+        let processing = self.processing;
+        let processed = tokio::task::spawn_blocking(move || {
+            let _held = (slot, permit);
+            process(&upload, &processing)
+        })
+        .await
+        .map_err(|err| {
+            if err.is_panic() {
+                // Deterministic for these bytes: retrying would not help.
+                tracing::error!(error = %err, "decoding an upload panicked");
+                PicturesError::Undecodable("the picture cannot be decoded".into())
+            } else {
+                PicturesError::Unavailable(err.into())
+            }
+        })?;
         let processed = match processed {
             Ok(processed) => processed,
             Err(err) => {
@@ -203,6 +218,10 @@ impl PicturesService {
         let usage = self.usage(&picture.name, fresh).await?;
         if usage.profile {
             return Ok(true);
+        }
+        // The picture of many conversations: one question to core, not one per conversation.
+        if usage.more {
+            return Ok(self.usage.shown_to(&picture.name, user).await?);
         }
         for conversation in &usage.conversations {
             if self.access.may_access(user, conversation).await? {

@@ -1,12 +1,15 @@
 //! Stored pictures: the bytes (picture and thumbnail) in the blob store, one row per picture
-//! and one per uploader in the database. A row is written only after its bytes, so a row
-//! never names missing bytes; an orphan row is deleted before its bytes for the same reason.
+//! and one per uploader in the database. A row is written only after its bytes, and an orphan
+//! is deleted in three steps (the row marked [`DELETING`], the bytes deleted, the row
+//! deleted), so a live row never names missing bytes even when an upload of the same picture
+//! races the sweep: an upload waits for a marked row to go, then stores the bytes again.
 
 use std::collections::HashSet;
 
 use bytes::Bytes;
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
+use sea_orm::ExprTrait as _;
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
@@ -17,7 +20,7 @@ use super::process::Processed;
 use crate::platform::blobs::{Blobs, BlobsError};
 use crate::platform::clock::Clock;
 use crate::platform::db::by_key;
-use crate::platform::pictures::{PictureCatalog, PictureLookupError, is_picture_name};
+use crate::platform::pictures::{Claimed, PictureCatalog, PictureLookupError, is_picture_name};
 
 pub mod picture {
     use sea_orm::entity::prelude::*;
@@ -124,6 +127,13 @@ pub struct Swept {
 /// Rows read per sweep step (and names per `in_use` question).
 const SWEEP_BATCH: u64 = 500;
 
+/// `orphan_since_ms` of a picture whose bytes the sweep is deleting: not found, not claimable.
+const DELETING: i64 = -1;
+
+/// How often, and how long, an upload waits for the sweep to finish deleting its picture.
+const DELETION_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+const DELETION_WAITS: usize = 100;
+
 impl PictureStore {
     pub fn new(db: DatabaseConnection, blobs: Blobs, clock: Clock) -> Self {
         Self { db, blobs, clock }
@@ -133,8 +143,15 @@ impl PictureStore {
         &self.blobs
     }
 
+    /// A live picture's row (not one being deleted).
+    async fn row(&self, name: &str) -> Result<Option<picture::Model>, DbErr> {
+        Ok(by_key(picture::Entity::find_by_id(name), &self.db)
+            .await?
+            .filter(|row| row.orphan_since_ms != Some(DELETING)))
+    }
+
     pub async fn find(&self, name: &str) -> Result<Option<StoredPicture>, DbErr> {
-        let Some(row) = by_key(picture::Entity::find_by_id(name), &self.db).await? else {
+        let Some(row) = self.row(name).await? else {
             return Ok(None);
         };
         let uploaders = uploader::Entity::find()
@@ -155,57 +172,71 @@ impl PictureStore {
     /// Stores `processed` for `user`. The same content stored before is not written again;
     /// `user` becomes one of its uploaders either way.
     pub async fn save(&self, processed: Processed, user: &str) -> Result<(), StoreError> {
-        let now = self.clock.now_millis();
-        let name = processed.name;
-        let known = by_key(picture::Entity::find_by_id(&name), &self.db)
-            .await?
-            .is_some();
-        if known {
-            // Uploaded again: its grace period starts again too, unless it is in use.
-            picture::Entity::update_many()
-                .col_expr(picture::Column::OrphanSinceMs, Expr::value(now))
-                .filter(picture::Column::Name.eq(&name))
-                .filter(picture::Column::OrphanSinceMs.is_not_null())
-                .exec(&self.db)
-                .await?;
-        } else {
-            let length = |bytes: &Vec<u8>| i64::try_from(bytes.len()).unwrap_or(i64::MAX);
-            let side = |side: u32| i32::try_from(side).unwrap_or(i32::MAX);
-            let row = picture::ActiveModel {
-                name: Set(name.clone()),
-                width: Set(side(processed.full.width)),
-                height: Set(side(processed.full.height)),
-                bytes: Set(length(&processed.full.bytes)),
-                thumb_width: Set(side(processed.thumb.width)),
-                thumb_height: Set(side(processed.thumb.height)),
-                thumb_bytes: Set(length(&processed.thumb.bytes)),
-                created_at_ms: Set(now),
-                orphan_since_ms: Set(Some(now)),
-            };
-            self.blobs
-                .put(
-                    &blob_key(&name, Size::Thumb),
-                    Bytes::from(processed.thumb.bytes),
-                )
-                .await?;
-            self.blobs
-                .put(
-                    &blob_key(&name, Size::Full),
-                    Bytes::from(processed.full.bytes),
-                )
-                .await?;
-            // A concurrent upload of the same content wrote the same bytes and row.
-            picture::Entity::insert(row)
-                .on_conflict(
-                    OnConflict::column(picture::Column::Name)
-                        .do_nothing()
-                        .to_owned(),
-                )
-                .exec_without_returning(&self.db)
-                .await?;
+        let name = processed.name.clone();
+        let full = Bytes::from(processed.full.bytes);
+        let thumb = Bytes::from(processed.thumb.bytes);
+        let length = |bytes: &Bytes| i64::try_from(bytes.len()).unwrap_or(i64::MAX);
+        let side = |side: u32| i32::try_from(side).unwrap_or(i32::MAX);
+        for _ in 0..DELETION_WAITS {
+            let now = self.clock.now_millis();
+            let found = by_key(picture::Entity::find_by_id(&name), &self.db).await?;
+            match found.map(|row| row.orphan_since_ms) {
+                Some(Some(DELETING)) => tokio::time::sleep(DELETION_WAIT).await,
+                Some(_) => {
+                    // Uploaded again: its grace period starts again, unless it is in use.
+                    picture::Entity::update_many()
+                        .col_expr(picture::Column::OrphanSinceMs, Expr::value(now))
+                        .filter(picture::Column::Name.eq(&name))
+                        .filter(picture::Column::OrphanSinceMs.gte(0))
+                        .exec(&self.db)
+                        .await?;
+                    self.add_uploader(&name, user, now).await?;
+                    // A sweep that marked it meanwhile deletes its bytes: store them again.
+                    if self.row(&name).await?.is_some() {
+                        return Ok(());
+                    }
+                }
+                // Its bytes go first; a fresh row is not the sweep's for a grace period, so the
+                // next turn finds it live and adds the uploader.
+                None => {
+                    let row = picture::ActiveModel {
+                        name: Set(name.clone()),
+                        width: Set(side(processed.full.width)),
+                        height: Set(side(processed.full.height)),
+                        bytes: Set(length(&full)),
+                        thumb_width: Set(side(processed.thumb.width)),
+                        thumb_height: Set(side(processed.thumb.height)),
+                        thumb_bytes: Set(length(&thumb)),
+                        created_at_ms: Set(now),
+                        orphan_since_ms: Set(Some(now)),
+                    };
+                    let content_type = processed.format.content_type();
+                    self.blobs
+                        .put_typed(&blob_key(&name, Size::Thumb), thumb.clone(), content_type)
+                        .await?;
+                    self.blobs
+                        .put_typed(&blob_key(&name, Size::Full), full.clone(), content_type)
+                        .await?;
+                    // A concurrent upload of the same content wrote the same bytes and row.
+                    picture::Entity::insert(row)
+                        .on_conflict(
+                            OnConflict::column(picture::Column::Name)
+                                .do_nothing()
+                                .to_owned(),
+                        )
+                        .exec_without_returning(&self.db)
+                        .await?;
+                }
+            }
         }
+        Err(StoreError::Db(DbErr::Custom(format!(
+            "picture {name} kept being deleted while it was stored"
+        ))))
+    }
+
+    async fn add_uploader(&self, name: &str, user: &str, now: i64) -> Result<(), DbErr> {
         uploader::Entity::insert(uploader::ActiveModel {
-            name: Set(name),
+            name: Set(name.to_owned()),
             user: Set(user.to_owned()),
             at_ms: Set(now),
         })
@@ -219,10 +250,11 @@ impl PictureStore {
         Ok(())
     }
 
-    /// Marks `name` in use; false when no such picture is stored.
-    async fn mark_in_use(&self, name: &str) -> Result<bool, DbErr> {
+    /// Marks `name` in use (unless the sweep is deleting it) and says whether `user`
+    /// uploaded it.
+    async fn mark_in_use(&self, name: &str, user: &str) -> Result<Claimed, DbErr> {
         if !is_picture_name(name) {
-            return Ok(false);
+            return Ok(Claimed::Unknown);
         }
         let updated = picture::Entity::update_many()
             .col_expr(
@@ -230,9 +262,27 @@ impl PictureStore {
                 Expr::value(Option::<i64>::None),
             )
             .filter(picture::Column::Name.eq(name))
+            .filter(
+                picture::Column::OrphanSinceMs
+                    .is_null()
+                    .or(picture::Column::OrphanSinceMs.gte(0)),
+            )
             .exec(&self.db)
             .await?;
-        Ok(updated.rows_affected == 1)
+        if updated.rows_affected == 0 {
+            return Ok(Claimed::Unknown);
+        }
+        let uploaded = by_key(
+            uploader::Entity::find_by_id((name.to_owned(), user.to_owned())),
+            &self.db,
+        )
+        .await?
+        .is_some();
+        Ok(if uploaded {
+            Claimed::Uploader
+        } else {
+            Claimed::Stored
+        })
     }
 
     /// One pass of the orphan sweep over every stored picture: a picture `shown` does not
@@ -271,6 +321,13 @@ impl PictureStore {
             let now = self.clock.now_millis();
             for (name, orphan_since) in rows {
                 match (in_use.contains(&name), orphan_since) {
+                    // A deletion a stopped sweep left half done.
+                    (_, Some(DELETING)) => {
+                        if self.delete_orphan(&name, DELETING).await? {
+                            swept.deleted += 1;
+                            deleted(&name);
+                        }
+                    }
                     (true, Some(_)) => self.set_orphan_since(&name, None).await?,
                     (false, None) => self.set_orphan_since(&name, Some(now)).await?,
                     (false, Some(since))
@@ -295,31 +352,38 @@ impl PictureStore {
     }
 
     /// Deletes `name` if it is still orphan since `since`: a claim in between (which clears
-    /// the mark) or a new upload (which moves it) keeps it.
+    /// the mark) or a new upload (which moves it) keeps it. Marked first, so neither can
+    /// revive it while its bytes go.
     async fn delete_orphan(&self, name: &str, since: i64) -> Result<bool, StoreError> {
-        let deleted = picture::Entity::delete_many()
+        let marked = picture::Entity::update_many()
+            .col_expr(picture::Column::OrphanSinceMs, Expr::value(DELETING))
             .filter(picture::Column::Name.eq(name))
             .filter(picture::Column::OrphanSinceMs.eq(since))
             .exec(&self.db)
             .await?;
-        if deleted.rows_affected == 0 {
+        if marked.rows_affected == 0 {
             return Ok(false);
+        }
+        for size in [Size::Full, Size::Thumb] {
+            self.blobs.delete(&blob_key(name, size)).await?;
         }
         uploader::Entity::delete_many()
             .filter(uploader::Column::Name.eq(name))
             .exec(&self.db)
             .await?;
-        for size in [Size::Full, Size::Thumb] {
-            self.blobs.delete(&blob_key(name, size)).await?;
-        }
+        picture::Entity::delete_by_id(name).exec(&self.db).await?;
         Ok(true)
     }
 }
 
 impl PictureCatalog for PictureStore {
-    fn claim<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<bool, PictureLookupError>> {
+    fn claim<'a>(
+        &'a self,
+        name: &'a str,
+        user: &'a str,
+    ) -> BoxFuture<'a, Result<Claimed, PictureLookupError>> {
         async move {
-            self.mark_in_use(name)
+            self.mark_in_use(name, user)
                 .await
                 .map_err(|err| PictureLookupError(err.into()))
         }
