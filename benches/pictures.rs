@@ -92,7 +92,13 @@ fn form(bytes: &[u8]) -> Vec<u8> {
     body
 }
 
-async fn post_upload(client: &reqwest::Client, base: &str, token: &str, photo: &[u8]) -> Duration {
+/// Uploads `photo`: how long it took, and the stored name.
+async fn post_upload(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    photo: &[u8],
+) -> (Duration, String) {
     let started = Instant::now();
     let response = client
         .post(format!("{base}/pictures/upload"))
@@ -105,9 +111,9 @@ async fn post_upload(client: &reqwest::Client, base: &str, token: &str, photo: &
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
-    response.bytes().await.unwrap();
-    started.elapsed()
+    assert_eq!(response.status(), 200);
+    let name = response.text().await.unwrap();
+    (started.elapsed(), name)
 }
 
 fn serve(dir: &tempfile::TempDir) -> Served {
@@ -137,7 +143,7 @@ async fn upload() {
     post_upload(&client, &base, &token, &photos[UPLOADS]).await;
     let mut times = Vec::with_capacity(UPLOADS);
     for photo in &photos[..UPLOADS] {
-        times.push(post_upload(&client, &base, &token, photo).await);
+        times.push(post_upload(&client, &base, &token, photo).await.0);
     }
     times.sort();
     println!(
@@ -155,20 +161,6 @@ async fn upload() {
     served.stop();
 }
 
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find(|line| line.starts_with("VmHWM:"))
-        .unwrap();
-    line.split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<u64>()
-        .unwrap()
-        * 1024
-}
-
 async fn memory() {
     let photos: Vec<Vec<u8>> = (100..109).map(photo).collect();
     println!(
@@ -182,12 +174,12 @@ async fn memory() {
         let client = reqwest::Client::new();
         let (token, _) = login::token_and_user(&base, &login::phone(1), "bench").await;
         post_upload(&client, &base, &token, &photos[8]).await;
-        let before = peak_rss(served.pid());
+        let before = served.peak_rss();
         let uploads = photos[..concurrent]
             .iter()
             .map(|photo| post_upload(&client, &base, &token, photo));
         futures_util::future::join_all(uploads).await;
-        let after = peak_rss(served.pid());
+        let after = served.peak_rss();
         println!(
             "  {concurrent} at once: peak {:.0} MB, +{:.0} MB, {:.1} MB per upload",
             after as f64 / 1e6,
@@ -243,20 +235,7 @@ async fn download() {
     let base = format!("http://{addr}");
     let client = reqwest::Client::new();
     let token = login::access_token(&base, 1).await;
-    let name = {
-        let response = client
-            .post(format!("{base}/pictures/upload"))
-            .bearer_auth(&token)
-            .header(
-                "content-type",
-                format!("multipart/form-data; boundary={BOUNDARY}"),
-            )
-            .body(form(&photo))
-            .send()
-            .await
-            .unwrap();
-        response.text().await.unwrap()
-    };
+    let (_, name) = post_upload(&client, &base, &token, &photo).await;
     let path = format!("/pictures/picture/{name}?size=thumb");
     let thumb = client
         .get(format!("{base}{path}"))

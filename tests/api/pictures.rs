@@ -68,12 +68,24 @@ pub async fn uploaded(app: &TestApp, who: &Tokens, bytes: &[u8]) -> String {
 }
 
 async fn fetch(app: &TestApp, who: &Tokens, name: &str) -> reqwest::Response {
-    app.client
-        .get(app.url(&format!("/pictures/picture/{name}")))
-        .bearer_auth(&who.access)
-        .send()
-        .await
-        .unwrap()
+    fetch_with(app, who, name, &[]).await
+}
+
+/// `GET /pictures/picture/{name_and_query}` with `headers`.
+async fn fetch_with(
+    app: &TestApp,
+    who: &Tokens,
+    name_and_query: &str,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut request = app
+        .client
+        .get(app.url(&format!("/pictures/picture/{name_and_query}")))
+        .bearer_auth(&who.access);
+    for (header, value) in headers {
+        request = request.header(*header, *value);
+    }
+    request.send().await.unwrap()
 }
 
 /// An opaque picture with detail (so JPEG has something to keep), as PNG.
@@ -152,13 +164,7 @@ async fn upload_and_download_round_trip() {
         let picture = decoded(&full);
         assert_eq!((picture.width(), picture.height()), (600, 400));
 
-        let thumb = app
-            .client
-            .get(app.url(&format!("/pictures/picture/{name}?size=thumb")))
-            .bearer_auth(&alice.access)
-            .send()
-            .await
-            .unwrap();
+        let thumb = fetch_with(&app, &alice, &format!("{name}?size=thumb"), &[]).await;
         assert_eq!(thumb.status(), 200);
         let thumb_etag = thumb.headers()["etag"].to_str().unwrap().to_owned();
         assert_ne!(thumb_etag, etag);
@@ -166,14 +172,7 @@ async fn upload_and_download_round_trip() {
         assert_eq!((thumb.width(), thumb.height()), (256, 170));
 
         // Conditional: the ETag seen gives 304 and no body.
-        let response = app
-            .client
-            .get(app.url(&format!("/pictures/picture/{name}")))
-            .bearer_auth(&alice.access)
-            .header("if-none-match", &etag)
-            .send()
-            .await
-            .unwrap();
+        let response = fetch_with(&app, &alice, &name, &[("if-none-match", etag.as_str())]).await;
         assert_eq!(response.status(), 304);
         assert_eq!(response.headers()["etag"].to_str().unwrap(), etag);
         assert!(response.bytes().await.unwrap().is_empty());
@@ -183,14 +182,7 @@ async fn upload_and_download_round_trip() {
             ("bytes=0-9", full.slice(0..10)),
             ("bytes=-10", full.slice(full.len() - 10..)),
         ] {
-            let response = app
-                .client
-                .get(app.url(&format!("/pictures/picture/{name}")))
-                .bearer_auth(&alice.access)
-                .header("range", range)
-                .send()
-                .await
-                .unwrap();
+            let response = fetch_with(&app, &alice, &name, &[("range", range)]).await;
             assert_eq!(response.status(), 206, "{range}");
             assert!(
                 response.headers()["content-range"]
@@ -200,14 +192,13 @@ async fn upload_and_download_round_trip() {
             );
             assert_eq!(response.bytes().await.unwrap(), expected, "{range}");
         }
-        let response = app
-            .client
-            .get(app.url(&format!("/pictures/picture/{name}")))
-            .bearer_auth(&alice.access)
-            .header("range", format!("bytes={}-", full.len()))
-            .send()
-            .await
-            .unwrap();
+        let response = fetch_with(
+            &app,
+            &alice,
+            &name,
+            &[("range", format!("bytes={}-", full.len()).as_str())],
+        )
+        .await;
         assert_eq!(
             response.headers()["content-range"].to_str().unwrap(),
             format!("bytes */{}", full.len())
@@ -224,13 +215,7 @@ async fn upload_and_download_round_trip() {
                 "{missing}"
             );
         }
-        let response = app
-            .client
-            .get(app.url(&format!("/pictures/picture/{name}?size=huge")))
-            .bearer_auth(&alice.access)
-            .send()
-            .await
-            .unwrap();
+        let response = fetch_with(&app, &alice, &format!("{name}?size=huge"), &[]).await;
         assert_eq!(response.status(), 400);
         app.stop().await;
     }
@@ -686,17 +671,6 @@ async fn redirect_mode_sends_clients_to_a_presigned_url() {
     app.stop().await;
 }
 
-/// Peak resident memory of a process, in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find(|line| line.starts_with("VmHWM:"))
-        .unwrap();
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
-}
-
 /// A PNG that declares `width`×`height` and carries almost nothing.
 fn png_declaring(width: u32, height: u32) -> Vec<u8> {
     fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
@@ -768,7 +742,7 @@ async fn bombs_are_refused_without_using_memory() {
     };
     // Warm up: one real upload, so the baseline includes a normal one.
     assert_eq!(upload(png(800, 600, 8)).await.unwrap().status(), 200);
-    let before = peak_rss(served.pid());
+    let before = served.peak_rss();
 
     for (bomb, what) in [
         // 50,000² RGBA would be 10 GB.
@@ -834,7 +808,7 @@ async fn bombs_are_refused_without_using_memory() {
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("payload_too_large"), "{answer}");
 
-    let after = peak_rss(served.pid());
+    let after = served.peak_rss();
     let grown = after.saturating_sub(before);
     assert!(
         grown < 48 << 20,

@@ -94,6 +94,17 @@ impl Served {
         self.child.id()
     }
 
+    /// The most resident memory the process has used so far (`VmHWM`), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status
+            .lines()
+            .find(|line| line.starts_with("VmHWM:"))
+            .unwrap();
+        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib * 1024
+    }
+
     /// SIGTERM, then the exit status and everything the process printed.
     pub fn stop(mut self) -> (std::process::ExitStatus, String) {
         let pid = self.pid().to_string();

@@ -57,14 +57,7 @@ impl PictureUses {
     }
 
     async fn read(&self, name: &str) -> Result<PictureUse, sea_orm::DbErr> {
-        let profile = user::Entity::find()
-            .select_only()
-            .column(user::Column::Id)
-            .filter(user::Column::ProfilePic.eq(name))
-            .into_tuple::<String>()
-            .one(&self.db)
-            .await?
-            .is_some();
+        let profile = self.is_profile_pic(name).await?;
         let mut conversations = conversation::Entity::find()
             .select_only()
             .column(conversation::Column::Id)

@@ -320,23 +320,25 @@ impl PictureStore {
             let in_use = shown(names).await?;
             let now = self.clock.now_millis();
             for (name, orphan_since) in rows {
-                match (in_use.contains(&name), orphan_since) {
+                let due = match (in_use.contains(&name), orphan_since) {
                     // A deletion a stopped sweep left half done.
-                    (_, Some(DELETING)) => {
-                        if self.delete_orphan(&name, DELETING).await? {
-                            swept.deleted += 1;
-                            deleted(&name);
-                        }
+                    (_, Some(DELETING)) => Some(DELETING),
+                    (true, Some(_)) => {
+                        self.set_orphan_since(&name, None).await?;
+                        None
                     }
-                    (true, Some(_)) => self.set_orphan_since(&name, None).await?,
-                    (false, None) => self.set_orphan_since(&name, Some(now)).await?,
-                    (false, Some(since))
-                        if now - since >= grace_ms && self.delete_orphan(&name, since).await? =>
-                    {
-                        swept.deleted += 1;
-                        deleted(&name);
+                    (false, None) => {
+                        self.set_orphan_since(&name, Some(now)).await?;
+                        None
                     }
-                    _ => {}
+                    (false, Some(since)) if now - since >= grace_ms => Some(since),
+                    _ => None,
+                };
+                if let Some(since) = due
+                    && self.delete_orphan(&name, since).await?
+                {
+                    swept.deleted += 1;
+                    deleted(&name);
                 }
             }
         }
