@@ -223,134 +223,138 @@ async fn upload_and_download_round_trip() {
 
 #[tokio::test]
 async fn transparent_pictures_stay_png() {
-    let app = TestApp::spawn(Column::Embedded).await;
-    let alice = user(&app).await;
-    let image = RgbaImage::from_fn(64, 32, |x, _| image::Rgba([200, 10, 10, (x * 4) as u8]));
-    let name = uploaded(
-        &app,
-        &alice,
-        &encode(DynamicImage::ImageRgba8(image), ImageFormat::Png),
-    )
-    .await;
-    assert!(is_stored_name(&name, ".png"), "{name}");
-    let response = fetch(&app, &alice, &name).await;
-    assert_eq!(response.headers()["content-type"], "image/png");
-    let stored = decoded(&response.bytes().await.unwrap()).to_rgba8();
-    assert_eq!(stored.get_pixel(0, 0).0[3], 0);
-    assert_eq!(stored.get_pixel(63, 0).0[3], 252);
-    // WebP and GIF are accepted too (stored as JPEG: they are opaque here).
-    for format in [ImageFormat::WebP, ImageFormat::Gif] {
-        let bytes = encode(
-            DynamicImage::ImageRgba8(RgbaImage::from_pixel(8, 8, image::Rgba([1, 2, 3, 255]))),
-            format,
-        );
-        let name = uploaded(&app, &alice, &bytes).await;
-        assert!(is_stored_name(&name, ".jpg"), "{format:?}: {name}");
+    for column in columns() {
+        let app = TestApp::spawn(column).await;
+        let alice = user(&app).await;
+        let image = RgbaImage::from_fn(64, 32, |x, _| image::Rgba([200, 10, 10, (x * 4) as u8]));
+        let name = uploaded(
+            &app,
+            &alice,
+            &encode(DynamicImage::ImageRgba8(image), ImageFormat::Png),
+        )
+        .await;
+        assert!(is_stored_name(&name, ".png"), "{name}");
+        let response = fetch(&app, &alice, &name).await;
+        assert_eq!(response.headers()["content-type"], "image/png");
+        let stored = decoded(&response.bytes().await.unwrap()).to_rgba8();
+        assert_eq!(stored.get_pixel(0, 0).0[3], 0);
+        assert_eq!(stored.get_pixel(63, 0).0[3], 252);
+        // WebP and GIF are accepted too (stored as JPEG: they are opaque here).
+        for format in [ImageFormat::WebP, ImageFormat::Gif] {
+            let bytes = encode(
+                DynamicImage::ImageRgba8(RgbaImage::from_pixel(8, 8, image::Rgba([1, 2, 3, 255]))),
+                format,
+            );
+            let name = uploaded(&app, &alice, &bytes).await;
+            assert!(is_stored_name(&name, ".jpg"), "{format:?}: {name}");
+        }
+        app.stop().await;
     }
-    app.stop().await;
 }
 
 #[tokio::test]
 async fn only_pictures_are_accepted_whatever_their_name() {
-    let app = TestApp::spawn(Column::Embedded).await;
-    let alice = user(&app).await;
-    let picture = png(40, 30, 2);
-    let mut truncated_png = picture.clone();
-    truncated_png.truncate(picture.len() / 2);
-    let mut html_first = b"<html><script>alert(1)</script></html>".to_vec();
-    html_first.extend_from_slice(&picture);
-    let refused: [(&str, &[u8], u16, &str); 6] = [
-        (
-            "notes.png",
-            b"just some text, not a picture",
-            415,
-            "unsupported_picture",
-        ),
-        (
-            "image.svg",
-            b"<svg xmlns=\"http://www.w3.org/2000/svg\"><script>alert(1)</script></svg>",
-            415,
-            "unsupported_picture",
-        ),
-        (
-            "shell.jpg",
-            b"<?php system($_GET['c']); ?>",
-            415,
-            "unsupported_picture",
-        ),
-        ("polyglot.png", &html_first, 415, "unsupported_picture"),
-        ("half.png", &truncated_png, 422, "invalid_picture"),
-        ("empty.png", b"", 415, "unsupported_picture"),
-    ];
-    for (file_name, bytes, status, code) in refused {
-        let response = upload_as(&app, &alice, file_name, bytes).await;
-        assert_eq!(error_code(response, status).await, code, "{file_name}");
-    }
+    for column in columns() {
+        let app = TestApp::spawn(column).await;
+        let alice = user(&app).await;
+        let picture = png(40, 30, 2);
+        let mut truncated_png = picture.clone();
+        truncated_png.truncate(picture.len() / 2);
+        let mut html_first = b"<html><script>alert(1)</script></html>".to_vec();
+        html_first.extend_from_slice(&picture);
+        let refused: [(&str, &[u8], u16, &str); 6] = [
+            (
+                "notes.png",
+                b"just some text, not a picture",
+                415,
+                "unsupported_picture",
+            ),
+            (
+                "image.svg",
+                b"<svg xmlns=\"http://www.w3.org/2000/svg\"><script>alert(1)</script></svg>",
+                415,
+                "unsupported_picture",
+            ),
+            (
+                "shell.jpg",
+                b"<?php system($_GET['c']); ?>",
+                415,
+                "unsupported_picture",
+            ),
+            ("polyglot.png", &html_first, 415, "unsupported_picture"),
+            ("half.png", &truncated_png, 422, "invalid_picture"),
+            ("empty.png", b"", 415, "unsupported_picture"),
+        ];
+        for (file_name, bytes, status, code) in refused {
+            let response = upload_as(&app, &alice, file_name, bytes).await;
+            assert_eq!(error_code(response, status).await, code, "{file_name}");
+        }
 
-    // A picture carrying a script after its end is stored without it.
-    let mut payload_after = picture.clone();
-    payload_after.extend_from_slice(b"<?php system($_GET['c']); ?>");
-    // File names without a dot, or with several, were a crash in the original.
-    for file_name in ["noextension", "many.dots.in.name.png", "../../etc/passwd"] {
-        let name = {
-            let response = upload_as(&app, &alice, file_name, &payload_after).await;
-            assert_eq!(response.status(), 200, "{file_name}");
-            response.text().await.unwrap()
-        };
-        let stored = fetch(&app, &alice, &name).await.bytes().await.unwrap();
-        assert!(!stored.windows(5).any(|w| w == b"<?php"), "payload kept");
-    }
+        // A picture carrying a script after its end is stored without it.
+        let mut payload_after = picture.clone();
+        payload_after.extend_from_slice(b"<?php system($_GET['c']); ?>");
+        // File names without a dot, or with several, were a crash in the original.
+        for file_name in ["noextension", "many.dots.in.name.png", "../../etc/passwd"] {
+            let name = {
+                let response = upload_as(&app, &alice, file_name, &payload_after).await;
+                assert_eq!(response.status(), 200, "{file_name}");
+                response.text().await.unwrap()
+            };
+            let stored = fetch(&app, &alice, &name).await.bytes().await.unwrap();
+            assert!(!stored.windows(5).any(|w| w == b"<?php"), "payload kept");
+        }
 
-    // Forms that are not one `file` field.
-    for (parts, code) in [
-        (
-            form(&[("picture", Some("a.png"), &picture)]),
-            "invalid_upload",
-        ),
-        (
-            form(&[
-                ("file", Some("a.png"), &picture),
-                ("file", Some("b.png"), &picture),
-            ]),
-            "invalid_upload",
-        ),
-        (b"--nope\r\ngarbage".to_vec(), "invalid_upload"),
-    ] {
+        // Forms that are not one `file` field.
+        for (parts, code) in [
+            (
+                form(&[("picture", Some("a.png"), &picture)]),
+                "invalid_upload",
+            ),
+            (
+                form(&[
+                    ("file", Some("a.png"), &picture),
+                    ("file", Some("b.png"), &picture),
+                ]),
+                "invalid_upload",
+            ),
+            (b"--nope\r\ngarbage".to_vec(), "invalid_upload"),
+        ] {
+            let response = app
+                .post("/pictures/upload")
+                .bearer_auth(&alice.access)
+                .header("content-type", form_type())
+                .body(parts)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(error_code(response, 400).await, code);
+        }
         let response = app
             .post("/pictures/upload")
             .bearer_auth(&alice.access)
-            .header("content-type", form_type())
-            .body(parts)
+            .header("content-type", "image/png")
+            .body(picture.clone())
             .send()
             .await
             .unwrap();
-        assert_eq!(error_code(response, 400).await, code);
-    }
-    let response = app
-        .post("/pictures/upload")
-        .bearer_auth(&alice.access)
-        .header("content-type", "image/png")
-        .body(picture.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_code(response, 415).await, "not_multipart");
+        assert_eq!(error_code(response, 415).await, "not_multipart");
 
-    // Anonymous: 401, for upload and download.
-    let response = app
-        .post("/pictures/upload")
-        .header("content-type", form_type())
-        .body(form(&[("file", Some("a.png"), &picture)]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 401);
-    let name = uploaded(&app, &alice, &picture).await;
-    assert_eq!(
-        app.get(&format!("/pictures/picture/{name}")).await.status(),
-        401
-    );
-    app.stop().await;
+        // Anonymous: 401, for upload and download.
+        let response = app
+            .post("/pictures/upload")
+            .header("content-type", form_type())
+            .body(form(&[("file", Some("a.png"), &picture)]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401);
+        let name = uploaded(&app, &alice, &picture).await;
+        assert_eq!(
+            app.get(&format!("/pictures/picture/{name}")).await.status(),
+            401
+        );
+        app.stop().await;
+    }
 }
 
 /// A JPEG whose EXIF says: rotate 90° clockwise to view, taken at these GPS coordinates, by
@@ -408,27 +412,29 @@ fn jpeg_with_exif(width: u32, height: u32) -> Vec<u8> {
 
 #[tokio::test]
 async fn metadata_is_stripped_and_orientation_applied() {
-    let app = TestApp::spawn(Column::Embedded).await;
-    let alice = user(&app).await;
-    let original = jpeg_with_exif(80, 40);
-    // The input really carries it.
-    assert!(original.windows(7).any(|w| w == b"SPYCAM1"));
-    let name = uploaded(&app, &alice, &original).await;
-    let stored = fetch(&app, &alice, &name).await.bytes().await.unwrap();
-    for marker in [&b"Exif"[..], b"SPYCAM1", b"II*\0"] {
-        assert!(
-            !stored.windows(marker.len()).any(|w| w == marker),
-            "{marker:?} kept"
-        );
+    for column in columns() {
+        let app = TestApp::spawn(column).await;
+        let alice = user(&app).await;
+        let original = jpeg_with_exif(80, 40);
+        // The input really carries it.
+        assert!(original.windows(7).any(|w| w == b"SPYCAM1"));
+        let name = uploaded(&app, &alice, &original).await;
+        let stored = fetch(&app, &alice, &name).await.bytes().await.unwrap();
+        for marker in [&b"Exif"[..], b"SPYCAM1", b"II*\0"] {
+            assert!(
+                !stored.windows(marker.len()).any(|w| w == marker),
+                "{marker:?} kept"
+            );
+        }
+        // Rotated a quarter turn clockwise: the left half (red) is now on top.
+        let upright = decoded(&stored).to_rgb8();
+        assert_eq!(upright.dimensions(), (40, 80));
+        let top = upright.get_pixel(20, 10).0;
+        let bottom = upright.get_pixel(20, 70).0;
+        assert!(top[0] > 200 && top[2] < 60, "top is {top:?}");
+        assert!(bottom[2] > 200 && bottom[0] < 60, "bottom is {bottom:?}");
+        app.stop().await;
     }
-    // Rotated a quarter turn clockwise: the left half (red) is now on top.
-    let upright = decoded(&stored).to_rgb8();
-    assert_eq!(upright.dimensions(), (40, 80));
-    let top = upright.get_pixel(20, 10).0;
-    let bottom = upright.get_pixel(20, 70).0;
-    assert!(top[0] > 200 && top[2] < 60, "top is {top:?}");
-    assert!(bottom[2] > 200 && bottom[0] < 60, "bottom is {bottom:?}");
-    app.stop().await;
 }
 
 /// Retries `read` until it answers `status` (caches drop answers when core's events arrive).
