@@ -2,8 +2,8 @@
 //! - `upload`: a 2 MB photo-like JPEG through the whole pipeline (sniff, decode, scale, turn,
 //!   re-encode, thumbnail, hash, store), p50/p99 over sequential uploads of distinct photos,
 //!   against `beep serve` as an operator runs it;
-//! - `memory`: peak resident memory of a fresh `beep serve` after K uploads at once, per
-//!   concurrent upload, above its peak after one warm-up upload;
+//! - `memory`: peak resident memory of a fresh `beep serve` with K uploads at once, per
+//!   concurrent upload, above its idle peak;
 //! - `download`: thumbnails per second through `GET /pictures/picture/{name}?size=thumb`
 //!   (signed in, access checked) against the same bytes from a bare actix route in the same
 //!   app, same run, same client.
@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use actix_web::{HttpResponse, web};
 use beep::app::{self, Hosting};
 use beep::config::Config;
+use beep::platform::http::Caller;
 use beep::platform::service::{Routes, Service};
 use bytes::Bytes;
 use image::codecs::jpeg::JpegEncoder;
@@ -42,6 +43,7 @@ const ROUND: Duration = Duration::from_secs(1);
 const BOUNDARY: &str = "beep-bench-boundary";
 
 fn main() {
+    beep::platform::install_crypto_provider();
     let runtime = load::client_runtime();
     println!(
         "# beep pictures bench ({} cores)",
@@ -162,9 +164,10 @@ async fn upload() {
 }
 
 async fn memory() {
-    let photos: Vec<Vec<u8>> = (100..109).map(photo).collect();
+    let photos: Vec<Vec<u8>> = (100..108).map(photo).collect();
     println!(
-        "peak RSS of a fresh `beep serve` per concurrent upload of a {:.2} MB photo (above its peak after one upload):",
+        "peak RSS of a fresh `beep serve` (release, SQLite, local blobs) with K uploads of a {:.2} MB \
+         photo at once, above its idle peak (signed in, nothing uploaded):",
         photos[0].len() as f64 / 1e6
     );
     for concurrent in [1usize, 2, 4, 8] {
@@ -173,18 +176,17 @@ async fn memory() {
         let base = format!("http://127.0.0.1:{}", served.port);
         let client = reqwest::Client::new();
         let (token, _) = login::token_and_user(&base, &login::phone(1), "bench").await;
-        post_upload(&client, &base, &token, &photos[8]).await;
-        let before = served.peak_rss();
+        let idle = served.peak_rss();
         let uploads = photos[..concurrent]
             .iter()
             .map(|photo| post_upload(&client, &base, &token, photo));
         futures_util::future::join_all(uploads).await;
-        let after = served.peak_rss();
+        let grown = served.peak_rss().saturating_sub(idle);
         println!(
-            "  {concurrent} at once: peak {:.0} MB, +{:.0} MB, {:.1} MB per upload",
-            after as f64 / 1e6,
-            after.saturating_sub(before) as f64 / 1e6,
-            after.saturating_sub(before) as f64 / 1e6 / concurrent as f64
+            "  K = {concurrent}: idle {:.0} MB, +{:.0} MB, {:.1} MB per upload",
+            idle as f64 / 1e6,
+            grown as f64 / 1e6,
+            grown as f64 / 1e6 / concurrent as f64
         );
         served.stop();
     }
@@ -208,7 +210,29 @@ impl Service for BareThumb {
         cfg.map(|cfg| {
             cfg.route(
                 "/bench/bare-thumb",
-                web::get().to(move || {
+                web::get().to({
+                    let bytes = bytes.clone();
+                    move || {
+                        let bytes = bytes.clone();
+                        async move { HttpResponse::Ok().content_type("image/jpeg").body(bytes) }
+                    }
+                }),
+            )
+            // The same behind token verification: what signing in alone costs.
+            .route(
+                "/bench/signed-in-thumb",
+                web::get().to({
+                    let bytes = bytes.clone();
+                    move |_caller: Caller| {
+                        let bytes = bytes.clone();
+                        async move { HttpResponse::Ok().content_type("image/jpeg").body(bytes) }
+                    }
+                }),
+            )
+            // And with a path parameter, as a picture's route has: what routing by name costs.
+            .route(
+                "/bench/named-thumb/{name}",
+                web::get().to(move |_caller: Caller, _name: web::Path<String>| {
                     let bytes = bytes.clone();
                     async move { HttpResponse::Ok().content_type("image/jpeg").body(bytes) }
                 }),
@@ -289,5 +313,25 @@ async fn download() {
         thumb.len()
     );
     comparison.print("bare actix route", "GET /pictures/picture?size=thumb");
+    let comparison = compare(
+        addr,
+        get("/bench/bare-thumb").as_bytes(),
+        get("/bench/signed-in-thumb").as_bytes(),
+        ROUNDS,
+        ROUND,
+    )
+    .await;
+    println!("the same bytes behind token verification only, same run:");
+    comparison.print("bare actix route", "bare route + Caller");
+    let comparison = compare(
+        addr,
+        get("/bench/bare-thumb").as_bytes(),
+        get(&format!("/bench/named-thumb/{name}")).as_bytes(),
+        ROUNDS,
+        ROUND,
+    )
+    .await;
+    println!("the same bytes behind token verification and a {{name}} path parameter, same run:");
+    comparison.print("bare actix route", "bare route + Caller + {name}");
     handle.stop(true).await;
 }
