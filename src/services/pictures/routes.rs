@@ -52,7 +52,7 @@ struct UploadForm {
 #[derive(Serialize, ToSchema)]
 struct Uploaded {
     /// The stored name: 32 hex digits (the hash of the stored bytes) and `.jpg` or `.png`.
-    #[schema(example = "3f2a9c0d1e4b5a6978877665544332211.jpg")]
+    #[schema(example = "3f2a9c0d1e4b5a697887766554433221.jpg")]
     name: String,
 }
 
