@@ -13,6 +13,7 @@ mod permissions;
 mod pictures;
 mod secret;
 mod server;
+mod transcription;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,7 @@ pub use self::secret::Secret;
 pub use self::server::{
     CorsConfig, HttpConfig, LogFormat, ServerConfig, TelemetryConfig, TlsConfig,
 };
+pub use self::transcription::{OpenAiConfig, TranscriptionConfig, TranscriptionEngine};
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -53,6 +55,7 @@ pub struct Config {
     pub permissions: PermissionsConfig,
     pub pictures: PicturesConfig,
     pub bites: BitesConfig,
+    pub transcription: TranscriptionConfig,
 }
 
 /// Values given on the command line; they win over every other source.

@@ -20,8 +20,8 @@ use crate::peer::{Peer, synthetic_opus};
 const SPEECH: Option<u8> = Some(20);
 const SILENCE: Option<u8> = Some(127);
 
-struct Member {
-    tokens: Tokens,
+pub(crate) struct Member {
+    pub(crate) tokens: Tokens,
     client: String,
 }
 
@@ -32,7 +32,7 @@ impl Member {
     }
 }
 
-async fn member(app: &TestApp, client: &str) -> Member {
+pub(crate) async fn member(app: &TestApp, client: &str) -> Member {
     Member {
         tokens: login_as(app, &unique_phone(), client).await,
         client: client.to_owned(),
@@ -47,18 +47,23 @@ fn call(app: &TestApp, method: &str, path: &str, who: &Tokens) -> reqwest::Reque
 }
 
 /// A request as a logged-in client sends it, sent.
-async fn send(app: &TestApp, method: &str, path: &str, who: &Tokens) -> reqwest::Response {
+pub(crate) async fn send(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    who: &Tokens,
+) -> reqwest::Response {
     call(app, method, path, who).send().await.unwrap()
 }
 
-async fn join(app: &TestApp, who: &Tokens, conversation: &str) -> reqwest::Response {
+pub(crate) async fn join(app: &TestApp, who: &Tokens, conversation: &str) -> reqwest::Response {
     call(app, "POST", &format!("/webrtc/join/{conversation}"), who)
         .send()
         .await
         .unwrap()
 }
 
-fn ws_base(app: &TestApp) -> String {
+pub(crate) fn ws_base(app: &TestApp) -> String {
     app.url("").replacen("http://", "ws://", 1)
 }
 
@@ -326,7 +331,7 @@ fn ogg_packets(file: &[u8]) -> Vec<Vec<u8>> {
         .collect()
 }
 
-async fn json_of(response: reqwest::Response, status: u16) -> Value {
+pub(crate) async fn json_of(response: reqwest::Response, status: u16) -> Value {
     let got = response.status().as_u16();
     let text = response.text().await.unwrap();
     assert_eq!(got, status, "{text}");
@@ -598,7 +603,7 @@ async fn kept_in_jetstream(app: &TestApp, url: &str) -> Vec<u64> {
 }
 
 /// Speaks one short bite into the peer's room and returns its start, once stored.
-async fn one_bite(
+pub(crate) async fn one_bite(
     peer: &mut Peer,
     stored: &mut beep::platform::bus::Subscription<BiteStored>,
 ) -> u64 {

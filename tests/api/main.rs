@@ -32,3 +32,5 @@ mod readiness;
 mod served;
 #[cfg(feature = "bites")]
 mod sessions;
+#[cfg(feature = "bites")]
+mod transcription;

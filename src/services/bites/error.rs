@@ -27,6 +27,8 @@ pub enum BitesError {
     },
     #[error("bites.sfu.port_min is above port_max")]
     InvalidPortRange,
+    #[error("{0}")]
+    TranscriptionSetup(String),
 
     // Opening a media connection: a 503 whose cause is logged, not shown.
     #[error("no free UDP port in bites.sfu.port_min..=port_max")]
@@ -49,6 +51,12 @@ pub enum BitesError {
     InvalidSpeaker,
     #[error("no bite starts at that time")]
     BiteNotFound,
+    #[error("this bite's transcript is not ready yet")]
+    TranscriptPending,
+    #[error("this bite could not be transcribed: {0}")]
+    TranscriptFailed(String),
+    #[error("this bite has no transcript (no such bite, or stored while transcription was off)")]
+    TranscriptNotFound,
     #[error("the room of this conversation is full ({capacity} participants)")]
     RoomFull { capacity: usize },
     #[error("this route speaks WebSocket: {0}")]
@@ -68,6 +76,9 @@ impl BitesError {
             Self::InvalidRange => (StatusCode::BAD_REQUEST, "invalid_range"),
             Self::InvalidSpeaker => (StatusCode::BAD_REQUEST, "invalid_speaker"),
             Self::BiteNotFound => (StatusCode::NOT_FOUND, "bite_not_found"),
+            Self::TranscriptPending => (StatusCode::NOT_FOUND, "transcript_pending"),
+            Self::TranscriptFailed(_) => (StatusCode::NOT_FOUND, "transcript_failed"),
+            Self::TranscriptNotFound => (StatusCode::NOT_FOUND, "transcript_not_found"),
             Self::RoomFull { .. } => (StatusCode::CONFLICT, "room_full"),
             Self::WebSocketRequired(_) => (StatusCode::BAD_REQUEST, "websocket_required"),
             Self::NoFreePort | Self::WebRtc(_) | Self::MediaTaskFailed(_) => {
@@ -77,6 +88,7 @@ impl BitesError {
             | Self::MediaRuntimeFailed(_)
             | Self::InvalidPublicIp { .. }
             | Self::InvalidPortRange
+            | Self::TranscriptionSetup(_)
             | Self::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -102,7 +114,8 @@ impl From<BitesError> for ApiError {
             BitesError::StoreOpenFailed { .. }
             | BitesError::MediaRuntimeFailed(_)
             | BitesError::InvalidPublicIp { .. }
-            | BitesError::InvalidPortRange => return ApiError::internal(&err),
+            | BitesError::InvalidPortRange
+            | BitesError::TranscriptionSetup(_) => return ApiError::internal(&err),
             _ => {}
         }
         ApiError::new(status, code, err.to_string())

@@ -17,6 +17,7 @@ mod retention;
 mod routes;
 mod sfu;
 pub mod store;
+pub mod transcription;
 mod utterance;
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -57,14 +58,27 @@ pub struct Bites {
     announce: broadcast::Sender<Arc<store::BiteMeta>>,
     /// The writer's end of the finished-bites queue, taken when the writer starts.
     finished: Mutex<Option<mpsc::Receiver<NewBite>>>,
+    /// The transcription engine; `None` when `transcription.engine = "off"`.
+    engine: Option<Arc<dyn transcription::Engine>>,
+    transcriber_wake: Arc<tokio::sync::Notify>,
+    transcripts: broadcast::Sender<(store::BiteId, Arc<transcription::Transcript>)>,
+    metrics: crate::platform::telemetry::Metrics,
+    transcription: crate::config::TranscriptionConfig,
 }
 
 impl Bites {
     pub fn new(platform: &Platform, access: SharedAccess) -> Result<Self, BitesError> {
         let config = platform.config.bites.clone();
+        let engine = transcription::engine(&platform.config.transcription)
+            .map_err(BitesError::TranscriptionSetup)?;
+        match &engine {
+            Some(engine) => tracing::info!(engine = engine.name(), "bites are transcribed"),
+            None => tracing::info!("transcription is off (transcription.engine = \"off\")"),
+        }
         let dir = platform.config.server.data_dir.join("bites");
         let store = SledStore::open(&dir)
-            .map_err(|source| BitesError::StoreOpenFailed { path: dir, source })?;
+            .map_err(|source| BitesError::StoreOpenFailed { path: dir, source })?
+            .transcribing(engine.is_some());
         let store: SharedStore = Arc::new(store);
         let dropped = platform
             .metrics
@@ -86,6 +100,11 @@ impl Bites {
             stored: platform.metrics.counter("beep_bites_stored_total", &[]),
             announce: broadcast::channel(ANNOUNCE_BUFFER).0,
             finished: Mutex::new(Some(finished)),
+            engine,
+            transcriber_wake: Arc::new(tokio::sync::Notify::new()),
+            transcripts: broadcast::channel(ANNOUNCE_BUFFER).0,
+            metrics: platform.metrics.clone(),
+            transcription: platform.config.transcription.clone(),
         })
     }
 }
@@ -129,8 +148,29 @@ impl Service for Bites {
                 flush_every: Duration::from_millis(self.config.flush_interval_ms.max(1)),
                 announce: self.announce.clone(),
                 stored: self.stored.clone(),
+                transcriber: Arc::clone(&self.transcriber_wake),
             };
             workers.spawn("bites-writer", move |stop| writer.run(finished, stop));
+        }
+        if let Some(engine) = &self.engine {
+            let jobs = |outcome: &str| {
+                self.metrics.counter(
+                    "beep_transcription_jobs_total",
+                    &[("outcome", outcome.to_owned())],
+                )
+            };
+            let transcriber = transcription::Transcriber {
+                store: Arc::clone(&self.store),
+                engine: Arc::clone(engine),
+                config: self.transcription.clone(),
+                clock: self.clock.clone(),
+                wake: Arc::clone(&self.transcriber_wake),
+                announce: self.transcripts.clone(),
+                done: jobs("done"),
+                retried: jobs("retried"),
+                dead: jobs("dead"),
+            };
+            workers.spawn("bites-transcriber", move |stop| transcriber.run(stop));
         }
         if self.config.retention_secs > 0 {
             let retention = Retention {

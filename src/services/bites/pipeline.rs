@@ -180,6 +180,8 @@ pub struct Writer {
     pub flush_every: Duration,
     pub announce: broadcast::Sender<Arc<BiteMeta>>,
     pub stored: Counter,
+    /// Woken once bites (and their transcription jobs) are stored.
+    pub transcriber: Arc<tokio::sync::Notify>,
 }
 
 impl Writer {
@@ -222,6 +224,7 @@ impl Writer {
             return;
         }
         self.stored.increment(metas.len() as u64);
+        self.transcriber.notify_one();
         for meta in &metas {
             // No subscriber is not an error.
             let _listeners = self.announce.send(Arc::new(meta.clone()));

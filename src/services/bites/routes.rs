@@ -12,7 +12,8 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_actix_web::scope;
 
 use super::error::BitesError;
-use super::store::{BiteMeta, Scan, SharedStore, blocking};
+use super::store::{BiteMeta, Scan, SharedStore, TranscriptState, blocking};
+use super::transcription::Transcript;
 use crate::config::BitesConfig;
 use crate::platform::Platform;
 use crate::platform::http::error::ErrorBody;
@@ -34,11 +35,16 @@ type State = web::Data<StoreState>;
 pub fn configure(cfg: &mut Routes<'_>, state: State) {
     cfg.service(
         scope("/store/bite/{conversation}")
-            .app_data(state)
+            .app_data(state.clone())
             .service(list)
             .service(scan)
             .service(audio)
             .service(subscribe),
+    );
+    cfg.service(
+        scope("/store/transcription/{conversation}")
+            .app_data(state)
+            .service(transcript),
     );
 }
 
@@ -188,6 +194,58 @@ struct Speaker {
     client: Option<String>,
 }
 
+/// The speaker of a bite, from the query: both or neither.
+fn speaker_of(query: &Speaker) -> Result<Option<(String, String)>, BitesError> {
+    match (&query.user, &query.client) {
+        (Some(user), Some(client)) => Ok(Some((user.clone(), client.clone()))),
+        (None, None) => Ok(None),
+        _ => Err(BitesError::InvalidSpeaker),
+    }
+}
+
+/// `GET /store/transcription/{conversation}/start/{start}`: the transcript of a bite, with
+/// each word's time from the start of the bite (to jump into the audio). 404 with
+/// `transcript_pending` while it waits for the engine, `transcript_failed` once given up on.
+#[utoipa::path(
+    tag = "bites",
+    params(
+        ConversationPath,
+        ("start" = i64, Path, minimum = 0, description = "The bite's start, Unix milliseconds"),
+        Speaker,
+    ),
+    responses(
+        (status = 200, description = "The transcript", body = Transcript),
+        (status = 400, description = "`invalid_id`, `invalid_speaker` (user without client or the reverse)", body = ErrorBody),
+        (status = 403, description = "`not_a_member`", body = ErrorBody),
+        (status = 404, description = "`transcript_pending` (queued), `transcript_failed` (given up on), `transcript_not_found` (no such bite, or stored with transcription off)", body = ErrorBody),
+        (status = 503, description = "Memberships cannot be read: `membership_unavailable`", body = ErrorBody),
+    ),
+)]
+#[get("/start/{start}")]
+async fn transcript(
+    state: State,
+    caller: Caller,
+    path: web::Path<(String, u64)>,
+    query: web::Query<Speaker>,
+) -> Result<HttpResponse, ApiError> {
+    let (conversation, start) = path.into_inner();
+    member_of(&state.access, &caller, &conversation).await?;
+    let speaker = speaker_of(&query)?;
+    let state_of = blocking(&state.store, move |store| {
+        let speaker = speaker.as_ref().map(|(u, c)| (u.as_str(), c.as_str()));
+        store.transcript(&conversation, start, speaker)
+    })
+    .await?;
+    match state_of {
+        TranscriptState::Done(json) => Ok(HttpResponse::Ok()
+            .content_type("application/json")
+            .body(json)),
+        TranscriptState::Pending => Err(BitesError::TranscriptPending.into()),
+        TranscriptState::Failed(reason) => Err(BitesError::TranscriptFailed(reason).into()),
+        TranscriptState::Unknown => Err(BitesError::TranscriptNotFound.into()),
+    }
+}
+
 /// `GET /store/bite/{conversation}/start/{start}`: the Ogg Opus file, with range requests.
 #[utoipa::path(
     tag = "bites",
@@ -216,11 +274,7 @@ async fn audio(
 ) -> Result<HttpResponse, ApiError> {
     let (conversation, start) = path.into_inner();
     member_of(&state.access, &caller, &conversation).await?;
-    let speaker = match (&query.user, &query.client) {
-        (Some(user), Some(client)) => Some((user.clone(), client.clone())),
-        (None, None) => None,
-        _ => return Err(BitesError::InvalidSpeaker.into()),
-    };
+    let speaker = speaker_of(&query)?;
     let found = blocking(&state.store, move |store| {
         let speaker = speaker.as_ref().map(|(u, c)| (u.as_str(), c.as_str()));
         store.get(&conversation, start, speaker)

@@ -42,6 +42,26 @@ pub fn start_of(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.try_into().ok()?))
 }
 
+/// A bite's key under another prefix: its transcript is `transcription+<conversation>@<start>…`,
+/// the original store's shape.
+pub fn transcript_of(bite_key: &[u8]) -> Vec<u8> {
+    let rest = bite_key
+        .strip_prefix(b"bite+".as_slice())
+        .unwrap_or(bite_key);
+    let mut key = Vec::with_capacity(14 + rest.len());
+    key.extend_from_slice(b"transcription+");
+    key.extend_from_slice(rest);
+    key
+}
+
+/// A job's place in the queue: due first, then the bite.
+pub fn queued(due: u64, bite_key: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + bite_key.len());
+    key.extend_from_slice(&due.to_be_bytes());
+    key.extend_from_slice(bite_key);
+    key
+}
+
 /// Where the index keeps bites in order of age (bite keys start with `bite+`).
 pub const EXPIRY: &[u8] = b"expiry+";
 

@@ -42,6 +42,50 @@ pub struct Scan {
     pub next: u64,
 }
 
+/// Which bite: its conversation, start and speaker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BiteId {
+    pub conversation: String,
+    pub start: u64,
+    pub user: String,
+    pub client: String,
+}
+
+impl From<&BiteMeta> for BiteId {
+    fn from(meta: &BiteMeta) -> Self {
+        Self {
+            conversation: meta.conversation.clone(),
+            start: meta.start,
+            user: meta.user.clone(),
+            client: meta.client.clone(),
+        }
+    }
+}
+
+/// A bite waiting for its transcript.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub bite: BiteId,
+    /// Unix ms when it is next due.
+    pub due: u64,
+    /// Attempts that failed so far.
+    pub attempts: u32,
+    /// Why the last attempt failed.
+    pub error: Option<String>,
+}
+
+/// Where a bite's transcript stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TranscriptState {
+    /// The transcript, as the transcription module stored it (JSON).
+    Done(Vec<u8>),
+    Pending,
+    /// Given up on: in the dead letters, with the last error.
+    Failed(String),
+    /// No such bite, or one stored while transcription was off.
+    Unknown,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("bite store: {0}")]
@@ -87,6 +131,30 @@ pub trait BiteStore: Send + Sync {
     /// Deletes up to `max` bites that started before `cutoff`; returns how many.
     fn delete_started_before(&self, cutoff: u64, max: usize) -> Result<usize, StoreError>;
     fn size_on_disk(&self) -> Result<u64, StoreError>;
+
+    // ---- transcription: a durable queue of jobs, beside the bites they are for ----
+
+    /// Jobs due at `now`, oldest due first, at most `max`.
+    fn due_jobs(&self, now: u64, max: usize) -> Result<Vec<Job>, StoreError>;
+    /// When the next job is due, if any is queued.
+    fn next_due(&self) -> Result<Option<u64>, StoreError>;
+    /// Stores a bite's transcript (JSON) and ends its job.
+    fn put_transcript(&self, bite: &BiteId, transcript: &[u8]) -> Result<(), StoreError>;
+    /// Puts a failed job back in the queue for `job.due`, or, when `dead`, in the dead letters.
+    fn job_failed(&self, job: &Job, dead: bool) -> Result<(), StoreError>;
+    /// Ends a job without a transcript (its bite is gone).
+    fn drop_job(&self, bite: &BiteId) -> Result<(), StoreError>;
+    /// The transcript of the bite starting at `start`: the given speaker's, or else the first.
+    fn transcript(
+        &self,
+        conversation: &str,
+        start: u64,
+        speaker: Option<(&str, &str)>,
+    ) -> Result<TranscriptState, StoreError>;
+    /// Jobs given up on, oldest first, at most `max`.
+    fn dead_letters(&self, max: usize) -> Result<Vec<Job>, StoreError>;
+    /// Jobs queued (not dead).
+    fn queued(&self) -> Result<usize, StoreError>;
 }
 
 pub type SharedStore = Arc<dyn BiteStore>;

@@ -3,18 +3,31 @@
 //! Two trees: `audio` (key → the Ogg file) and `index`, which holds the metadata (key → JSON,
 //! small, so scans never read audio) and, under `expiry+<start><key>`, the bites in order of
 //! age, so retention reads only what it deletes. Keys are laid out in `key`.
+//!
+//! Transcription keeps its durable queue here too, so a bite and its job are written
+//! together: `transcription.jobs` (bite key → the job), `transcription.queue` (due, bite key:
+//! the order jobs come due), `transcription.text` (`transcription+<conversation>@<start>…` →
+//! the transcript) and `transcription.dead` (bite key → a job given up on).
 
 use std::path::Path;
 
 use bytes::Bytes;
+use sled::Transactional as _;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use super::key;
-use super::{BiteMeta, BiteStore, NewBite, Scan, StoreError};
+use super::{BiteId, BiteMeta, BiteStore, Job, NewBite, Scan, StoreError, TranscriptState};
 
 pub struct SledStore {
     db: sled::Db,
     index: sled::Tree,
     audio: sled::Tree,
+    jobs: sled::Tree,
+    queue: sled::Tree,
+    texts: sled::Tree,
+    dead: sled::Tree,
+    /// New bites get a transcription job.
+    transcribe: bool,
 }
 
 impl SledStore {
@@ -23,8 +36,52 @@ impl SledStore {
         Ok(Self {
             index: db.open_tree("bites.index")?,
             audio: db.open_tree("bites.audio")?,
+            jobs: db.open_tree("transcription.jobs")?,
+            queue: db.open_tree("transcription.queue")?,
+            texts: db.open_tree("transcription.text")?,
+            dead: db.open_tree("transcription.dead")?,
             db,
+            transcribe: false,
         })
+    }
+
+    /// Queues a transcription job with every bite inserted from now on.
+    #[must_use]
+    pub fn transcribing(mut self, on: bool) -> Self {
+        self.transcribe = on;
+        self
+    }
+
+    fn bite_key(bite: &BiteId) -> Vec<u8> {
+        key::bite(&bite.conversation, bite.start, &bite.user, &bite.client)
+    }
+
+    fn decode_job(key: &[u8], value: &[u8]) -> Result<Job, StoreError> {
+        serde_json::from_slice(value).map_err(|source| StoreError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            source,
+        })
+    }
+
+    /// Removes the jobs, transcripts and dead letters of `keys` (bites being deleted).
+    fn remove_transcription(&self, keys: &[Vec<u8>]) -> Result<(), StoreError> {
+        let mut queue = sled::Batch::default();
+        let mut jobs = sled::Batch::default();
+        let mut texts = sled::Batch::default();
+        let mut dead = sled::Batch::default();
+        for key in keys {
+            if let Some(value) = self.jobs.get(key)? {
+                queue.remove(key::queued(Self::decode_job(key, &value)?.due, key));
+            }
+            jobs.remove(key.as_slice());
+            dead.remove(key.as_slice());
+            texts.remove(key::transcript_of(key));
+        }
+        self.queue.apply_batch(queue)?;
+        self.jobs.apply_batch(jobs)?;
+        self.texts.apply_batch(texts)?;
+        self.dead.apply_batch(dead)?;
+        Ok(())
     }
 
     fn remove(&self, keys: &[Vec<u8>]) -> Result<(), StoreError> {
@@ -41,7 +98,7 @@ impl SledStore {
         // pointing at nothing.
         self.index.apply_batch(index)?;
         self.audio.apply_batch(audio)?;
-        Ok(())
+        self.remove_transcription(keys)
     }
 
     fn decode(key: &[u8], value: &[u8]) -> Result<BiteMeta, StoreError> {
@@ -63,6 +120,21 @@ impl BiteStore for SledStore {
             index.insert(key::expiry(meta.start, &key), &[] as &[u8]);
             // Straight in: a batch would hold a second copy of every file until applied.
             self.audio.insert(key.as_slice(), bite.audio.as_ref())?;
+            if self.transcribe {
+                // Before the index: a crash in between leaves a job for a missing bite, which
+                // the worker drops, never a bite without its job. Due at its start: oldest
+                // bites first.
+                let job = Job {
+                    bite: BiteId::from(meta),
+                    due: meta.start,
+                    attempts: 0,
+                    error: None,
+                };
+                self.jobs
+                    .insert(key.as_slice(), serde_json::to_vec(&job).unwrap_or_default())?;
+                self.queue
+                    .insert(key::queued(job.due, &key), &[] as &[u8])?;
+            }
             index.insert(key, value);
         }
         // The index goes last, in one atomic batch, so a crash in between leaves audio nothing
@@ -205,6 +277,137 @@ impl BiteStore for SledStore {
     fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.db.size_on_disk()?)
     }
+
+    fn due_jobs(&self, now: u64, max: usize) -> Result<Vec<Job>, StoreError> {
+        let mut due = Vec::new();
+        for entry in self.queue.range(..key::queued(now.saturating_add(1), b"")) {
+            if due.len() == max {
+                break;
+            }
+            let (queued, _) = entry?;
+            let bite_key = queued.get(8..).unwrap_or_default();
+            if let Some(value) = self.jobs.get(bite_key)? {
+                due.push(Self::decode_job(bite_key, &value)?);
+            }
+        }
+        Ok(due)
+    }
+
+    fn next_due(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self.queue.first()?.and_then(|(queued, _)| {
+            queued
+                .get(..8)
+                .and_then(|due| due.try_into().ok())
+                .map(u64::from_be_bytes)
+        }))
+    }
+
+    fn put_transcript(&self, bite: &BiteId, transcript: &[u8]) -> Result<(), StoreError> {
+        let key = Self::bite_key(bite);
+        let job = self.jobs.get(&key)?;
+        (&self.jobs, &self.queue, &self.texts)
+            .transaction(|(jobs, queue, texts)| {
+                if let Some(value) = &job {
+                    let due = serde_json::from_slice::<Job>(value).map_or(0, |job| job.due);
+                    queue.remove(key::queued(due, &key))?;
+                }
+                jobs.remove(key.as_slice())?;
+                texts.insert(key::transcript_of(&key), transcript)?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(storage)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn job_failed(&self, job: &Job, dead: bool) -> Result<(), StoreError> {
+        let key = Self::bite_key(&job.bite);
+        let previous = self.jobs.get(&key)?;
+        let value = serde_json::to_vec(job).unwrap_or_default();
+        (&self.jobs, &self.queue, &self.dead)
+            .transaction(|(jobs, queue, dead_letters)| {
+                if let Some(previous) = &previous {
+                    let due = serde_json::from_slice::<Job>(previous).map_or(0, |job| job.due);
+                    queue.remove(key::queued(due, &key))?;
+                }
+                if dead {
+                    jobs.remove(key.as_slice())?;
+                    dead_letters.insert(key.as_slice(), value.as_slice())?;
+                } else {
+                    jobs.insert(key.as_slice(), value.as_slice())?;
+                    queue.insert(key::queued(job.due, &key), &[] as &[u8])?;
+                }
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(storage)?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn drop_job(&self, bite: &BiteId) -> Result<(), StoreError> {
+        self.remove_transcription(&[Self::bite_key(bite)])
+    }
+
+    fn transcript(
+        &self,
+        conversation: &str,
+        start: u64,
+        speaker: Option<(&str, &str)>,
+    ) -> Result<TranscriptState, StoreError> {
+        let prefix = key::prefix(conversation);
+        let bite_key = match speaker {
+            Some((user, client)) => Some(key::bite(conversation, start, user, client)),
+            None => {
+                let upper = match start.checked_add(1) {
+                    Some(after) => key::at(&prefix, after),
+                    None => key::end(&prefix),
+                };
+                self.index
+                    .range(key::at(&prefix, start)..upper)
+                    .keys()
+                    .next()
+                    .transpose()?
+                    .map(|key| key.to_vec())
+            }
+        };
+        let Some(bite_key) = bite_key else {
+            return Ok(TranscriptState::Unknown);
+        };
+        if let Some(text) = self.texts.get(key::transcript_of(&bite_key))? {
+            return Ok(TranscriptState::Done(text.to_vec()));
+        }
+        if self.jobs.contains_key(&bite_key)? {
+            return Ok(TranscriptState::Pending);
+        }
+        if let Some(value) = self.dead.get(&bite_key)? {
+            let job = Self::decode_job(&bite_key, &value)?;
+            return Ok(TranscriptState::Failed(job.error.unwrap_or_default()));
+        }
+        Ok(TranscriptState::Unknown)
+    }
+
+    fn dead_letters(&self, max: usize) -> Result<Vec<Job>, StoreError> {
+        self.dead
+            .iter()
+            .take(max)
+            .map(|entry| {
+                let (key, value) = entry?;
+                Self::decode_job(&key, &value)
+            })
+            .collect()
+    }
+
+    fn queued(&self) -> Result<usize, StoreError> {
+        Ok(self.jobs.len())
+    }
+}
+
+/// A transaction's storage error (nothing here aborts one).
+fn storage(err: TransactionError<()>) -> StoreError {
+    match err {
+        TransactionError::Storage(err) => StoreError::Engine(err),
+        TransactionError::Abort(()) => StoreError::Task("transaction aborted".into()),
+    }
 }
 
 #[cfg(test)]
@@ -230,6 +433,63 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = SledStore::open(dir.path()).expect("open");
         (dir, store)
+    }
+
+    #[test]
+    fn jobs_come_due_in_order_and_go_with_their_bites() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SledStore::open(dir.path())
+            .expect("open")
+            .transcribing(true);
+        store
+            .insert(&[
+                bite("c-1", 2000, "u-a"),
+                bite("c-1", 1000, "u-b"),
+                bite("c-2", 1500, "u-a"),
+            ])
+            .expect("insert");
+        assert_eq!(store.queued().expect("queued"), 3);
+        assert_eq!(store.next_due().expect("next"), Some(1000));
+        let due = store.due_jobs(1500, 10).expect("due");
+        let starts: Vec<u64> = due.iter().map(|job| job.bite.start).collect();
+        assert_eq!(starts, vec![1000, 1500]);
+
+        // Done, retried later, and given up on.
+        store
+            .put_transcript(&due[0].bite, b"{\"text\":\"hi\"}")
+            .expect("put");
+        let mut retried = due[1].clone();
+        retried.attempts = 1;
+        retried.due = 9000;
+        store.job_failed(&retried, false).expect("retry");
+        assert_eq!(store.due_jobs(5000, 10).expect("due").len(), 1);
+        assert_eq!(
+            store.transcript("c-1", 1000, None).expect("read"),
+            TranscriptState::Done(b"{\"text\":\"hi\"}".to_vec())
+        );
+        assert_eq!(
+            store.transcript("c-2", 1500, None).expect("read"),
+            TranscriptState::Pending
+        );
+        retried.error = Some("engine down".into());
+        store.job_failed(&retried, true).expect("dead");
+        assert_eq!(
+            store.transcript("c-2", 1500, None).expect("read"),
+            TranscriptState::Failed("engine down".into())
+        );
+        assert_eq!(store.dead_letters(10).expect("dead").len(), 1);
+
+        // Deleting a conversation takes its transcripts, jobs and dead letters along.
+        store.delete_conversation("c-1").expect("delete");
+        store.delete_conversation("c-2").expect("delete");
+        assert_eq!(
+            store.transcript("c-1", 1000, None).expect("read"),
+            TranscriptState::Unknown
+        );
+        assert_eq!(store.queued().expect("queued"), 0);
+        assert_eq!(store.next_due().expect("next"), None);
+        assert!(store.dead_letters(10).expect("dead").is_empty());
+        assert!(store.texts.is_empty());
     }
 
     #[test]

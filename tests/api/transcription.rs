@@ -1,0 +1,334 @@
+//! Bites transcribed through the durable queue: the OpenAI-compatible engine against a local
+//! server that checks what it is sent, retries, dead letters, and jobs surviving a restart.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpListener;
+
+use crate::bites::{Member, join, json_of, member, one_bite, send, ws_base};
+use crate::helpers::{TestApp, columns, conversation_of, error_code};
+use crate::peer::Peer;
+use beep::config::{Config, Secret, TranscriptionEngine};
+use beep::services::bites::BiteStored;
+
+const KEY: &str = "test-key-3b9f";
+
+/// What the fake server answers: a transcript with word times, as OpenAI's verbose_json.
+fn canned() -> Value {
+    json!({
+        "task": "transcribe",
+        "language": "english",
+        "duration": 0.3,
+        "text": " Hello beep world.",
+        "words": [
+            {"word": "Hello", "start": 0.0, "end": 0.12},
+            {"word": "beep", "start": 0.12, "end": 0.2},
+            {"word": "world.", "start": 0.2, "end": 0.3}
+        ]
+    })
+}
+
+/// A local OpenAI-compatible server: the first `failures` requests get a 503, the rest the
+/// canned transcript. Keeps every request, whole.
+struct SpeechApi {
+    addr: SocketAddr,
+    requests: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl SpeechApi {
+    async fn start(failures: usize) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let kept = Arc::clone(&requests);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let kept = Arc::clone(&kept);
+                tokio::spawn(async move {
+                    let Some(request) = read_request(&mut socket).await else {
+                        return;
+                    };
+                    let seen = {
+                        let mut kept = kept.lock().unwrap();
+                        kept.push(request);
+                        kept.len()
+                    };
+                    let (status, body) = if seen <= failures {
+                        ("503 Service Unavailable", r#"{"error":"busy"}"#.to_owned())
+                    } else {
+                        ("200 OK", canned().to_string())
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        Self { addr, requests }
+    }
+
+    fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    fn requests(&self) -> Vec<Vec<u8>> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+/// One HTTP/1.1 request, head and body (by Content-Length), as bytes.
+async fn read_request(socket: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    let mut request = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        let read = socket.read(&mut chunk).await.ok()?;
+        if read == 0 {
+            return None;
+        }
+        request.extend_from_slice(&chunk[..read]);
+        if let Some(at) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&request[..head_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0);
+    while request.len() < head_end + length {
+        let read = socket.read(&mut chunk).await.ok()?;
+        if read == 0 {
+            break;
+        }
+        request.extend_from_slice(&chunk[..read]);
+    }
+    Some(request)
+}
+
+fn with_engine(config: &mut Config, api: &SpeechApi) {
+    let transcription = &mut config.transcription;
+    transcription.engine = TranscriptionEngine::Openai;
+    transcription.openai.base_url = api.base_url();
+    transcription.openai.api_key = Secret::new(KEY);
+    transcription.openai.timeout_secs = 5;
+    transcription.retry_base_ms = 50;
+    transcription.max_attempts = 3;
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The transcript route's answer once it is no longer `transcript_pending`.
+async fn settled(app: &TestApp, who: &Member, conversation: &str, start: u64) -> reqwest::Response {
+    let path = format!("/store/transcription/{conversation}/start/{start}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = send(app, "GET", &path, &who.tokens).await;
+        if response.status() != 404 {
+            return response;
+        }
+        let body: Value = response.json().await.unwrap();
+        let code = body["error"]["code"].as_str().unwrap().to_owned();
+        if code != "transcript_pending" {
+            return send(app, "GET", &path, &who.tokens).await;
+        }
+        assert!(Instant::now() < deadline, "still pending");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A member of a new conversation, connected, with a stream of stored bites.
+async fn talker(
+    app: &TestApp,
+) -> (
+    Member,
+    String,
+    Peer,
+    beep::platform::bus::Subscription<BiteStored>,
+) {
+    let alice = member(app, "phone").await;
+    let conversation = conversation_of(app, &alice.tokens, &[]).await;
+    let stored = app.platform.bus.subscribe::<BiteStored>().await.unwrap();
+    app.platform.bus.confirm_subscriptions().await.unwrap();
+    let peer = Peer::connect(&ws_base(app), &alice.tokens.access).await;
+    assert_eq!(join(app, &alice.tokens, &conversation).await.status(), 200);
+    (alice, conversation, peer, stored)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bites_are_transcribed_by_an_openai_compatible_engine() {
+    for column in columns() {
+        // One failure first: the job is retried, not lost.
+        let api = SpeechApi::start(1).await;
+        let app = TestApp::spawn_with(column, |config| with_engine(config, &api), Vec::new()).await;
+        let (alice, conversation, mut peer, mut stored) = talker(&app).await;
+        let start = one_bite(&mut peer, &mut stored).await;
+
+        let response = settled(&app, &alice, &conversation, start).await;
+        let transcript = json_of(response, 200).await;
+        assert_eq!(
+            transcript,
+            json!({
+                "text": "Hello beep world.",
+                "language": "en",
+                "engine": "openai",
+                "words": [
+                    {"word": "Hello", "start_ms": 0, "end_ms": 120},
+                    {"word": "beep", "start_ms": 120, "end_ms": 200},
+                    {"word": "world.", "start_ms": 200, "end_ms": 300}
+                ]
+            }),
+            "{column:?}"
+        );
+
+        // What the engine was sent: the stored Ogg, as a multipart form OpenAI accepts.
+        let ogg = send(
+            &app,
+            "GET",
+            &format!("/store/bite/{conversation}/start/{start}"),
+            &alice.tokens,
+        )
+        .await
+        .bytes()
+        .await
+        .unwrap();
+        assert!(ogg.starts_with(b"OggS"));
+        let requests = api.requests();
+        assert_eq!(requests.len(), 2, "one failure, one success");
+        for request in &requests {
+            let head =
+                String::from_utf8_lossy(&request[..request.len().min(2048)]).to_ascii_lowercase();
+            assert!(
+                head.starts_with("post /v1/audio/transcriptions http/1.1"),
+                "{head}"
+            );
+            assert!(
+                head.contains(&format!("authorization: bearer {KEY}")),
+                "{head}"
+            );
+            assert!(
+                head.contains("content-type: multipart/form-data; boundary="),
+                "{head}"
+            );
+            for field in [
+                &b"name=\"model\"\r\n\r\nwhisper-1\r\n"[..],
+                b"name=\"language\"\r\n\r\nen\r\n",
+                b"name=\"response_format\"\r\n\r\nverbose_json\r\n",
+                b"name=\"timestamp_granularities[]\"\r\n\r\nword\r\n",
+                b"name=\"file\"; filename=\"bite.ogg\"",
+                b"content-type: audio/ogg",
+            ] {
+                assert!(
+                    contains(&request.to_ascii_lowercase(), &field.to_ascii_lowercase()),
+                    "{} not sent",
+                    String::from_utf8_lossy(field)
+                );
+            }
+            assert!(contains(request, &ogg), "the stored Ogg was not sent whole");
+        }
+
+        // Members only; bad input is a 4xx.
+        let stranger = member(&app, "phone").await;
+        let path = format!("/store/transcription/{conversation}/start/{start}");
+        let response = send(&app, "GET", &path, &stranger.tokens).await;
+        assert_eq!(error_code(response, 403).await, "not_a_member");
+        let response = send(
+            &app,
+            "GET",
+            "/store/transcription/nope/start/1",
+            &alice.tokens,
+        )
+        .await;
+        assert_eq!(error_code(response, 400).await, "invalid_id");
+        let response = send(
+            &app,
+            "GET",
+            &format!("/store/transcription/{conversation}/start/{}", start + 1),
+            &alice.tokens,
+        )
+        .await;
+        assert_eq!(error_code(response, 404).await, "transcript_not_found");
+        let response = send(&app, "GET", &format!("{path}?user=u-1"), &alice.tokens).await;
+        assert_eq!(error_code(response, 400).await, "invalid_speaker");
+        peer.close().await;
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_that_keeps_failing_sends_the_job_to_the_dead_letters() {
+    for column in columns() {
+        let api = SpeechApi::start(usize::MAX).await;
+        let app = TestApp::spawn_with(column, |config| with_engine(config, &api), Vec::new()).await;
+        let (alice, conversation, mut peer, mut stored) = talker(&app).await;
+        let start = one_bite(&mut peer, &mut stored).await;
+        let response = settled(&app, &alice, &conversation, start).await;
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "transcript_failed", "{column:?}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains("503"),
+            "{body}"
+        );
+        // max_attempts, and not one more.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(api.requests().len(), 3);
+        peer.close().await;
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_jobs_survive_a_restart() {
+    for column in columns() {
+        // Nothing listens at first: every attempt fails to connect, with a long wait between.
+        let unreachable = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead_url = format!("http://{}/v1", unreachable.local_addr().unwrap());
+        drop(unreachable);
+        let app = TestApp::spawn_with(
+            column,
+            |config| {
+                config.transcription.engine = TranscriptionEngine::Openai;
+                config.transcription.openai.base_url = dead_url;
+                config.transcription.retry_base_ms = 60_000;
+            },
+            Vec::new(),
+        )
+        .await;
+        let (alice, conversation, mut peer, mut stored) = talker(&app).await;
+        let start = one_bite(&mut peer, &mut stored).await;
+        let path = format!("/store/transcription/{conversation}/start/{start}");
+        let response = send(&app, "GET", &path, &alice.tokens).await;
+        assert_eq!(error_code(response, 404).await, "transcript_pending");
+        peer.close().await;
+
+        // Back with a working engine and a retry soon: the same job is done.
+        let api = SpeechApi::start(0).await;
+        let app = app
+            .restart(
+                |config| {
+                    with_engine(config, &api);
+                    config.transcription.retry_base_ms = 50;
+                },
+                Vec::new(),
+            )
+            .await;
+        // The job kept its wait from before the restart (60 s): move the clock past it.
+        app.clock.advance(Duration::from_secs(61));
+        let response = settled(&app, &alice, &conversation, start).await;
+        let transcript = json_of(response, 200).await;
+        assert_eq!(transcript["text"], "Hello beep world.", "{column:?}");
+        assert_eq!(api.requests().len(), 1);
+        app.stop().await;
+    }
+}
