@@ -173,7 +173,52 @@ async fn bites_are_transcribed_by_an_openai_compatible_engine() {
         let api = SpeechApi::start(1).await;
         let app = TestApp::spawn_with(column, |config| with_engine(config, &api), Vec::new()).await;
         let (alice, conversation, mut peer, mut stored) = talker(&app).await;
+        let mut events = send(
+            &app,
+            "GET",
+            &format!("/store/bite/{conversation}/subscribe"),
+            &alice.tokens,
+        )
+        .await;
+        assert_eq!(events.status(), 200);
         let start = one_bite(&mut peer, &mut stored).await;
+
+        // The bite stream announces the transcript when it is stored.
+        let mut seen = String::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !seen.contains("event: transcript") {
+            let chunk = tokio::time::timeout_at(deadline.into(), events.chunk())
+                .await
+                .expect("a transcript event")
+                .unwrap()
+                .unwrap();
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        let line = seen
+            .split("event: transcript\n")
+            .nth(1)
+            .and_then(|rest| rest.lines().find(|line| line.starts_with("data: ")))
+            .unwrap();
+        let announced: Value = serde_json::from_str(&line["data: ".len()..]).unwrap();
+        assert_eq!(announced["start"], start);
+        assert_eq!(announced["user"], alice.tokens.user_id.as_str());
+        assert_eq!(announced["text"], "Hello beep world.");
+        drop(events);
+
+        // The list carries each bite's transcript text.
+        let listed = json_of(
+            send(
+                &app,
+                "GET",
+                &format!("/store/bite/{conversation}"),
+                &alice.tokens,
+            )
+            .await,
+            200,
+        )
+        .await;
+        assert_eq!(listed[0]["start"], start);
+        assert_eq!(listed[0]["transcript"], "Hello beep world.");
 
         let response = settled(&app, &alice, &conversation, start).await;
         let transcript = json_of(response, 200).await;

@@ -122,6 +122,7 @@ impl Service for Bites {
                 access: Arc::clone(&self.access),
                 config: self.config.clone(),
                 announce: self.announce.clone(),
+                transcripts: self.transcripts.clone(),
             }),
         );
         sfu::configure(

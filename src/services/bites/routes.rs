@@ -6,13 +6,13 @@ use std::sync::Arc;
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, get, web};
 use actix_web_lab::sse;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_actix_web::scope;
 
 use super::error::BitesError;
-use super::store::{BiteMeta, Scan, SharedStore, TranscriptState, blocking};
+use super::store::{BiteId, BiteMeta, Scan, SharedStore, TranscriptState, blocking};
 use super::transcription::Transcript;
 use crate::config::BitesConfig;
 use crate::platform::Platform;
@@ -28,6 +28,28 @@ pub struct StoreState {
     pub access: SharedAccess,
     pub config: BitesConfig,
     pub announce: broadcast::Sender<Arc<BiteMeta>>,
+    pub transcripts: broadcast::Sender<(BiteId, Arc<Transcript>)>,
+}
+
+/// A bite as the list answers it: its metadata and, once there is one, its transcript's text.
+#[derive(Serialize, ToSchema)]
+struct ListedBite {
+    #[serde(flatten)]
+    meta: BiteMeta,
+    /// The transcript's text; absent while there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transcript: Option<String>,
+}
+
+/// A transcript as the bite stream announces it (`event: transcript`).
+#[derive(Serialize)]
+struct AnnouncedTranscript<'a> {
+    conversation: &'a str,
+    start: u64,
+    user: &'a str,
+    client: &'a str,
+    #[serde(flatten)]
+    transcript: &'a Transcript,
 }
 
 type State = web::Data<StoreState>;
@@ -44,7 +66,7 @@ pub fn configure(cfg: &mut Routes<'_>, state: State) {
     cfg.service(
         scope("/store/transcription/{conversation}")
             .app_data(state)
-            .service(transcript),
+            .service(bite_transcript),
     );
 }
 
@@ -134,7 +156,7 @@ async fn scan(
     tag = "bites",
     params(ConversationPath, Range),
     responses(
-        (status = 200, description = "A page, oldest first", body = Vec<BiteMeta>,
+        (status = 200, description = "A page, oldest first, each with its transcript's text once there is one", body = Vec<ListedBite>,
             headers(("link" = String, description = "The next page, when this one is full"))),
         (status = 400, description = "`invalid_id`, `invalid_range`, `invalid_limit`", body = ErrorBody),
         (status = 403, description = "`not_a_member`", body = ErrorBody),
@@ -158,13 +180,26 @@ async fn list(
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let conversation = path.into_inner();
     let bites = blocking(&state.store, move |store| {
-        store.list(&conversation, from, to, limit)
+        let bites = store.list(&conversation, from, to, limit)?;
+        bites
+            .into_iter()
+            .map(|meta| {
+                let speaker = Some((meta.user.as_str(), meta.client.as_str()));
+                let transcript = match store.transcript(&meta.conversation, meta.start, speaker)? {
+                    TranscriptState::Done(json) => serde_json::from_slice::<Transcript>(&json)
+                        .ok()
+                        .map(|transcript| transcript.text),
+                    _ => None,
+                };
+                Ok(ListedBite { meta, transcript })
+            })
+            .collect::<Result<Vec<_>, _>>()
     })
     .await?;
     let mut response = HttpResponse::Ok();
     // A page never ends inside a run of equal starts, so the next one starts just after.
     if bites.len() >= limit
-        && let Some(next) = bites.last().and_then(|last| last.start.checked_add(1))
+        && let Some(next) = bites.last().and_then(|last| last.meta.start.checked_add(1))
         && next <= to
     {
         let (next, limit, to) = (next.to_string(), limit.to_string(), to.to_string());
@@ -222,7 +257,7 @@ fn speaker_of(query: &Speaker) -> Result<Option<(String, String)>, BitesError> {
     ),
 )]
 #[get("/start/{start}")]
-async fn transcript(
+async fn bite_transcript(
     state: State,
     caller: Caller,
     path: web::Path<(String, u64)>,
@@ -368,14 +403,15 @@ fn byte_range(header: &str, total: u64) -> RangeAnswer {
 }
 
 /// `GET /store/bite/{conversation}/subscribe`: an `event: bite` with the metadata of each new
-/// bite of the conversation, as it is stored. The stream ends when the caller stops being a
+/// bite of the conversation, as it is stored, and an `event: transcript` as each of their
+/// transcripts is. The stream ends when the caller stops being a
 /// member (checked at each bite), falls too far behind (a client reconnects), or when the
 /// caller's session ends (logout, revocation, block, the token's expiry).
 #[utoipa::path(
     tag = "bites",
     params(ConversationPath),
     responses(
-        (status = 200, description = "`event: bite` with a bite's metadata as each is stored", content_type = "text/event-stream", body = SseEvent),
+        (status = 200, description = "`event: bite` with a bite's metadata as each is stored; `event: transcript` with the bite's `conversation`, `start`, `user`, `client` and its transcript as each is stored", content_type = "text/event-stream", body = SseEvent),
         (status = 400, description = "`invalid_id`", body = ErrorBody),
         (status = 403, description = "`not_a_member`", body = ErrorBody),
         StreamCap,
@@ -393,30 +429,43 @@ async fn subscribe(
     let lease = platform.sessions.open(&caller)?;
     let conversation = path.into_inner();
     let mut bites = state.announce.subscribe();
+    let mut transcripts = state.transcripts.subscribe();
     let access = Arc::clone(&state.access);
     let (sender, mut receiver) = mpsc::channel::<sse::Event>(STREAM_BUFFER);
     tokio::spawn(async move {
         loop {
-            let bite = tokio::select! {
+            let event = tokio::select! {
                 () = sender.closed() => break,
                 bite = bites.recv() => match bite {
-                    Ok(bite) => bite,
+                    Ok(bite) if bite.conversation == conversation => sse::Data::new_json(bite.as_ref())
+                        .map(|data| data.event("bite").id(bite.start.to_string())),
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(_) | broadcast::error::RecvError::Closed) => break,
+                },
+                transcript = transcripts.recv() => match transcript {
+                    Ok((bite, transcript)) if bite.conversation == conversation => {
+                        sse::Data::new_json(AnnouncedTranscript {
+                            conversation: &bite.conversation,
+                            start: bite.start,
+                            user: &bite.user,
+                            client: &bite.client,
+                            transcript: &transcript,
+                        })
+                        .map(|data| data.event("transcript"))
+                    }
+                    Ok(_) => continue,
                     Err(broadcast::error::RecvError::Lagged(_) | broadcast::error::RecvError::Closed) => break,
                 },
             };
-            if bite.conversation != conversation {
-                continue;
-            }
             if !matches!(
                 access.may_access(&caller.user_id, &conversation).await,
                 Ok(true)
             ) {
                 break;
             }
-            let Ok(data) = sse::Data::new_json(bite.as_ref()) else {
+            let Ok(event) = event else {
                 continue;
             };
-            let event = data.event("bite").id(bite.start.to_string());
             if sender.send(event.into()).await.is_err() {
                 break;
             }
