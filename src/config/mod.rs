@@ -37,7 +37,9 @@ pub use self::secret::Secret;
 pub use self::server::{
     CorsConfig, HttpConfig, LogFormat, ServerConfig, TelemetryConfig, TlsConfig,
 };
-pub use self::transcription::{OpenAiConfig, TranscriptionConfig, TranscriptionEngine};
+pub use self::transcription::{
+    GoogleConfig, OpenAiConfig, TranscriptionConfig, TranscriptionEngine,
+};
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]

@@ -13,6 +13,8 @@ pub enum TranscriptionEngine {
     /// Any OpenAI-compatible `POST /v1/audio/transcriptions` (OpenAI, speaches,
     /// faster-whisper-server, LocalAI, whisper.cpp's server with `--convert`).
     Openai,
+    /// Google Speech-to-Text v1 `speech:recognize`.
+    Google,
 }
 
 /// Every stored bite transcribed, through a durable queue.
@@ -30,6 +32,7 @@ pub struct TranscriptionConfig {
     /// Bites transcribed at once.
     pub concurrency: usize,
     pub openai: OpenAiConfig,
+    pub google: GoogleConfig,
 }
 
 impl Default for TranscriptionConfig {
@@ -42,6 +45,7 @@ impl Default for TranscriptionConfig {
             retry_max_ms: 300_000,
             concurrency: 1,
             openai: OpenAiConfig::default(),
+            google: GoogleConfig::default(),
         }
     }
 }
@@ -64,6 +68,28 @@ impl Default for OpenAiConfig {
             base_url: "https://api.openai.com/v1".into(),
             model: "whisper-1".into(),
             api_key: Secret::new(""),
+            timeout_secs: 120,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GoogleConfig {
+    /// Without the version: `https://speech.googleapis.com`.
+    pub base_url: String,
+    /// An API key, sent as `?key=`; or, when empty, `bearer_token` as `Authorization: Bearer`.
+    pub api_key: Secret,
+    pub bearer_token: Secret,
+    pub timeout_secs: u64,
+}
+
+impl Default for GoogleConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "https://speech.googleapis.com".into(),
+            api_key: Secret::new(""),
+            bearer_token: Secret::new(""),
             timeout_secs: 120,
         }
     }

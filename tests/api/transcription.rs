@@ -41,6 +41,11 @@ struct SpeechApi {
 
 impl SpeechApi {
     async fn start(failures: usize) -> Self {
+        Self::answering(failures, canned()).await
+    }
+
+    /// Answers `answer` once past the `failures`.
+    async fn answering(failures: usize, answer: Value) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
@@ -51,6 +56,7 @@ impl SpeechApi {
                     return;
                 };
                 let kept = Arc::clone(&kept);
+                let answer = answer.to_string();
                 tokio::spawn(async move {
                     let Some(request) = read_request(&mut socket).await else {
                         return;
@@ -63,7 +69,7 @@ impl SpeechApi {
                     let (status, body) = if seen <= failures {
                         ("503 Service Unavailable", r#"{"error":"busy"}"#.to_owned())
                     } else {
-                        ("200 OK", canned().to_string())
+                        ("200 OK", answer)
                     };
                     let answer = format!(
                         "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -374,6 +380,90 @@ async fn queued_jobs_survive_a_restart() {
         let transcript = json_of(response, 200).await;
         assert_eq!(transcript["text"], "Hello beep world.", "{column:?}");
         assert_eq!(api.requests().len(), 1);
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bites_are_transcribed_by_google_speech_to_text() {
+    use base64::Engine as _;
+    for column in columns() {
+        let api = SpeechApi::answering(
+            0,
+            json!({
+                "results": [
+                    {"alternatives": [{"transcript": "Hello beep", "confidence": 0.9, "words": [
+                        {"word": "Hello", "startTime": "0s", "endTime": "0.100s"},
+                        {"word": "beep", "startTime": "0.100s", "endTime": "0.200s"}]}],
+                     "languageCode": "en-us"},
+                    {"alternatives": [{"transcript": " world", "words": [
+                        {"word": "world", "startTime": "0.200s", "endTime": "0.300s"}]}]}
+                ],
+                "totalBilledTime": "1s"
+            }),
+        )
+        .await;
+        let app = TestApp::spawn_with(
+            column,
+            |config| {
+                config.transcription.engine = TranscriptionEngine::Google;
+                config.transcription.google.base_url = format!("http://{}", api.addr);
+                config.transcription.google.api_key = Secret::new(KEY);
+            },
+            Vec::new(),
+        )
+        .await;
+        let (alice, conversation, mut peer, mut stored) = talker(&app).await;
+        let start = one_bite(&mut peer, &mut stored).await;
+        let transcript = json_of(settled(&app, &alice, &conversation, start).await, 200).await;
+        assert_eq!(transcript["text"], "Hello beep world", "{column:?}");
+        assert_eq!(transcript["engine"], "google");
+        assert_eq!(transcript["language"], "en");
+        assert_eq!(
+            transcript["words"][2],
+            json!({"word": "world", "start_ms": 200, "end_ms": 300})
+        );
+
+        let ogg = send(
+            &app,
+            "GET",
+            &format!("/store/bite/{conversation}/start/{start}"),
+            &alice.tokens,
+        )
+        .await
+        .bytes()
+        .await
+        .unwrap();
+        let requests = api.requests();
+        assert_eq!(requests.len(), 1);
+        let request = &requests[0];
+        let head_end = request.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8_lossy(&request[..head_end]).to_ascii_lowercase();
+        assert!(
+            head.starts_with(&format!("post /v1/speech:recognize?key={KEY} http/1.1")),
+            "{head}"
+        );
+        assert!(head.contains("content-type: application/json"), "{head}");
+        let body: Value = serde_json::from_slice(&request[head_end..]).unwrap();
+        // As the file's OpusHead says (the first page holds only it: a 28-byte page header).
+        assert_eq!(&ogg[28..36], b"OpusHead");
+        let channels = ogg[37];
+        assert_eq!(
+            body["config"],
+            json!({
+                "encoding": "OGG_OPUS",
+                "sampleRateHertz": 48000,
+                "audioChannelCount": channels,
+                "languageCode": "en",
+                "enableWordTimeOffsets": true,
+                "enableAutomaticPunctuation": true
+            })
+        );
+        let audio = base64::engine::general_purpose::STANDARD
+            .decode(body["audio"]["content"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(audio, ogg.to_vec(), "the stored Ogg, whole, once encoded");
+        peer.close().await;
         app.stop().await;
     }
 }

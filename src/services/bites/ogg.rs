@@ -223,6 +223,52 @@ const CRC_TABLE: [u32; 256] = {
     table
 };
 
+/// What an engine needs to know of a stored Ogg Opus file without decoding it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpusInfo {
+    /// The input sample rate OpusHead records (informational: Opus decodes at any rate).
+    pub input_rate: u32,
+    pub channels: u8,
+    /// Samples at 48 kHz to skip at the start.
+    pub pre_skip: u16,
+    /// Playing time, from the last page's granule position less the pre-skip.
+    pub duration_ms: u64,
+}
+
+/// Reads OpusHead and the last granule position, walking the pages by their lengths; `None`
+/// when the bytes are not an Ogg Opus file.
+pub fn opus_info(file: &[u8]) -> Option<OpusInfo> {
+    let mut rest = file;
+    let mut head: Option<&[u8]> = None;
+    let mut last_granule = 0u64;
+    while rest.len() >= 27 {
+        if &rest[..4] != b"OggS" {
+            return None;
+        }
+        let granule = u64::from_le_bytes(rest[6..14].try_into().ok()?);
+        let segments = usize::from(rest[26]);
+        let lacing = rest.get(27..27 + segments)?;
+        let body_len: usize = lacing.iter().map(|&l| usize::from(l)).sum();
+        let body = rest.get(27 + segments..27 + segments + body_len)?;
+        if head.is_none() {
+            head = Some(body);
+        }
+        // -1 marks a page on which no packet ends.
+        if granule != u64::MAX {
+            last_granule = granule;
+        }
+        rest = &rest[27 + segments + body_len..];
+    }
+    let head = head.filter(|head| head.len() >= 19 && head.starts_with(b"OpusHead"))?;
+    let pre_skip = u16::from_le_bytes([head[10], head[11]]);
+    Some(OpusInfo {
+        input_rate: u32::from_le_bytes(head[12..16].try_into().ok()?),
+        channels: head[9],
+        pre_skip,
+        duration_ms: last_granule.saturating_sub(u64::from(pre_skip)) / 48,
+    })
+}
+
 /// Reads the pages back, checking each CRC, for the tests.
 #[cfg(test)]
 pub(crate) mod read {
@@ -277,6 +323,26 @@ mod tests {
             offset: offset_ms * SAMPLES_PER_MS,
             payload: Bytes::from(payload),
         }
+    }
+
+    #[test]
+    fn the_header_and_duration_are_read_back() {
+        let packets: Vec<TimedPacket> = (0..50u64).map(|i| packet(i * 20, 4)).collect();
+        let file = write(
+            Header {
+                serial: 7,
+                channels: 1,
+                pre_skip: 312,
+            },
+            &packets,
+        );
+        let info = opus_info(&file).expect("an Ogg Opus file");
+        assert_eq!(
+            (info.input_rate, info.channels, info.pre_skip),
+            (48_000, 1, 312)
+        );
+        assert_eq!(info.duration_ms, (1000 * 48 - 312) / 48);
+        assert_eq!(opus_info(b"not ogg at all, not at all"), None);
     }
 
     #[test]

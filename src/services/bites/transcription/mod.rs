@@ -4,6 +4,7 @@
 //! beside their bites (deleted with them).
 
 pub mod engine;
+mod google;
 mod openai;
 mod worker;
 
@@ -20,6 +21,10 @@ pub fn engine(config: &TranscriptionConfig) -> Result<Option<Arc<dyn Engine>>, S
         TranscriptionEngine::Openai => Some(Arc::new(
             openai::OpenAi::new(&config.openai)
                 .map_err(|err| format!("transcription.openai: {err}"))?,
+        )),
+        TranscriptionEngine::Google => Some(Arc::new(
+            google::Google::new(&config.google)
+                .map_err(|err| format!("transcription.google: {err}"))?,
         )),
     })
 }
