@@ -289,8 +289,42 @@ async fn bites_are_transcribed_by_an_openai_compatible_engine() {
             assert!(contains(request, &ogg), "the stored Ogg was not sent whole");
         }
 
+        // Found by search, in another word form, with the match marked and where it is said.
+        let search = |q: &str| format!("/store/transcription/{conversation}/search?q={q}");
+        let hits = json_of(
+            send(&app, "GET", &search("worlds"), &alice.tokens).await,
+            200,
+        )
+        .await;
+        assert_eq!(hits.as_array().unwrap().len(), 1, "{column:?}: {hits}");
+        assert_eq!(hits[0]["start"], start);
+        assert_eq!(hits[0]["user"], alice.tokens.user_id.as_str());
+        assert_eq!(hits[0]["offset_ms"], 200);
+        let snippet = hits[0]["snippet"].as_str().unwrap();
+        assert!(snippet.contains("<mark>world</mark>"), "{snippet}");
+        let hits = json_of(
+            send(&app, "GET", &search("absent"), &alice.tokens).await,
+            200,
+        )
+        .await;
+        assert_eq!(hits, json!([]));
+        for bad in ["%2A%2A%2A", "", &"a".repeat(300)] {
+            let response = send(&app, "GET", &search(bad), &alice.tokens).await;
+            assert_eq!(error_code(response, 400).await, "invalid_query", "{bad:?}");
+        }
+        let response = send(
+            &app,
+            "GET",
+            &format!("/store/transcription/{conversation}/search"),
+            &alice.tokens,
+        )
+        .await;
+        assert_eq!(response.status(), 400);
+
         // Members only; bad input is a 4xx.
         let stranger = member(&app, "phone").await;
+        let response = send(&app, "GET", &search("world"), &stranger.tokens).await;
+        assert_eq!(error_code(response, 403).await, "not_a_member");
         let path = format!("/store/transcription/{conversation}/start/{start}");
         let response = send(&app, "GET", &path, &stranger.tokens).await;
         assert_eq!(error_code(response, 403).await, "not_a_member");

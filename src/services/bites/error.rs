@@ -57,6 +57,10 @@ pub enum BitesError {
     TranscriptFailed(String),
     #[error("this bite has no transcript (no such bite, or stored while transcription was off)")]
     TranscriptNotFound,
+    #[error("q must hold a word to look for, in at most 256 characters")]
+    InvalidQuery,
+    #[error("transcripts cannot be searched right now")]
+    SearchUnavailable(#[source] sea_orm::DbErr),
     #[error("the room of this conversation is full ({capacity} participants)")]
     RoomFull { capacity: usize },
     #[error("this route speaks WebSocket: {0}")]
@@ -79,6 +83,8 @@ impl BitesError {
             Self::TranscriptPending => (StatusCode::NOT_FOUND, "transcript_pending"),
             Self::TranscriptFailed(_) => (StatusCode::NOT_FOUND, "transcript_failed"),
             Self::TranscriptNotFound => (StatusCode::NOT_FOUND, "transcript_not_found"),
+            Self::InvalidQuery => (StatusCode::BAD_REQUEST, "invalid_query"),
+            Self::SearchUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "search_unavailable"),
             Self::RoomFull { .. } => (StatusCode::CONFLICT, "room_full"),
             Self::WebSocketRequired(_) => (StatusCode::BAD_REQUEST, "websocket_required"),
             Self::NoFreePort | Self::WebRtc(_) | Self::MediaTaskFailed(_) => {
@@ -100,6 +106,9 @@ impl From<BitesError> for ApiError {
         match &err {
             BitesError::MembershipUnavailable(cause) => {
                 tracing::warn!(error = %cause, "membership check failed");
+            }
+            BitesError::SearchUnavailable(cause) => {
+                tracing::error!(error = %cause, "the transcript index cannot be read");
             }
             BitesError::NoFreePort | BitesError::WebRtc(_) | BitesError::MediaTaskFailed(_) => {
                 tracing::warn!(error = %err, "a media connection could not be opened");

@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::sfu::Sfu;
 use super::store::{self, SharedStore};
+use super::transcription::TranscriptIndex;
 use crate::platform::bus::{Bus, BusError, keep_listening};
 use crate::platform::membership::{ConversationDeleted, MemberRemoved};
 
@@ -14,6 +15,7 @@ use crate::platform::membership::{ConversationDeleted, MemberRemoved};
 pub struct Membership {
     pub sfu: Arc<Sfu>,
     pub store: SharedStore,
+    pub index: Arc<TranscriptIndex>,
     pub bus: Bus,
 }
 
@@ -34,6 +36,9 @@ impl Membership {
                 Some(event) = deleted.next() => {
                     let conversation = event.data.conversation;
                     self.sfu.conversation_deleted(&conversation);
+                    if let Err(err) = self.index.delete_conversation(&conversation).await {
+                        tracing::error!(error = %err, "transcripts of a deleted conversation were not unindexed");
+                    }
                     let deleted = store::blocking(&self.store, move |store| {
                         store.delete_conversation(&conversation)
                     })

@@ -63,6 +63,7 @@ pub struct Bites {
     transcriber_wake: Arc<tokio::sync::Notify>,
     transcripts: broadcast::Sender<(store::BiteId, Arc<transcription::Transcript>)>,
     metrics: crate::platform::telemetry::Metrics,
+    index: Arc<transcription::TranscriptIndex>,
     transcription: crate::config::TranscriptionConfig,
 }
 
@@ -104,6 +105,9 @@ impl Bites {
             transcriber_wake: Arc::new(tokio::sync::Notify::new()),
             transcripts: broadcast::channel(ANNOUNCE_BUFFER).0,
             metrics: platform.metrics.clone(),
+            index: Arc::new(transcription::TranscriptIndex::new(
+                platform.db.connection().clone(),
+            )),
             transcription: platform.config.transcription.clone(),
         })
     }
@@ -123,6 +127,7 @@ impl Service for Bites {
                 config: self.config.clone(),
                 announce: self.announce.clone(),
                 transcripts: self.transcripts.clone(),
+                index: Arc::clone(&self.index),
             }),
         );
         sfu::configure(
@@ -163,6 +168,7 @@ impl Service for Bites {
             let transcriber = transcription::Transcriber {
                 store: Arc::clone(&self.store),
                 engine: Arc::clone(engine),
+                index: Arc::clone(&self.index),
                 config: self.transcription.clone(),
                 clock: self.clock.clone(),
                 wake: Arc::clone(&self.transcriber_wake),
@@ -176,6 +182,7 @@ impl Service for Bites {
         if self.config.retention_secs > 0 {
             let retention = Retention {
                 store: Arc::clone(&self.store),
+                index: Arc::clone(&self.index),
                 max_age: Duration::from_secs(self.config.retention_secs),
                 every: Duration::from_secs(self.config.retention_sweep_secs.max(1)),
                 clock: self.clock.clone(),
@@ -185,6 +192,7 @@ impl Service for Bites {
         let membership = Membership {
             sfu: Arc::clone(&self.sfu),
             store: Arc::clone(&self.store),
+            index: Arc::clone(&self.index),
             bus: self.bus.clone(),
         };
         workers.spawn("bites-membership", move |stop| membership.follow(stop));

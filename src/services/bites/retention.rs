@@ -1,10 +1,12 @@
 //! Retention: bites older than `retention_secs` are deleted, every `retention_sweep_secs`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use super::store::{self, SharedStore, StoreError};
+use super::transcription::TranscriptIndex;
 use crate::platform::clock::Clock;
 
 /// Bites deleted per batch, so one sweep never holds the store for long.
@@ -13,6 +15,7 @@ const BATCH: usize = 1024;
 /// The retention worker.
 pub struct Retention {
     pub store: SharedStore,
+    pub index: Arc<TranscriptIndex>,
     pub max_age: Duration,
     pub every: Duration,
     pub clock: Clock,
@@ -29,6 +32,9 @@ impl Retention {
             let cutoff = u64::try_from(self.clock.now_millis())
                 .unwrap_or(0)
                 .saturating_sub(self.max_age.as_millis() as u64);
+            if let Err(err) = self.index.delete_started_before(cutoff).await {
+                tracing::error!(error = %err, "old transcripts were not unindexed");
+            }
             match sweep(&self.store, cutoff).await {
                 Ok(0) => {}
                 Ok(count) => tracing::info!(count, "old bites deleted"),

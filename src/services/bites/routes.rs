@@ -13,7 +13,8 @@ use utoipa_actix_web::scope;
 
 use super::error::BitesError;
 use super::store::{BiteId, BiteMeta, Scan, SharedStore, TranscriptState, blocking};
-use super::transcription::Transcript;
+use super::transcription::search::MAX_QUERY_CHARS;
+use super::transcription::{Hit, Transcript, TranscriptIndex};
 use crate::config::BitesConfig;
 use crate::platform::Platform;
 use crate::platform::http::error::ErrorBody;
@@ -29,6 +30,7 @@ pub struct StoreState {
     pub config: BitesConfig,
     pub announce: broadcast::Sender<Arc<BiteMeta>>,
     pub transcripts: broadcast::Sender<(BiteId, Arc<Transcript>)>,
+    pub index: Arc<TranscriptIndex>,
 }
 
 /// A bite as the list answers it: its metadata and, once there is one, its transcript's text.
@@ -66,6 +68,7 @@ pub fn configure(cfg: &mut Routes<'_>, state: State) {
     cfg.service(
         scope("/store/transcription/{conversation}")
             .app_data(state)
+            .service(search)
             .service(bite_transcript),
     );
 }
@@ -227,6 +230,72 @@ struct Speaker {
     user: Option<String>,
     /// The speaker's client id.
     client: Option<String>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct SearchQuery {
+    /// Words to find (1 to 256 characters); word forms match ("meeting" finds "meetings").
+    #[param(min_length = 1, max_length = 256)]
+    q: String,
+    /// Only bites that started before this, Unix milliseconds (the next page).
+    #[param(value_type = Option<i64>, minimum = 0)]
+    before: Option<u64>,
+    /// Hits per page: `bites.page_size` when absent.
+    #[param(value_type = Option<i64>, minimum = 1)]
+    limit: Option<u64>,
+}
+
+/// `GET /store/transcription/{conversation}/search?q=`: the conversation's bites whose
+/// transcripts match, newest first, each with a snippet (matches in `<mark>`) and the offset
+/// of the first matching word in the audio. A full page has a `Link: …; rel="next"`.
+#[utoipa::path(
+    tag = "bites",
+    params(ConversationPath, SearchQuery),
+    responses(
+        (status = 200, description = "Matching bites, newest first", body = Vec<Hit>,
+            headers(("link" = String, description = "The next page, when this one is full"))),
+        (status = 400, description = "`invalid_id`, `invalid_query` (no word to look for, or too long), `invalid_limit`", body = ErrorBody),
+        (status = 403, description = "`not_a_member`", body = ErrorBody),
+        (status = 503, description = "Memberships or the index cannot be read: `membership_unavailable`, `search_unavailable`", body = ErrorBody),
+    ),
+)]
+#[get("/search")]
+async fn search(
+    state: State,
+    caller: Caller,
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<SearchQuery>,
+) -> Result<HttpResponse, ApiError> {
+    member_of(&state.access, &caller, &path).await?;
+    if query.q.chars().count() > MAX_QUERY_CHARS {
+        return Err(BitesError::InvalidQuery.into());
+    }
+    let config = &state.config;
+    let limit = page_limit(query.limit, config.page_size, config.max_page_size)?;
+    let before = query.before.unwrap_or(u64::MAX);
+    let hits = state
+        .index
+        .search(&path, &query.q, before, limit)
+        .await
+        .map_err(BitesError::SearchUnavailable)?
+        .ok_or(BitesError::InvalidQuery)?;
+    let mut response = HttpResponse::Ok();
+    if hits.len() as u64 >= limit
+        && let Some(last) = hits.last()
+    {
+        let (before, limit) = (last.start.to_string(), limit.to_string());
+        response.insert_header(next_link(
+            &req,
+            &[
+                ("q", query.q.as_str()),
+                ("before", before.as_str()),
+                ("limit", limit.as_str()),
+            ],
+        ));
+    }
+    Ok(response.json(hits))
 }
 
 /// The speaker of a bite, from the query: both or neither.

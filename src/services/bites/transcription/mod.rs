@@ -6,11 +6,13 @@
 pub mod engine;
 mod google;
 mod openai;
+pub mod search;
 mod worker;
 
 use std::sync::Arc;
 
 pub use self::engine::{Engine, EngineError, Transcript, Word};
+pub use self::search::{Hit, TranscriptIndex};
 pub use self::worker::Transcriber;
 use crate::config::{TranscriptionConfig, TranscriptionEngine};
 

@@ -10,6 +10,7 @@ use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use super::engine::{Engine, EngineError, Transcript};
+use super::search::TranscriptIndex;
 use crate::config::TranscriptionConfig;
 use crate::platform::clock::Clock;
 use crate::services::bites::store::{BiteId, Job, SharedStore, StoreError, blocking};
@@ -20,6 +21,7 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 pub struct Transcriber {
     pub store: SharedStore,
     pub engine: Arc<dyn Engine>,
+    pub index: Arc<TranscriptIndex>,
     pub config: TranscriptionConfig,
     pub clock: Clock,
     /// Notified when bites (and their jobs) are stored.
@@ -102,6 +104,10 @@ impl Transcriber {
                 // Serializing strings and integers cannot fail.
                 let json = serde_json::to_vec(&transcript).unwrap_or_default();
                 blocking(&self.store, move |store| store.put_transcript(&bite, &json)).await?;
+                // The transcript is kept either way; search misses it until it is re-indexed.
+                if let Err(err) = self.index.add(&job.bite, &transcript).await {
+                    tracing::warn!(error = %err, conversation = %job.bite.conversation, start = job.bite.start, "a transcript was not indexed for search");
+                }
                 self.done.increment(1);
                 let _ = self.announce.send((job.bite, Arc::new(transcript)));
                 Ok(())
