@@ -44,6 +44,19 @@ enum Command {
     #[cfg(feature = "auth")]
     #[command(subcommand)]
     Users(UsersCommand),
+    /// Transcription's dead letters (run with the server stopped: it holds the bite store).
+    #[cfg(feature = "bites")]
+    #[command(subcommand)]
+    Transcription(TranscriptionCommand),
+}
+
+#[cfg(feature = "bites")]
+#[derive(Debug, Subcommand)]
+enum TranscriptionCommand {
+    /// Print the jobs given up on, one JSON object per line, with the last error.
+    DeadLetters,
+    /// Put every dead letter back in the queue, due now with no attempts.
+    Retry,
 }
 
 #[cfg(feature = "auth")]
@@ -106,6 +119,8 @@ pub fn main(services: &[&str]) -> ExitCode {
             Command::Keys(KeysCommand::Rotate) => rotate_keys(&config),
             #[cfg(feature = "auth")]
             Command::Users(command) => users(&config, command).await,
+            #[cfg(feature = "bites")]
+            Command::Transcription(command) => transcription(&config, command),
             Command::Serve | Command::Config => serve(config, services).await,
         }
     });
@@ -161,6 +176,31 @@ fn rotate_keys(config: &Config) -> Result<(), AnyError> {
         &Clock::system(),
     )?;
     println!("{kid}");
+    Ok(())
+}
+
+#[cfg(feature = "bites")]
+fn transcription(config: &Config, command: TranscriptionCommand) -> Result<(), AnyError> {
+    use crate::platform::clock::Clock;
+    use crate::services::bites::store::{BiteStore as _, SledStore};
+    let dir = config.server.data_dir.join("bites");
+    let store = SledStore::open(&dir).map_err(|err| {
+        format!(
+            "opening {} (is beep running? stop it first): {err}",
+            dir.display()
+        )
+    })?;
+    match command {
+        TranscriptionCommand::DeadLetters => {
+            for job in store.dead_letters(usize::MAX)? {
+                println!("{}", serde_json::to_string(&job)?);
+            }
+        }
+        TranscriptionCommand::Retry => {
+            let now = u64::try_from(Clock::system().now_millis()).unwrap_or_default();
+            println!("{} job(s) queued again", store.requeue_dead(now)?);
+        }
+    }
     Ok(())
 }
 

@@ -369,7 +369,28 @@ async fn an_engine_that_keeps_failing_sends_the_job_to_the_dead_letters() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(api.requests().len(), 3);
         peer.close().await;
-        app.stop().await;
+
+        // The operator sees the dead letter, and can queue it again.
+        let data = app.stop_keeping_data().await;
+        let cli = |command: &str| {
+            crate::served::run_ok(crate::served::beep(data.path()).args([
+                "transcription",
+                command,
+                "--data-dir",
+                data.path().to_str().unwrap(),
+            ]))
+        };
+        let dead = cli("dead-letters");
+        let lines: Vec<Value> = dead
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1, "{dead}");
+        assert_eq!(lines[0]["bite"]["start"], start);
+        assert_eq!(lines[0]["attempts"], 3);
+        assert!(lines[0]["error"].as_str().unwrap().contains("503"));
+        assert_eq!(cli("retry").trim(), "1 job(s) queued again");
+        assert_eq!(cli("dead-letters"), "");
     }
 }
 

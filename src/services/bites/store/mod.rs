@@ -155,6 +155,8 @@ pub trait BiteStore: Send + Sync {
     fn dead_letters(&self, max: usize) -> Result<Vec<Job>, StoreError>;
     /// Jobs queued (not dead).
     fn queued(&self) -> Result<usize, StoreError>;
+    /// Puts every dead letter back in the queue, due at `now` with no attempts; how many.
+    fn requeue_dead(&self, now: u64) -> Result<usize, StoreError>;
 }
 
 pub type SharedStore = Arc<dyn BiteStore>;

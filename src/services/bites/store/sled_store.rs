@@ -400,6 +400,29 @@ impl BiteStore for SledStore {
     fn queued(&self) -> Result<usize, StoreError> {
         Ok(self.jobs.len())
     }
+
+    fn requeue_dead(&self, now: u64) -> Result<usize, StoreError> {
+        let dead = self.dead_letters(usize::MAX)?;
+        for job in &dead {
+            let key = Self::bite_key(&job.bite);
+            let requeued = Job {
+                due: now,
+                attempts: 0,
+                ..job.clone()
+            };
+            let value = serde_json::to_vec(&requeued).unwrap_or_default();
+            (&self.jobs, &self.queue, &self.dead)
+                .transaction(|(jobs, queue, dead_letters)| {
+                    dead_letters.remove(key.as_slice())?;
+                    jobs.insert(key.as_slice(), value.as_slice())?;
+                    queue.insert(key::queued(now, &key), &[] as &[u8])?;
+                    Ok::<_, ConflictableTransactionError<()>>(())
+                })
+                .map_err(storage)?;
+        }
+        self.db.flush()?;
+        Ok(dead.len())
+    }
 }
 
 /// A transaction's storage error (nothing here aborts one).
@@ -478,6 +501,11 @@ mod tests {
             TranscriptState::Failed("engine down".into())
         );
         assert_eq!(store.dead_letters(10).expect("dead").len(), 1);
+        assert_eq!(store.requeue_dead(7000).expect("requeue"), 1);
+        assert!(store.dead_letters(10).expect("dead").is_empty());
+        let again = store.due_jobs(7000, 10).expect("due");
+        assert_eq!((again[1].bite.start, again[1].attempts), (1500, 0));
+        store.job_failed(&retried, true).expect("dead again");
 
         // Deleting a conversation takes its transcripts, jobs and dead letters along.
         store.delete_conversation("c-1").expect("delete");
