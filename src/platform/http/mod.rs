@@ -7,6 +7,7 @@ pub mod cors;
 pub mod error;
 pub mod openapi;
 pub mod paging;
+pub mod range;
 pub mod request;
 pub mod tls;
 

@@ -19,6 +19,7 @@ use crate::config::BitesConfig;
 use crate::platform::Platform;
 use crate::platform::http::error::ErrorBody;
 use crate::platform::http::openapi::{SseEvent, StreamCap};
+use crate::platform::http::range::{ByteRange, byte_range};
 use crate::platform::http::{ApiError, Caller, SSE_KEEP_ALIVE, next_link, page_limit};
 use crate::platform::ids::is_prefixed_id;
 use crate::platform::membership::SharedAccess;
@@ -402,9 +403,10 @@ async fn audio(
         .get(header::RANGE)
         .and_then(|value| value.to_str().ok());
     match range.map(|range| byte_range(range, total)) {
-        None | Some(RangeAnswer::Whole) => Ok(response.body(bytes)),
-        Some(RangeAnswer::Part(first, last)) => {
-            let part = bytes.slice(first as usize..=last as usize);
+        None | Some(ByteRange::Whole) => Ok(response.body(bytes)),
+        Some(ByteRange::Part(part)) => {
+            let (first, last) = (part.start, part.end - 1);
+            let part = bytes.slice(part.start as usize..part.end as usize);
             Ok(response
                 .status(StatusCode::PARTIAL_CONTENT)
                 .insert_header((
@@ -413,7 +415,7 @@ async fn audio(
                 ))
                 .body(part))
         }
-        Some(RangeAnswer::Unsatisfiable) => {
+        Some(ByteRange::Unsatisfiable) => {
             Ok(HttpResponse::build(StatusCode::RANGE_NOT_SATISFIABLE)
                 .insert_header((header::CONTENT_RANGE, format!("bytes */{total}")))
                 .json(serde_json::json!({"error": {
@@ -422,53 +424,6 @@ async fn audio(
                 }})))
         }
     }
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum RangeAnswer {
-    /// No usable single range (several ranges, another unit, garbage): the whole file.
-    Whole,
-    /// Inclusive byte positions.
-    Part(u64, u64),
-    Unsatisfiable,
-}
-
-/// One `bytes=` range of RFC 9110 §14.1.2 over a body of `total` bytes.
-fn byte_range(header: &str, total: u64) -> RangeAnswer {
-    let Some(spec) = header.trim().strip_prefix("bytes=") else {
-        return RangeAnswer::Whole;
-    };
-    if spec.contains(',') {
-        return RangeAnswer::Whole;
-    }
-    let Some((first, last)) = spec.split_once('-') else {
-        return RangeAnswer::Whole;
-    };
-    let (first, last) = (first.trim(), last.trim());
-    let parsed = match (first.is_empty(), last.is_empty()) {
-        // `-N`: the last N bytes.
-        (true, false) => last
-            .parse::<u64>()
-            .ok()
-            .map(|n| (total.saturating_sub(n), n > 0)),
-        (false, _) => first.parse::<u64>().ok().map(|first| (first, true)),
-        (true, true) => None,
-    };
-    let Some((first, nonempty)) = parsed else {
-        return RangeAnswer::Whole;
-    };
-    let last = if last.is_empty() || header.contains("=-") {
-        total.saturating_sub(1)
-    } else {
-        match last.parse::<u64>() {
-            Ok(last) if last >= first => last.min(total.saturating_sub(1)),
-            _ => return RangeAnswer::Whole,
-        }
-    };
-    if !nonempty || first >= total {
-        return RangeAnswer::Unsatisfiable;
-    }
-    RangeAnswer::Part(first, last)
 }
 
 /// `GET /store/bite/{conversation}/subscribe`: an `event: bite` with the metadata of each new
@@ -546,24 +501,3 @@ async fn subscribe(
 
 /// Bites buffered per stream before the stream is dropped.
 const STREAM_BUFFER: usize = 64;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges() {
-        use RangeAnswer::*;
-        assert_eq!(byte_range("bytes=0-9", 100), Part(0, 9));
-        assert_eq!(byte_range("bytes=90-", 100), Part(90, 99));
-        assert_eq!(byte_range("bytes=-10", 100), Part(90, 99));
-        assert_eq!(byte_range("bytes=-500", 100), Part(0, 99));
-        assert_eq!(byte_range("bytes=50-500", 100), Part(50, 99));
-        assert_eq!(byte_range("bytes=100-", 100), Unsatisfiable);
-        assert_eq!(byte_range("bytes=-0", 100), Unsatisfiable);
-        assert_eq!(byte_range("bytes=5-1", 100), Whole);
-        assert_eq!(byte_range("bytes=0-1,5-6", 100), Whole);
-        assert_eq!(byte_range("items=0-1", 100), Whole);
-        assert_eq!(byte_range("bytes=x-1", 100), Whole);
-    }
-}

@@ -19,6 +19,7 @@ use super::store::Size;
 use crate::config::PictureServing;
 use crate::platform::http::body::timed_out;
 use crate::platform::http::error::ErrorBody;
+use crate::platform::http::range::{ByteRange, byte_range};
 use crate::platform::http::{ApiError, Caller};
 use crate::platform::service::Routes;
 
@@ -331,11 +332,10 @@ fn not_modified(req: &HttpRequest, etag: &str) -> bool {
 /// not serve such as several ranges, or an `If-Range` that is not this `etag`), `Err` when it
 /// lies outside the picture.
 fn requested_range(req: &HttpRequest, etag: &str, length: u64) -> Result<Option<Range<u64>>, ()> {
-    let Some(spec) = req
+    let Some(range) = req
         .headers()
         .get(header::RANGE)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.trim().strip_prefix("bytes="))
     else {
         return Ok(None);
     };
@@ -344,53 +344,9 @@ fn requested_range(req: &HttpRequest, etag: &str, length: u64) -> Result<Option<
     {
         return Ok(None);
     }
-    parse_range(spec, length)
-}
-
-fn parse_range(spec: &str, length: u64) -> Result<Option<Range<u64>>, ()> {
-    if spec.contains(',') {
-        return Ok(None);
-    }
-    let Some((first, last)) = spec.trim().split_once('-') else {
-        return Ok(None);
-    };
-    let (first, last) = (first.trim(), last.trim());
-    let range = match (first.parse::<u64>(), last.parse::<u64>()) {
-        // `-N`: the last N bytes.
-        (Err(_), Ok(suffix)) if first.is_empty() => {
-            if suffix == 0 {
-                return Err(());
-            }
-            length.saturating_sub(suffix)..length
-        }
-        // `N-`: from N to the end.
-        (Ok(start), Err(_)) if last.is_empty() => start..length,
-        (Ok(start), Ok(end)) if start <= end => start..end.saturating_add(1).min(length),
-        // Not a range this grammar allows: ignored, as RFC 9110 says.
-        _ => return Ok(None),
-    };
-    if range.start >= length {
-        return Err(());
-    }
-    Ok(Some(range))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_range;
-
-    #[test]
-    fn ranges_follow_rfc_9110() {
-        assert_eq!(parse_range("0-9", 100), Ok(Some(0..10)));
-        assert_eq!(parse_range("90-", 100), Ok(Some(90..100)));
-        assert_eq!(parse_range("-10", 100), Ok(Some(90..100)));
-        assert_eq!(parse_range("-1000", 100), Ok(Some(0..100)));
-        assert_eq!(parse_range("50-1000", 100), Ok(Some(50..100)));
-        assert_eq!(parse_range("100-", 100), Err(()));
-        assert_eq!(parse_range("-0", 100), Err(()));
-        // Ignored: several ranges, reversed, garbage.
-        assert_eq!(parse_range("0-1,5-6", 100), Ok(None));
-        assert_eq!(parse_range("9-1", 100), Ok(None));
-        assert_eq!(parse_range("abc", 100), Ok(None));
+    match byte_range(range, length) {
+        ByteRange::Whole => Ok(None),
+        ByteRange::Part(part) => Ok(Some(part)),
+        ByteRange::Unsatisfiable => Err(()),
     }
 }
