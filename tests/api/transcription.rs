@@ -154,6 +154,16 @@ async fn settled(app: &TestApp, who: &Member, conversation: &str, start: u64) ->
     }
 }
 
+/// The bite's file as stored.
+async fn stored_ogg(app: &TestApp, who: &Member, conversation: &str, start: u64) -> bytes::Bytes {
+    let path = format!("/store/bite/{conversation}/start/{start}");
+    send(app, "GET", &path, &who.tokens)
+        .await
+        .bytes()
+        .await
+        .unwrap()
+}
+
 /// A member of a new conversation, connected, with a stream of stored bites.
 async fn talker(
     app: &TestApp,
@@ -244,16 +254,7 @@ async fn bites_are_transcribed_by_an_openai_compatible_engine() {
         );
 
         // What the engine was sent: the stored Ogg, as a multipart form OpenAI accepts.
-        let ogg = send(
-            &app,
-            "GET",
-            &format!("/store/bite/{conversation}/start/{start}"),
-            &alice.tokens,
-        )
-        .await
-        .bytes()
-        .await
-        .unwrap();
+        let ogg = stored_ogg(&app, &alice, &conversation, start).await;
         assert!(ogg.starts_with(b"OggS"));
         let requests = api.requests();
         assert_eq!(requests.len(), 2, "one failure, one success");
@@ -479,16 +480,7 @@ async fn bites_are_transcribed_by_google_speech_to_text() {
             json!({"word": "world", "start_ms": 200, "end_ms": 300})
         );
 
-        let ogg = send(
-            &app,
-            "GET",
-            &format!("/store/bite/{conversation}/start/{start}"),
-            &alice.tokens,
-        )
-        .await
-        .bytes()
-        .await
-        .unwrap();
+        let ogg = stored_ogg(&app, &alice, &conversation, start).await;
         let requests = api.requests();
         assert_eq!(requests.len(), 1);
         let request = &requests[0];

@@ -52,6 +52,31 @@ impl SledStore {
         self
     }
 
+    /// The key and metadata of the bite starting at `start`: the given speaker's, or else the
+    /// first.
+    fn find(
+        &self,
+        conversation: &str,
+        start: u64,
+        speaker: Option<(&str, &str)>,
+    ) -> Result<Option<(Vec<u8>, sled::IVec)>, StoreError> {
+        if let Some((user, client)) = speaker {
+            let key = key::bite(conversation, start, user, client);
+            return Ok(self.index.get(&key)?.map(|meta| (key, meta)));
+        }
+        let prefix = key::prefix(conversation);
+        let upper = match start.checked_add(1) {
+            Some(after) => key::at(&prefix, after),
+            None => key::end(&prefix),
+        };
+        Ok(self
+            .index
+            .range(key::at(&prefix, start)..upper)
+            .next()
+            .transpose()?
+            .map(|(key, meta)| (key.to_vec(), meta)))
+    }
+
     fn bite_key(bite: &BiteId) -> Vec<u8> {
         key::bite(&bite.conversation, bite.start, &bite.user, &bite.client)
     }
@@ -213,25 +238,7 @@ impl BiteStore for SledStore {
         start: u64,
         speaker: Option<(&str, &str)>,
     ) -> Result<Option<(BiteMeta, Bytes)>, StoreError> {
-        let prefix = key::prefix(conversation);
-        let found = match speaker {
-            Some((user, client)) => {
-                let key = key::bite(conversation, start, user, client);
-                self.index.get(&key)?.map(|meta| (key, meta))
-            }
-            None => {
-                let upper = match start.checked_add(1) {
-                    Some(after) => key::at(&prefix, after),
-                    None => key::end(&prefix),
-                };
-                self.index
-                    .range(key::at(&prefix, start)..upper)
-                    .next()
-                    .transpose()?
-                    .map(|(key, meta)| (key.to_vec(), meta))
-            }
-        };
-        let Some((key, meta)) = found else {
+        let Some((key, meta)) = self.find(conversation, start, speaker)? else {
             return Ok(None);
         };
         let meta = Self::decode(&key, &meta)?;
@@ -354,23 +361,7 @@ impl BiteStore for SledStore {
         start: u64,
         speaker: Option<(&str, &str)>,
     ) -> Result<TranscriptState, StoreError> {
-        let prefix = key::prefix(conversation);
-        let bite_key = match speaker {
-            Some((user, client)) => Some(key::bite(conversation, start, user, client)),
-            None => {
-                let upper = match start.checked_add(1) {
-                    Some(after) => key::at(&prefix, after),
-                    None => key::end(&prefix),
-                };
-                self.index
-                    .range(key::at(&prefix, start)..upper)
-                    .keys()
-                    .next()
-                    .transpose()?
-                    .map(|key| key.to_vec())
-            }
-        };
-        let Some(bite_key) = bite_key else {
+        let Some((bite_key, _)) = self.find(conversation, start, speaker)? else {
             return Ok(TranscriptState::Unknown);
         };
         if let Some(text) = self.texts.get(key::transcript_of(&bite_key))? {

@@ -54,3 +54,11 @@ pub fn seconds_to_ms(seconds: f64) -> u64 {
         0
     }
 }
+
+/// The HTTP client of a cloud engine: a request that takes longer than `timeout_secs` fails
+/// (and is retried).
+pub fn http_client(timeout_secs: u64) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(timeout_secs.max(1)))
+        .build()
+}

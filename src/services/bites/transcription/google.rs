@@ -2,8 +2,6 @@
 //! (`OGG_OPUS`, base64), with word time offsets. Synchronous recognition takes at most 60 s
 //! and 10 MB of audio: longer bites are refused up front, with the reason, not sent.
 
-use std::time::Duration;
-
 use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::FutureExt as _;
@@ -12,7 +10,7 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::engine::{Engine, EngineError, Transcript, Word, seconds_to_ms};
+use super::engine::{Engine, EngineError, Transcript, Word, http_client, seconds_to_ms};
 use crate::config::GoogleConfig;
 use crate::services::bites::ogg::opus_info;
 
@@ -33,9 +31,7 @@ pub struct Google {
 impl Google {
     pub fn new(config: &GoogleConfig) -> Result<Self, reqwest::Error> {
         Ok(Self {
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(config.timeout_secs.max(1)))
-                .build()?,
+            client: http_client(config.timeout_secs)?,
             url: format!(
                 "{}/v1/speech:recognize",
                 config.base_url.trim_end_matches('/')

@@ -1,8 +1,6 @@
 //! The OpenAI-compatible engine: `POST {base_url}/audio/transcriptions`, as OpenAI, speaches
 //! (faster-whisper-server), LocalAI and whisper.cpp's server (`--convert`) all answer it.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
@@ -10,7 +8,7 @@ use reqwest::StatusCode;
 use reqwest::multipart::{Form, Part};
 use serde::Deserialize;
 
-use super::engine::{Engine, EngineError, Transcript, Word, seconds_to_ms};
+use super::engine::{Engine, EngineError, Transcript, Word, http_client, seconds_to_ms};
 use crate::config::OpenAiConfig;
 
 pub struct OpenAi {
@@ -23,9 +21,7 @@ pub struct OpenAi {
 impl OpenAi {
     pub fn new(config: &OpenAiConfig) -> Result<Self, reqwest::Error> {
         Ok(Self {
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(config.timeout_secs.max(1)))
-                .build()?,
+            client: http_client(config.timeout_secs)?,
             url: format!(
                 "{}/audio/transcriptions",
                 config.base_url.trim_end_matches('/')
