@@ -362,8 +362,10 @@ async fn an_engine_that_keeps_failing_sends_the_job_to_the_dead_letters() {
         let response = settled(&app, &alice, &conversation, start).await;
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["error"]["code"], "transcript_failed", "{column:?}");
+        // The engine's address and answer are the operator's to read, not the members'.
+        let message = body["error"]["message"].as_str().unwrap();
         assert!(
-            body["error"]["message"].as_str().unwrap().contains("503"),
+            !message.contains("503") && !message.contains("127.0.0.1"),
             "{body}"
         );
         // max_attempts, and not one more.

@@ -53,8 +53,8 @@ pub enum BitesError {
     BiteNotFound,
     #[error("this bite's transcript is not ready yet")]
     TranscriptPending,
-    #[error("this bite could not be transcribed: {0}")]
-    TranscriptFailed(String),
+    #[error("this bite could not be transcribed (the operator's dead letters say why)")]
+    TranscriptFailed,
     #[error("this bite has no transcript (no such bite, or stored while transcription was off)")]
     TranscriptNotFound,
     #[error("q must hold a word to look for, in at most 256 characters")]
@@ -81,7 +81,7 @@ impl BitesError {
             Self::InvalidSpeaker => (StatusCode::BAD_REQUEST, "invalid_speaker"),
             Self::BiteNotFound => (StatusCode::NOT_FOUND, "bite_not_found"),
             Self::TranscriptPending => (StatusCode::NOT_FOUND, "transcript_pending"),
-            Self::TranscriptFailed(_) => (StatusCode::NOT_FOUND, "transcript_failed"),
+            Self::TranscriptFailed => (StatusCode::NOT_FOUND, "transcript_failed"),
             Self::TranscriptNotFound => (StatusCode::NOT_FOUND, "transcript_not_found"),
             Self::InvalidQuery => (StatusCode::BAD_REQUEST, "invalid_query"),
             Self::SearchUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "search_unavailable"),

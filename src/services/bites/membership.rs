@@ -36,13 +36,16 @@ impl Membership {
                 Some(event) = deleted.next() => {
                     let conversation = event.data.conversation;
                     self.sfu.conversation_deleted(&conversation);
+                    // The store first: once its jobs are gone, no transcript can be indexed
+                    // again behind the index's deletion.
+                    let deleting = conversation.clone();
+                    let deleted = store::blocking(&self.store, move |store| {
+                        store.delete_conversation(&deleting)
+                    })
+                    .await;
                     if let Err(err) = self.index.delete_conversation(&conversation).await {
                         tracing::error!(error = %err, "transcripts of a deleted conversation were not unindexed");
                     }
-                    let deleted = store::blocking(&self.store, move |store| {
-                        store.delete_conversation(&conversation)
-                    })
-                    .await;
                     match deleted {
                         Ok(count) => tracing::debug!(count, "bites of a deleted conversation removed"),
                         Err(err) => tracing::error!(error = %err, "bites of a deleted conversation were not removed"),

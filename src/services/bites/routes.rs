@@ -276,7 +276,7 @@ async fn search(
     let config = &state.config;
     let limit = page_limit(query.limit, config.page_size, config.max_page_size)?;
     let before = query.before.unwrap_or(u64::MAX);
-    let hits = state
+    let mut hits = state
         .index
         .search(&path, &query.q, before, limit)
         .await
@@ -284,9 +284,17 @@ async fn search(
         .ok_or(BitesError::InvalidQuery)?;
     let mut response = HttpResponse::Ok();
     if hits.len() as u64 >= limit
-        && let Some(last) = hits.last()
+        && let Some(last) = hits.last().map(|hit| hit.start)
     {
-        let (before, limit) = (last.start.to_string(), limit.to_string());
+        // A page never ends inside a run of equal starts (two speakers in one millisecond):
+        // the run moves to the next page whole.
+        let next = if hits.iter().any(|hit| hit.start != last) {
+            hits.retain(|hit| hit.start != last);
+            last.saturating_add(1)
+        } else {
+            last
+        };
+        let (before, limit) = (next.to_string(), limit.to_string());
         response.insert_header(next_link(
             &req,
             &[
@@ -346,7 +354,9 @@ async fn bite_transcript(
             .content_type("application/json")
             .body(json)),
         TranscriptState::Pending => Err(BitesError::TranscriptPending.into()),
-        TranscriptState::Failed(reason) => Err(BitesError::TranscriptFailed(reason).into()),
+        // The engine's reason (its address, its error body) stays in the logs and the dead
+        // letters, for the operator.
+        TranscriptState::Failed(_) => Err(BitesError::TranscriptFailed.into()),
         TranscriptState::Unknown => Err(BitesError::TranscriptNotFound.into()),
     }
 }

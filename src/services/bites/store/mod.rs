@@ -138,9 +138,11 @@ pub trait BiteStore: Send + Sync {
     fn due_jobs(&self, now: u64, max: usize) -> Result<Vec<Job>, StoreError>;
     /// When the next job is due, if any is queued.
     fn next_due(&self) -> Result<Option<u64>, StoreError>;
-    /// Stores a bite's transcript (JSON) and ends its job.
-    fn put_transcript(&self, bite: &BiteId, transcript: &[u8]) -> Result<(), StoreError>;
-    /// Puts a failed job back in the queue for `job.due`, or, when `dead`, in the dead letters.
+    /// Stores a bite's transcript (JSON) and ends its job; false (and nothing stored) when the
+    /// job is gone, its bite deleted meanwhile.
+    fn put_transcript(&self, bite: &BiteId, transcript: &[u8]) -> Result<bool, StoreError>;
+    /// Puts a failed job back in the queue for `job.due`, or, when `dead`, in the dead letters;
+    /// nothing when the job is gone.
     fn job_failed(&self, job: &Job, dead: bool) -> Result<(), StoreError>;
     /// Ends a job without a transcript (its bite is gone).
     fn drop_job(&self, bite: &BiteId) -> Result<(), StoreError>;

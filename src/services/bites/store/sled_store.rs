@@ -102,10 +102,12 @@ impl SledStore {
             dead.remove(key.as_slice());
             texts.remove(key::transcript_of(key));
         }
-        self.queue.apply_batch(queue)?;
+        // Jobs first: a crash in between leaves queue places without a job, which `due_jobs`
+        // drops, never a job nobody will take.
         self.jobs.apply_batch(jobs)?;
-        self.texts.apply_batch(texts)?;
         self.dead.apply_batch(dead)?;
+        self.texts.apply_batch(texts)?;
+        self.queue.apply_batch(queue)?;
         Ok(())
     }
 
@@ -155,10 +157,14 @@ impl BiteStore for SledStore {
                     attempts: 0,
                     error: None,
                 };
-                self.jobs
-                    .insert(key.as_slice(), serde_json::to_vec(&job).unwrap_or_default())?;
-                self.queue
-                    .insert(key::queued(job.due, &key), &[] as &[u8])?;
+                let value = serde_json::to_vec(&job).unwrap_or_default();
+                (&self.jobs, &self.queue)
+                    .transaction(|(jobs, queue)| {
+                        jobs.insert(key.as_slice(), value.as_slice())?;
+                        queue.insert(key::queued(job.due, &key), &[] as &[u8])?;
+                        Ok::<_, ConflictableTransactionError<()>>(())
+                    })
+                    .map_err(storage)?;
             }
             index.insert(key, value);
         }
@@ -293,8 +299,25 @@ impl BiteStore for SledStore {
             }
             let (queued, _) = entry?;
             let bite_key = queued.get(8..).unwrap_or_default();
-            if let Some(value) = self.jobs.get(bite_key)? {
-                due.push(Self::decode_job(bite_key, &value)?);
+            match self
+                .jobs
+                .get(bite_key)?
+                .map(|value| Self::decode_job(bite_key, &value))
+            {
+                Some(Ok(job)) => due.push(job),
+                // A place left by a job that is gone (a crash while its bite was deleted):
+                // dropped, so it neither blocks the queue nor comes due again.
+                None => {
+                    self.queue.remove(&queued)?;
+                }
+                // Unreadable: out of the way, where an operator sees it.
+                Some(Err(err)) => {
+                    tracing::error!(error = %err, "an unreadable transcription job was set aside");
+                    self.queue.remove(&queued)?;
+                    if let Some(value) = self.jobs.remove(bite_key)? {
+                        self.dead.insert(bite_key, value)?;
+                    }
+                }
             }
         }
         Ok(due)
@@ -309,34 +332,37 @@ impl BiteStore for SledStore {
         }))
     }
 
-    fn put_transcript(&self, bite: &BiteId, transcript: &[u8]) -> Result<(), StoreError> {
+    fn put_transcript(&self, bite: &BiteId, transcript: &[u8]) -> Result<bool, StoreError> {
         let key = Self::bite_key(bite);
-        let job = self.jobs.get(&key)?;
-        (&self.jobs, &self.queue, &self.texts)
+        let kept = (&self.jobs, &self.queue, &self.texts)
             .transaction(|(jobs, queue, texts)| {
-                if let Some(value) = &job {
-                    let due = serde_json::from_slice::<Job>(value).map_or(0, |job| job.due);
-                    queue.remove(key::queued(due, &key))?;
-                }
+                // Read inside: a bite deleted while its engine worked has no job any more,
+                // and gets no transcript.
+                let Some(value) = jobs.get(key.as_slice())? else {
+                    return Ok(false);
+                };
+                let due = serde_json::from_slice::<Job>(&value).map_or(0, |job| job.due);
+                queue.remove(key::queued(due, &key))?;
                 jobs.remove(key.as_slice())?;
                 texts.insert(key::transcript_of(&key), transcript)?;
-                Ok::<_, ConflictableTransactionError<()>>(())
+                Ok::<_, ConflictableTransactionError<()>>(true)
             })
             .map_err(storage)?;
         self.db.flush()?;
-        Ok(())
+        Ok(kept)
     }
 
     fn job_failed(&self, job: &Job, dead: bool) -> Result<(), StoreError> {
         let key = Self::bite_key(&job.bite);
-        let previous = self.jobs.get(&key)?;
         let value = serde_json::to_vec(job).unwrap_or_default();
         (&self.jobs, &self.queue, &self.dead)
             .transaction(|(jobs, queue, dead_letters)| {
-                if let Some(previous) = &previous {
-                    let due = serde_json::from_slice::<Job>(previous).map_or(0, |job| job.due);
-                    queue.remove(key::queued(due, &key))?;
-                }
+                // Gone with its bite while the engine worked: nothing to keep.
+                let Some(previous) = jobs.get(key.as_slice())? else {
+                    return Ok(());
+                };
+                let due = serde_json::from_slice::<Job>(&previous).map_or(0, |job| job.due);
+                queue.remove(key::queued(due, &key))?;
                 if dead {
                     jobs.remove(key.as_slice())?;
                     dead_letters.insert(key.as_slice(), value.as_slice())?;

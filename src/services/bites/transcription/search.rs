@@ -53,13 +53,19 @@ impl TranscriptIndex {
         // Serializing strings and integers cannot fail.
         let words = serde_json::to_string(&transcript.words).unwrap_or_default();
         let start = i64::try_from(bite.start).unwrap_or(i64::MAX);
+        // The snippet's marks must be the engine's only control characters.
+        let text: String = transcript
+            .text
+            .chars()
+            .filter(|c| !c.is_control())
+            .collect();
         let values = |with_id: bool| {
             let mut values: Vec<Value> = Vec::new();
             if with_id {
                 values.push(row_id(bite).into());
             }
             values.extend([
-                transcript.text.clone().into(),
+                text.clone().into(),
                 bite.conversation.clone().into(),
                 start.into(),
                 bite.user.clone().into(),
@@ -242,6 +248,7 @@ fn marked(snippet: &str) -> String {
             '>' => out.push_str("&gt;"),
             '&' => out.push_str("&amp;"),
             '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
             c => out.push(c),
         }
     }

@@ -46,7 +46,10 @@ impl Transcriber {
                 Ok(due) => due,
                 Err(err) => {
                     tracing::warn!(error = %err, "transcription jobs cannot be read");
-                    Vec::new()
+                    if self.pause(&stop).await {
+                        return;
+                    }
+                    continue;
                 }
             };
             if due.is_empty() {
@@ -58,11 +61,25 @@ impl Transcriber {
                 }
                 continue;
             }
-            let attempts = futures_util::stream::iter(due)
-                .for_each_concurrent(concurrency, |job| self.attempt(job));
+            let failed = std::sync::atomic::AtomicBool::new(false);
+            let this = &self;
+            let attempts =
+                futures_util::stream::iter(due).for_each_concurrent(concurrency, |job| {
+                    let failed = &failed;
+                    async move {
+                        if let Err(err) = this.try_attempt(job).await {
+                            tracing::warn!(error = %err, "a transcription job cannot be updated");
+                            failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                });
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = attempts => {}
+            }
+            // A store that fails would have the same jobs come due at once, and again.
+            if failed.into_inner() && self.pause(&stop).await {
+                return;
             }
         }
     }
@@ -78,9 +95,11 @@ impl Transcriber {
         }
     }
 
-    async fn attempt(&self, job: Job) {
-        if let Err(err) = self.try_attempt(job).await {
-            tracing::warn!(error = %err, "a transcription job cannot be updated");
+    /// Waits `IDLE_POLL` after a store failure; true when stopped meanwhile.
+    async fn pause(&self, stop: &CancellationToken) -> bool {
+        tokio::select! {
+            () = stop.cancelled() => true,
+            () = tokio::time::sleep(IDLE_POLL) => false,
         }
     }
 
@@ -103,8 +122,13 @@ impl Transcriber {
                 let bite = job.bite.clone();
                 // Serializing strings and integers cannot fail.
                 let json = serde_json::to_vec(&transcript).unwrap_or_default();
-                blocking(&self.store, move |store| store.put_transcript(&bite, &json)).await?;
-                // The transcript is kept either way; search misses it until it is re-indexed.
+                let kept =
+                    blocking(&self.store, move |store| store.put_transcript(&bite, &json)).await?;
+                if !kept {
+                    // Its bite was deleted while the engine worked.
+                    return Ok(());
+                }
+                // The transcript is kept either way; search misses it (there is no re-index yet).
                 if let Err(err) = self.index.add(&job.bite, &transcript).await {
                     tracing::warn!(error = %err, conversation = %job.bite.conversation, start = job.bite.start, "a transcript was not indexed for search");
                 }
