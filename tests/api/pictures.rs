@@ -318,6 +318,15 @@ async fn only_pictures_are_accepted_whatever_their_name() {
                 "invalid_upload",
             ),
             (b"--nope\r\ngarbage".to_vec(), "invalid_upload"),
+            // Seventeen empty parts before the file: refused, however small.
+            (
+                {
+                    let mut parts: Vec<(&str, Option<&str>, &[u8])> = vec![("pad", None, b""); 17];
+                    parts.push(("file", Some("a.png"), &picture));
+                    form(&parts)
+                },
+                "invalid_upload",
+            ),
         ] {
             let response = app
                 .post("/pictures/upload")

@@ -44,6 +44,12 @@ struct ListedBite {
     transcript: Option<String>,
 }
 
+/// The text of a stored transcript, read without its words.
+#[derive(Deserialize)]
+struct TextOnly {
+    text: String,
+}
+
 /// A transcript as the bite stream announces it (`event: transcript`).
 #[derive(Serialize)]
 struct AnnouncedTranscript<'a> {
@@ -190,7 +196,8 @@ async fn list(
             .map(|meta| {
                 let speaker = Some((meta.user.as_str(), meta.client.as_str()));
                 let transcript = match store.transcript(&meta.conversation, meta.start, speaker)? {
-                    TranscriptState::Done(json) => serde_json::from_slice::<Transcript>(&json)
+                    // Only the text: the word timings are not built for a list.
+                    TranscriptState::Done(json) => serde_json::from_slice::<TextOnly>(&json)
                         .ok()
                         .map(|transcript| transcript.text),
                     _ => None,

@@ -27,6 +27,9 @@ type State = web::Data<PicturesService>;
 
 /// Room for the multipart framing (boundaries, part headers) around the file itself.
 const MULTIPART_OVERHEAD: usize = 64 * 1024;
+/// Parts a form may have: empty parts would otherwise be free to send forever (they add no
+/// bytes to either budget) until the upload's deadline.
+const MAX_FORM_PARTS: usize = 16;
 
 /// Content-addressed bytes never change: a client may keep them for a year, privately (they
 /// are not for everyone).
@@ -70,7 +73,7 @@ struct Uploaded {
             (String = "text/plain", example = "0123456789abcdef0123456789abcdef.jpg"),
             (Uploaded = "application/json"),
         )),
-        (status = 400, description = "No single `file` field, or a broken form: `invalid_upload`", body = ErrorBody),
+        (status = 400, description = "No single `file` field, more than 16 parts, or a broken form: `invalid_upload`", body = ErrorBody),
         (status = 408, description = "The body stopped arriving, or took longer than `pictures.upload_timeout_secs`: `body_timeout`", body = ErrorBody),
         (status = 413, description = "Larger than `pictures.max_upload_bytes`: `payload_too_large`", body = ErrorBody),
         (status = 415, description = "Not JPEG, PNG, WebP or GIF: `unsupported_picture`; not multipart/form-data: `not_multipart`", body = ErrorBody),
@@ -131,7 +134,14 @@ fn wants_json(req: &HttpRequest) -> bool {
 async fn read_file(mut form: Multipart, limit: usize) -> Result<bytes::Bytes, PicturesError> {
     let mut file: Option<BytesMut> = None;
     let mut other_bytes = 0usize;
+    let mut parts = 0usize;
     while let Some(field) = form.next().await {
+        parts += 1;
+        if parts > MAX_FORM_PARTS {
+            return Err(PicturesError::InvalidUpload(format!(
+                "a form of more than {MAX_FORM_PARTS} parts"
+            )));
+        }
         let mut field = field.map_err(form_error)?;
         let is_file = field.name() == Some("file");
         if is_file && file.is_some() {
