@@ -1,11 +1,17 @@
 # Build: the whole workspace in release mode.
 FROM rust:1.95-slim-bookworm AS build
+# cmake and g++ build whisper.cpp and libopus (the offline transcription engine).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends cmake g++ \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+COPY .cargo .cargo
 COPY Cargo.toml Cargo.lock ./
 COPY migrations migrations
 COPY src src
 COPY benches benches
-RUN cargo build --release --locked --bin beep \
+COPY tests/common tests/common
+RUN cargo build --release --locked --features whisper --bin beep \
  && strip target/release/beep
 
 # Run: a small Debian with CA certificates (for S3, SMS and SMTP over TLS) and a non-root user.

@@ -4,7 +4,11 @@
 //!   inserted with no job (the store alone) in the same run; the delay from a bite stored to
 //!   its transcript stored; resident memory with 10,000 jobs queued;
 //! - `search`: latency of a one-word search over 100,000 transcripts in one conversation, on
-//!   SQLite (FTS5) and, with `BEEP_TEST_POSTGRES_URL`, PostgreSQL.
+//!   SQLite (FTS5) and, with `BEEP_TEST_POSTGRES_URL`, PostgreSQL;
+//! - `offline` (`--features whisper`, with `BEEP_BENCH_WHISPER_MODEL` naming a ggml model):
+//!   the whisper engine on real speech made here (espeak-ng, sox, opusenc), a 3 s and a 20 s
+//!   bite: wall time and real-time factor with whisper's full 30 s window and with the window
+//!   fitted to the bite, the words heard right, model load time and memory.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -137,6 +141,10 @@ fn main() {
             if let Ok(url) = std::env::var("BEEP_TEST_POSTGRES_URL") {
                 search(Some(&url)).await;
             }
+        }
+        #[cfg(feature = "whisper")]
+        if wanted("offline") {
+            offline::run().await;
         }
     });
 }
@@ -316,4 +324,181 @@ async fn search(postgres: Option<&str>) {
     // Keep the directory until the database is closed.
     drop(dir);
     tokio::time::sleep(Duration::from_millis(1)).await;
+}
+
+#[cfg(feature = "whisper")]
+#[path = "../tests/common/speech.rs"]
+mod speech;
+
+#[cfg(feature = "whisper")]
+mod offline {
+    use std::time::Instant;
+
+    use beep::config::WhisperConfig;
+    use beep::services::bites::ogg;
+    use beep::services::bites::transcription::Engine as _;
+    use beep::services::bites::transcription::whisper::{Whisper, decode_16k};
+    use bytes::Bytes;
+
+    use super::load::{median, spread, threads_cpu_ns};
+    use super::rss_kb;
+
+    const RUNS: usize = 5;
+    const SHORTS: [&str; 8] = [
+        "Please call me back when you land at the airport tonight.",
+        "I left the keys under the blue flower pot by the door.",
+        "Can you pick up some bread and milk on your way home?",
+        "The meeting moved to Thursday at three in the afternoon.",
+        "Happy birthday! I hope you have a wonderful day.",
+        "Running late, the bus broke down near the bridge.",
+        "Did you see the football match last night?",
+        "Remember to water the plants while I am away.",
+    ];
+    const LONG: &str = "Good morning everyone. The train to the city is running twenty minutes \
+        late because of snow on the line. I will meet you at the coffee shop next to the \
+        station instead of the office. Bring the printed tickets and your passport, and do not \
+        forget the charger for the camera. If the weather gets worse we can stay one more \
+        night at the hotel and drive back on Sunday morning.";
+
+    fn peak_rss_kb() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// How many of the spoken words are found in the transcript (case and punctuation
+    /// aside), and how many were spoken.
+    fn heard(spoken: &str, transcript: &str) -> (usize, usize) {
+        let words = |text: &str| -> Vec<String> {
+            text.split_whitespace()
+                .map(|w| {
+                    w.chars()
+                        .filter(|c| c.is_alphanumeric())
+                        .collect::<String>()
+                        .to_lowercase()
+                })
+                .filter(|w| !w.is_empty())
+                .collect()
+        };
+        let got = words(transcript);
+        let expected = words(spoken);
+        let found = expected.iter().filter(|w| got.contains(w)).count();
+        (found, expected.len())
+    }
+
+    struct Clip {
+        text: &'static str,
+        ogg: Bytes,
+        audio_s: f64,
+    }
+
+    pub async fn run() {
+        let Ok(model) = std::env::var("BEEP_BENCH_WHISPER_MODEL") else {
+            println!("\n## offline: skipped (set BEEP_BENCH_WHISPER_MODEL to a ggml model)");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let clip = |text: &'static str| {
+            let ogg =
+                super::speech::spoken_ogg(text, dir.path()).expect("espeak-ng, sox and opusenc");
+            let audio_s = ogg::opus_info(&ogg).unwrap().duration_ms as f64 / 1e3;
+            Clip {
+                text,
+                ogg: Bytes::from(ogg),
+                audio_s,
+            }
+        };
+        let shorts: Vec<Clip> = SHORTS.into_iter().map(clip).collect();
+        let long = [clip(LONG)];
+
+        println!(
+            "\n## offline engine (whisper.cpp {}, {model})",
+            whisper_rs::WHISPER_CPP_VERSION
+        );
+        let rss_before = rss_kb();
+        let mut loads = Vec::new();
+        for _ in 0..RUNS {
+            let started = Instant::now();
+            let engine = Whisper::load(model.as_ref(), &WhisperConfig::default()).unwrap();
+            loads.push(started.elapsed().as_secs_f64() * 1e3);
+            drop(engine);
+        }
+        println!("model load: {} ms", spread(&loads));
+        let mut rss_loaded = 0;
+
+        println!(
+            "\n| window | bites | audio s | wall s per bite | real-time factor | CPU s per bite | words heard |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+        let mut heard_lines = Vec::new();
+        for fit_window in [false, true] {
+            let config = WhisperConfig {
+                fit_window,
+                ..WhisperConfig::default()
+            };
+            let engine = Whisper::load(model.as_ref(), &config).unwrap();
+            rss_loaded = rss_loaded.max(rss_kb());
+            let mode = if fit_window {
+                "fitted (default)"
+            } else {
+                "full 30 s"
+            };
+            engine.transcribe(long[0].ogg.clone(), "en").await.unwrap();
+            for (set, clips, runs) in [("short", &shorts[..], 3), ("long", &long[..], RUNS)] {
+                let (mut walls, mut rtfs, mut cpus, mut heard_words, mut said_words) =
+                    (Vec::new(), Vec::new(), Vec::new(), 0, 0);
+                for clip in clips {
+                    let mut text = String::new();
+                    for _ in 0..runs {
+                        let cpu = threads_cpu_ns(&[""]);
+                        let started = Instant::now();
+                        let transcript = engine.transcribe(clip.ogg.clone(), "en").await.unwrap();
+                        let wall = started.elapsed().as_secs_f64();
+                        walls.push(wall);
+                        rtfs.push(wall / clip.audio_s);
+                        cpus.push((threads_cpu_ns(&[""]) - cpu) as f64 / 1e9);
+                        text = transcript.text;
+                    }
+                    let (heard, said) = heard(clip.text, &text);
+                    heard_words += heard;
+                    said_words += said;
+                    heard_lines.push(format!("{mode}: {text}"));
+                }
+                let audio: Vec<f64> = clips.iter().map(|c| c.audio_s).collect();
+                println!(
+                    "| {mode} | {} {set} | {:.1}–{:.1} | {} | {} | {:.3} | {heard_words}/{said_words} ({:.0}%) |",
+                    clips.len(),
+                    audio.iter().copied().fold(f64::MAX, f64::min),
+                    audio.iter().copied().fold(0.0, f64::max),
+                    spread(&walls),
+                    spread(&rtfs),
+                    median(cpus),
+                    heard_words as f64 * 100.0 / said_words as f64
+                );
+            }
+        }
+        println!("\ntranscripts:");
+        for line in heard_lines {
+            println!("- {line}");
+        }
+
+        for (name, clip) in [("3 s", &shorts[0]), ("20 s", &long[0])] {
+            let mut decodes = Vec::new();
+            for _ in 0..RUNS {
+                let started = Instant::now();
+                decode_16k(&clip.ogg).unwrap();
+                decodes.push(started.elapsed().as_secs_f64() * 1e3);
+            }
+            println!(
+                "\nOgg Opus -> 16 kHz PCM, {name} bite: {} ms",
+                spread(&decodes)
+            );
+        }
+        println!(
+            "\nmemory: RSS {} MB before loading, {} MB with the model loaded, peak {} MB",
+            rss_before / 1024,
+            rss_loaded / 1024,
+            peak_rss_kb() / 1024
+        );
+    }
 }

@@ -44,7 +44,8 @@ enum Command {
     #[cfg(feature = "auth")]
     #[command(subcommand)]
     Users(UsersCommand),
-    /// Transcription's dead letters (run with the server stopped: it holds the bite store).
+    /// Transcription: the offline model, and the dead letters (run those with the server
+    /// stopped: it holds the bite store).
     #[cfg(feature = "bites")]
     #[command(subcommand)]
     Transcription(TranscriptionCommand),
@@ -57,6 +58,22 @@ enum TranscriptionCommand {
     DeadLetters,
     /// Put every dead letter back in the queue, due now with no attempts.
     Retry,
+    /// Transcribe an Ogg Opus file with the configured engine and print the transcript (JSON):
+    /// a check that the engine and its model work.
+    Transcribe {
+        /// An Ogg Opus file (a stored bite, or `opusenc` output).
+        file: PathBuf,
+    },
+    /// Convert a Whisper model in CTranslate2's format (faster-whisper's: a directory with
+    /// model.bin and vocabulary.txt) into the ggml file the whisper engine loads.
+    ImportModel {
+        /// The CTranslate2 model directory.
+        dir: PathBuf,
+        /// Where to write [default: transcription.whisper.model_path, or
+        /// <data_dir>/models/whisper.bin].
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[cfg(feature = "auth")]
@@ -120,7 +137,7 @@ pub fn main(services: &[&str]) -> ExitCode {
             #[cfg(feature = "auth")]
             Command::Users(command) => users(&config, command).await,
             #[cfg(feature = "bites")]
-            Command::Transcription(command) => transcription(&config, command),
+            Command::Transcription(command) => transcription(&config, command).await,
             Command::Serve | Command::Config => serve(config, services).await,
         }
     });
@@ -180,9 +197,39 @@ fn rotate_keys(config: &Config) -> Result<(), AnyError> {
 }
 
 #[cfg(feature = "bites")]
-fn transcription(config: &Config, command: TranscriptionCommand) -> Result<(), AnyError> {
+async fn transcription(config: &Config, command: TranscriptionCommand) -> Result<(), AnyError> {
     use crate::platform::clock::Clock;
     use crate::services::bites::store::{BiteStore as _, SledStore};
+    use crate::services::bites::transcription::{self, import};
+    if let TranscriptionCommand::Transcribe { file } = &command {
+        let engine = transcription::engine(&config.transcription, &config.server.data_dir)?
+            .ok_or("transcription is off (the log says why)")?;
+        let ogg = std::fs::read(file).map_err(|err| format!("{}: {err}", file.display()))?;
+        let started = std::time::Instant::now();
+        let transcript = engine
+            .transcribe(ogg.into(), &config.transcription.language)
+            .await?;
+        println!("{}", serde_json::to_string_pretty(&transcript)?);
+        eprintln!("{:.3} s", started.elapsed().as_secs_f64());
+        return Ok(());
+    }
+    if let TranscriptionCommand::ImportModel { dir, out } = command {
+        let out =
+            out.unwrap_or_else(|| config.transcription.whisper_model(&config.server.data_dir));
+        let started = std::time::Instant::now();
+        let imported = import::import_ct2(&dir, &out)?;
+        println!(
+            "{}: {} tensors, {}+{} layers, {} tokens, {} bytes, in {:.1} s",
+            out.display(),
+            imported.tensors,
+            imported.layers.0,
+            imported.layers.1,
+            imported.vocabulary,
+            imported.bytes,
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
     let dir = config.server.data_dir.join("bites");
     let store = SledStore::open(&dir).map_err(|err| {
         format!(
@@ -200,6 +247,7 @@ fn transcription(config: &Config, command: TranscriptionCommand) -> Result<(), A
             let now = u64::try_from(Clock::system().now_millis()).unwrap_or_default();
             println!("{} job(s) queued again", store.requeue_dead(now)?);
         }
+        TranscriptionCommand::ImportModel { .. } | TranscriptionCommand::Transcribe { .. } => {}
     }
     Ok(())
 }

@@ -38,7 +38,7 @@ pub use self::server::{
     CorsConfig, HttpConfig, LogFormat, ServerConfig, TelemetryConfig, TlsConfig,
 };
 pub use self::transcription::{
-    GoogleConfig, OpenAiConfig, TranscriptionConfig, TranscriptionEngine,
+    GoogleConfig, OpenAiConfig, TranscriptionConfig, TranscriptionEngine, WhisperConfig,
 };
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -120,6 +120,7 @@ impl Config {
             ));
         }
         self.pictures.validate(&self.blobs)?;
+        self.transcription.validate()?;
         Ok(self)
     }
 

@@ -17,7 +17,7 @@ use crate::helpers::{
 use crate::peer::{Peer, synthetic_opus};
 
 /// Speech and silence as the RFC 6464 levels a browser puts on its packets.
-const SPEECH: Option<u8> = Some(20);
+pub(crate) const SPEECH: Option<u8> = Some(20);
 const SILENCE: Option<u8> = Some(127);
 
 pub(crate) struct Member {

@@ -32,5 +32,8 @@ mod readiness;
 mod served;
 #[cfg(feature = "bites")]
 mod sessions;
+#[cfg(feature = "whisper")]
+#[path = "../common/speech.rs"]
+mod speech;
 #[cfg(feature = "bites")]
 mod transcription;

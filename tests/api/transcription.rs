@@ -137,8 +137,18 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 /// The transcript route's answer once it is no longer `transcript_pending`.
 async fn settled(app: &TestApp, who: &Member, conversation: &str, start: u64) -> reqwest::Response {
+    settled_within(app, who, conversation, start, Duration::from_secs(10)).await
+}
+
+async fn settled_within(
+    app: &TestApp,
+    who: &Member,
+    conversation: &str,
+    start: u64,
+    wait: Duration,
+) -> reqwest::Response {
     let path = format!("/store/transcription/{conversation}/start/{start}");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + wait;
     loop {
         let response = send(app, "GET", &path, &who.tokens).await;
         if response.status() != 404 {
@@ -512,6 +522,141 @@ async fn bites_are_transcribed_by_google_speech_to_text() {
             .decode(body["audio"]["content"].as_str().unwrap())
             .unwrap();
         assert_eq!(audio, ogg.to_vec(), "the stored Ogg, whole, once encoded");
+        peer.close().await;
+        app.stop().await;
+    }
+}
+
+/// The offline engine on real speech, through the whole pipeline: a WebRTC peer speaks a
+/// sentence made by espeak-ng, the bite is stored, whisper.cpp transcribes it with the model
+/// `.ci/run` converts (`BEEP_TEST_WHISPER_MODEL`), and search finds it by a spoken word.
+#[cfg(feature = "whisper")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_speech_is_transcribed_offline_and_found_by_search() {
+    use crate::bites::SPEECH;
+    const SAID: &str = "Please call me back when you land at the airport tonight.";
+    let Ok(model) = std::env::var("BEEP_TEST_WHISPER_MODEL") else {
+        eprintln!("skipped: BEEP_TEST_WHISPER_MODEL names no ggml model");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(ogg) = crate::speech::spoken_ogg(SAID, dir.path()) else {
+        eprintln!("skipped: espeak-ng, sox or opusenc is missing");
+        return;
+    };
+    let packets: Vec<Vec<u8>> = beep::services::bites::ogg::packets(&ogg)
+        .unwrap()
+        .into_iter()
+        .skip(2)
+        .collect();
+    for column in columns() {
+        let app = TestApp::spawn_with(
+            column,
+            |config| {
+                config.transcription.engine = TranscriptionEngine::Whisper;
+                config.transcription.whisper.model_path = Some(model.clone().into());
+            },
+            Vec::new(),
+        )
+        .await;
+        let (alice, conversation, mut peer, mut stored) = talker(&app).await;
+        peer.speak(&packets, SPEECH).await;
+        let start = tokio::time::timeout(Duration::from_secs(10), stored.next())
+            .await
+            .expect("the spoken bite was stored")
+            .unwrap()
+            .data
+            .bite
+            .start;
+
+        let response =
+            settled_within(&app, &alice, &conversation, start, Duration::from_secs(60)).await;
+        let transcript = json_of(response, 200).await;
+        assert_eq!(transcript["engine"], "whisper");
+        assert_eq!(transcript["language"], "en");
+        let text = transcript["text"].as_str().unwrap().to_lowercase();
+        for keyword in ["call", "back", "airport", "tonight"] {
+            assert!(
+                text.contains(keyword),
+                "{column:?}: {keyword:?} not heard in {text:?}"
+            );
+        }
+        // Words in order, inside the bite, "airport" late in it.
+        let words = transcript["words"].as_array().unwrap();
+        let times: Vec<(u64, u64)> = words
+            .iter()
+            .map(|w| {
+                (
+                    w["start_ms"].as_u64().unwrap(),
+                    w["end_ms"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert!(times.len() >= 8, "{transcript}");
+        assert!(times.windows(2).all(|w| w[0].0 <= w[1].0), "{transcript}");
+        assert!(
+            times.iter().all(|(s, e)| s <= e && *e <= 5_000),
+            "{transcript}"
+        );
+        let airport = words
+            .iter()
+            .find(|w| {
+                w["word"]
+                    .as_str()
+                    .unwrap()
+                    .to_lowercase()
+                    .contains("airport")
+            })
+            .expect("airport timed");
+        let airport_ms = airport["start_ms"].as_u64().unwrap();
+        assert!((1_000..4_000).contains(&airport_ms), "{transcript}");
+
+        // Search finds it by a spoken word, and by another form of one ("calling": "call").
+        let search = |conversation: &str, q: &str| {
+            format!("/store/transcription/{conversation}/search?q={q}")
+        };
+        // Indexed just after the transcript is stored (and before its SSE event).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let hits = loop {
+            let path = search(&conversation, "airport");
+            let hits = json_of(send(&app, "GET", &path, &alice.tokens).await, 200).await;
+            if hits != json!([]) || Instant::now() > deadline {
+                break hits;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(hits.as_array().unwrap().len(), 1, "{column:?}: {hits}");
+        assert_eq!(hits[0]["start"], start);
+        assert_eq!(hits[0]["offset_ms"], airport_ms);
+        let snippet = hits[0]["snippet"].as_str().unwrap().to_lowercase();
+        assert!(snippet.contains("<mark>airport</mark>"), "{snippet}");
+        let hits = json_of(
+            send(
+                &app,
+                "GET",
+                &search(&conversation, "calling"),
+                &alice.tokens,
+            )
+            .await,
+            200,
+        )
+        .await;
+        assert_eq!(
+            hits[0]["start"], start,
+            "{column:?}: {hits} for {transcript}"
+        );
+
+        // Only in the caller's conversations.
+        let bob = member(&app, "phone").await;
+        let own = conversation_of(&app, &bob.tokens, &[]).await;
+        let hits = json_of(
+            send(&app, "GET", &search(&own, "airport"), &bob.tokens).await,
+            200,
+        )
+        .await;
+        assert_eq!(hits, json!([]));
+        let response = send(&app, "GET", &search(&conversation, "airport"), &bob.tokens).await;
+        assert_eq!(error_code(response, 403).await, "not_a_member");
         peer.close().await;
         app.stop().await;
     }

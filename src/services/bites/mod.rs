@@ -58,7 +58,7 @@ pub struct Bites {
     announce: broadcast::Sender<Arc<store::BiteMeta>>,
     /// The writer's end of the finished-bites queue, taken when the writer starts.
     finished: Mutex<Option<mpsc::Receiver<NewBite>>>,
-    /// The transcription engine; `None` when `transcription.engine = "off"`.
+    /// The transcription engine; `None` when transcription is off.
     engine: Option<Arc<dyn transcription::Engine>>,
     transcriber_wake: Arc<tokio::sync::Notify>,
     transcripts: broadcast::Sender<(store::BiteId, Arc<transcription::Transcript>)>,
@@ -70,12 +70,11 @@ pub struct Bites {
 impl Bites {
     pub fn new(platform: &Platform, access: SharedAccess) -> Result<Self, BitesError> {
         let config = platform.config.bites.clone();
-        let engine = transcription::engine(&platform.config.transcription)
-            .map_err(BitesError::TranscriptionSetup)?;
-        match &engine {
-            Some(engine) => tracing::info!(engine = engine.name(), "bites are transcribed"),
-            None => tracing::info!("transcription is off (transcription.engine = \"off\")"),
-        }
+        let engine = transcription::engine(
+            &platform.config.transcription,
+            &platform.config.server.data_dir,
+        )
+        .map_err(BitesError::TranscriptionSetup)?;
         let dir = platform.config.server.data_dir.join("bites");
         let store = SledStore::open(&dir)
             .map_err(|source| BitesError::StoreOpenFailed { path: dir, source })?

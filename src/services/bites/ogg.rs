@@ -269,6 +269,34 @@ pub fn opus_info(file: &[u8]) -> Option<OpusInfo> {
     })
 }
 
+/// The file's packets in order (OpusHead, OpusTags, then audio), a packet continued across
+/// pages joined; `None` when the bytes are not Ogg pages.
+#[cfg(any(test, feature = "whisper"))]
+pub fn packets(file: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let mut rest = file;
+    let mut packets = Vec::new();
+    let mut current = Vec::new();
+    while !rest.is_empty() {
+        if rest.len() < 27 || &rest[..4] != b"OggS" {
+            return None;
+        }
+        let segments = usize::from(rest[26]);
+        let lacing = rest.get(27..27 + segments)?;
+        let mut body = &rest[27 + segments..];
+        for &len in lacing {
+            let (segment, after) = body.split_at_checked(usize::from(len))?;
+            current.extend_from_slice(segment);
+            body = after;
+            // A lacing value under 255 ends a packet; 255 continues it.
+            if len < 255 {
+                packets.push(std::mem::take(&mut current));
+            }
+        }
+        rest = body;
+    }
+    Some(packets)
+}
+
 /// Reads the pages back, checking each CRC, for the tests.
 #[cfg(test)]
 pub(crate) mod read {
@@ -343,6 +371,31 @@ mod tests {
         );
         assert_eq!(info.duration_ms, (1000 * 48 - 312) / 48);
         assert_eq!(opus_info(b"not ogg at all, not at all"), None);
+    }
+
+    #[test]
+    fn packets_are_read_back_across_pages() {
+        let packets: Vec<TimedPacket> = (0..300u64).map(|i| packet(i * 20, 300)).collect();
+        let file = write(
+            Header {
+                serial: 7,
+                channels: 1,
+                pre_skip: 312,
+            },
+            &packets,
+        );
+        let read = super::packets(&file).expect("Ogg pages");
+        assert!(read[0].starts_with(b"OpusHead") && read[1].starts_with(b"OpusTags"));
+        let audio = &read[2..];
+        assert_eq!(audio.len(), packets.len());
+        assert!(
+            audio
+                .iter()
+                .zip(&packets)
+                .all(|(a, b)| a[..] == b.payload[..])
+        );
+        assert_eq!(super::packets(&file[..file.len() - 1]), None);
+        assert_eq!(super::packets(b"RIFF...."), None);
     }
 
     #[test]
