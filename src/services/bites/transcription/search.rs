@@ -178,6 +178,28 @@ impl TranscriptIndex {
         Ok(Some(hits))
     }
 
+    /// Removes one bite's transcript (its bite was deleted while it was being indexed).
+    pub async fn remove(&self, bite: &BiteId) -> Result<(), DbErr> {
+        let statement = match self.backend() {
+            DbBackend::Sqlite => self.statement(
+                "DELETE FROM transcript_search WHERE rowid = ?",
+                vec![row_id(bite).into()],
+            ),
+            _ => self.statement(
+                "DELETE FROM transcript_search \
+                 WHERE conversation = $1 AND start = $2 AND speaker = $3 AND client = $4",
+                vec![
+                    bite.conversation.clone().into(),
+                    i64::try_from(bite.start).unwrap_or(i64::MAX).into(),
+                    bite.user.clone().into(),
+                    bite.client.clone().into(),
+                ],
+            ),
+        };
+        self.db.execute_raw(statement).await?;
+        Ok(())
+    }
+
     pub async fn delete_conversation(&self, conversation: &str) -> Result<(), DbErr> {
         let sql = match self.backend() {
             DbBackend::Sqlite => "DELETE FROM transcript_search WHERE conversation = ?",

@@ -117,7 +117,16 @@ impl Transcriber {
             let bite = job.bite.clone();
             return blocking(&self.store, move |store| store.drop_job(&bite)).await;
         };
-        match self.engine.transcribe(audio, &self.config.language).await {
+        let outcome = match self.engine.transcribe(audio, &self.config.language).await {
+            // Indexed before the job ends, so a transcript is never kept unsearchable: a
+            // failed index write is retried like a failed engine.
+            Ok(transcript) => match self.index.add(&job.bite, &transcript).await {
+                Ok(()) => Ok(transcript),
+                Err(err) => Err(EngineError::Retryable(format!("search index: {err}"))),
+            },
+            Err(err) => Err(err),
+        };
+        match outcome {
             Ok(transcript) => {
                 let bite = job.bite.clone();
                 // Serializing strings and integers cannot fail.
@@ -125,12 +134,11 @@ impl Transcriber {
                 let kept =
                     blocking(&self.store, move |store| store.put_transcript(&bite, &json)).await?;
                 if !kept {
-                    // Its bite was deleted while the engine worked.
+                    // Its bite was deleted while the engine worked: so goes its index row.
+                    if let Err(err) = self.index.remove(&job.bite).await {
+                        tracing::warn!(error = %err, conversation = %job.bite.conversation, start = job.bite.start, "a deleted bite's transcript stays in the search index");
+                    }
                     return Ok(());
-                }
-                // The transcript is kept either way; search misses it (there is no re-index yet).
-                if let Err(err) = self.index.add(&job.bite, &transcript).await {
-                    tracing::warn!(error = %err, conversation = %job.bite.conversation, start = job.bite.start, "a transcript was not indexed for search");
                 }
                 self.done.increment(1);
                 let _ = self.announce.send((job.bite, Arc::new(transcript)));
