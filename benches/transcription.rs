@@ -439,9 +439,9 @@ mod offline {
             let engine = Whisper::load(model.as_ref(), &config).unwrap();
             rss_loaded = rss_loaded.max(rss_kb());
             let mode = if fit_window {
-                "fitted (default)"
+                "fitted"
             } else {
-                "full 30 s"
+                "full 30 s (default)"
             };
             engine.transcribe(long[0].ogg.clone(), "en").await.unwrap();
             for (set, clips, runs) in [("short", &shorts[..], 3), ("long", &long[..], RUNS)] {
