@@ -45,15 +45,19 @@ impl TranscriptionConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         // ISO 639-1 or a BCP-47 tag (Google takes `en-US`): it reaches whisper.cpp as a C
         // string and cloud engines as a form field.
+        // Lower case first: whisper.cpp's language names are.
         let tag = &self.language;
         let well_formed = tag.len() <= 35
             && tag.split('-').enumerate().all(|(i, part)| {
-                (if i == 0 { 2..=3 } else { 1..=8 }).contains(&part.len())
-                    && part.bytes().all(|b| b.is_ascii_alphanumeric())
+                if i == 0 {
+                    (2..=3).contains(&part.len()) && part.bytes().all(|b| b.is_ascii_lowercase())
+                } else {
+                    (1..=8).contains(&part.len()) && part.bytes().all(|b| b.is_ascii_alphanumeric())
+                }
             });
         if !tag.is_empty() && !well_formed {
             return Err(ConfigError::Invalid(format!(
-                "transcription.language {tag:?}: expected an ISO 639-1 code such as \"en\", or \"\""
+                "transcription.language {tag:?}: expected a lower-case ISO 639-1 code such as \"en\" (or \"en-US\"), or \"\""
             )));
         }
         if self.whisper.threads == 0 {
@@ -99,7 +103,7 @@ pub struct WhisperConfig {
     /// Threads per bite. One: two threads collapse when the other core is busy (measured), and
     /// bites queue rather than compete.
     pub threads: u16,
-    /// Shrink whisper's fixed 30 s window to the bite's length: a 3 s bite is transcribed six
+    /// Shrink whisper's fixed 30 s window to the bite's length: a 3 s bite is transcribed 5.5
     /// times faster, but whisper, trained on 30 s windows, then mishears more words
     /// (BENCHMARKS.md), so it is off by default.
     pub fit_window: bool,

@@ -138,9 +138,15 @@ pub trait BiteStore: Send + Sync {
     fn due_jobs(&self, now: u64, max: usize) -> Result<Vec<Job>, StoreError>;
     /// When the next job is due, if any is queued.
     fn next_due(&self) -> Result<Option<u64>, StoreError>;
-    /// Stores a bite's transcript (JSON) and ends its job; false (and nothing stored) when the
-    /// job is gone, its bite deleted meanwhile.
+    /// Stores a bite's transcript (JSON), ends its job and marks it for the search index, in
+    /// one transaction; false (and nothing stored) when the job is gone, its bite deleted
+    /// meanwhile.
     fn put_transcript(&self, bite: &BiteId, transcript: &[u8]) -> Result<bool, StoreError>;
+    /// Transcripts (JSON) stored but not yet indexed for search, at most `max`.
+    fn unindexed(&self, max: usize) -> Result<Vec<(BiteId, Vec<u8>)>, StoreError>;
+    /// The bite's transcript is in the search index; false when the bite (and its transcript)
+    /// was deleted meanwhile, so the index row must go too.
+    fn indexed(&self, bite: &BiteId) -> Result<bool, StoreError>;
     /// Puts a failed job back in the queue for `job.due`, or, when `dead`, in the dead letters;
     /// nothing when the job is gone.
     fn job_failed(&self, job: &Job, dead: bool) -> Result<(), StoreError>;

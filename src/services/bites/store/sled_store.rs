@@ -26,6 +26,8 @@ pub struct SledStore {
     queue: sled::Tree,
     texts: sled::Tree,
     dead: sled::Tree,
+    /// Transcripts stored but not yet in the search index (bite key -> `BiteId` JSON).
+    unindexed: sled::Tree,
     /// New bites get a transcription job.
     transcribe: bool,
 }
@@ -40,6 +42,7 @@ impl SledStore {
             queue: db.open_tree("transcription.queue")?,
             texts: db.open_tree("transcription.text")?,
             dead: db.open_tree("transcription.dead")?,
+            unindexed: db.open_tree("transcription.unindexed")?,
             db,
             transcribe: false,
         })
@@ -94,18 +97,21 @@ impl SledStore {
         let mut jobs = sled::Batch::default();
         let mut texts = sled::Batch::default();
         let mut dead = sled::Batch::default();
+        let mut unindexed = sled::Batch::default();
         for key in keys {
             if let Some(value) = self.jobs.get(key)? {
                 queue.remove(key::queued(Self::decode_job(key, &value)?.due, key));
             }
             jobs.remove(key.as_slice());
             dead.remove(key.as_slice());
+            unindexed.remove(key.as_slice());
             texts.remove(key::transcript_of(key));
         }
         // Jobs first: a crash in between leaves queue places without a job, which `due_jobs`
         // drops, never a job nobody will take.
         self.jobs.apply_batch(jobs)?;
         self.dead.apply_batch(dead)?;
+        self.unindexed.apply_batch(unindexed)?;
         self.texts.apply_batch(texts)?;
         self.queue.apply_batch(queue)?;
         Ok(())
@@ -334,8 +340,10 @@ impl BiteStore for SledStore {
 
     fn put_transcript(&self, bite: &BiteId, transcript: &[u8]) -> Result<bool, StoreError> {
         let key = Self::bite_key(bite);
-        let kept = (&self.jobs, &self.queue, &self.texts)
-            .transaction(|(jobs, queue, texts)| {
+        // Serializing strings and integers cannot fail.
+        let id = serde_json::to_vec(bite).unwrap_or_default();
+        let kept = (&self.jobs, &self.queue, &self.texts, &self.unindexed)
+            .transaction(|(jobs, queue, texts, unindexed)| {
                 // Read inside: a bite deleted while its engine worked has no job any more,
                 // and gets no transcript.
                 let Some(value) = jobs.get(key.as_slice())? else {
@@ -345,11 +353,37 @@ impl BiteStore for SledStore {
                 queue.remove(key::queued(due, &key))?;
                 jobs.remove(key.as_slice())?;
                 texts.insert(key::transcript_of(&key), transcript)?;
+                unindexed.insert(key.as_slice(), id.as_slice())?;
                 Ok::<_, ConflictableTransactionError<()>>(true)
             })
             .map_err(storage)?;
         self.db.flush()?;
         Ok(kept)
+    }
+
+    fn unindexed(&self, max: usize) -> Result<Vec<(BiteId, Vec<u8>)>, StoreError> {
+        let mut found = Vec::new();
+        for entry in self.unindexed.iter() {
+            if found.len() >= max {
+                break;
+            }
+            let (key, value) = entry?;
+            let text = self.texts.get(key::transcript_of(&key))?;
+            match (serde_json::from_slice::<BiteId>(&value), text) {
+                (Ok(bite), Some(text)) => found.push((bite, text.to_vec())),
+                // Deleted with its bite meanwhile, or unreadable: nothing to index.
+                _ => {
+                    self.unindexed.remove(&key)?;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    fn indexed(&self, bite: &BiteId) -> Result<bool, StoreError> {
+        let key = Self::bite_key(bite);
+        self.unindexed.remove(&key)?;
+        Ok(self.texts.contains_key(key::transcript_of(&key))?)
     }
 
     fn job_failed(&self, job: &Job, dead: bool) -> Result<(), StoreError> {
@@ -498,6 +532,14 @@ mod tests {
         store
             .put_transcript(&due[0].bite, b"{\"text\":\"hi\"}")
             .expect("put");
+        // Marked for the search index with the transcript, until indexed.
+        let unindexed = store.unindexed(10).expect("unindexed");
+        assert_eq!(
+            unindexed,
+            vec![(due[0].bite.clone(), b"{\"text\":\"hi\"}".to_vec())]
+        );
+        assert!(store.indexed(&due[0].bite).expect("indexed"));
+        assert!(store.unindexed(10).expect("unindexed").is_empty());
         let mut retried = due[1].clone();
         retried.attempts = 1;
         retried.due = 9000;
@@ -535,6 +577,8 @@ mod tests {
         assert_eq!(store.next_due().expect("next"), None);
         assert!(store.dead_letters(10).expect("dead").is_empty());
         assert!(store.texts.is_empty());
+        // A transcript deleted before it was indexed: its index row must go.
+        assert!(!store.indexed(&due[0].bite).expect("indexed"));
     }
 
     #[test]

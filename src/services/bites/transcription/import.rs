@@ -30,11 +30,11 @@ pub enum ImportError {
     },
     #[error("model.bin: {0}")]
     Model(String),
-    #[error("vocabulary.txt: {0}")]
+    #[error("the vocabulary: {0}")]
     Vocabulary(String),
 }
 
-/// Converts the CTranslate2 model in `dir` (`model.bin`, `vocabulary.txt`) into the ggml file
+/// Converts the CTranslate2 model in `dir` (`model.bin`, `vocabulary.json` or `.txt`) into the ggml file
 /// `out`, written beside it under a temporary name and renamed, so a running reader never sees
 /// half a model.
 pub fn import_ct2(dir: &Path, out: &Path) -> Result<Imported, ImportError> {
@@ -46,7 +46,14 @@ pub fn import_ct2(dir: &Path, out: &Path) -> Result<Imported, ImportError> {
         })
     };
     let model = read("model.bin")?;
-    let vocabulary = read("vocabulary.txt")?;
+    // CTranslate2 4 writes vocabulary.json (a JSON array); earlier versions vocabulary.txt.
+    let vocabulary = match read("vocabulary.json") {
+        Ok(json) => serde_json::from_slice::<Vec<String>>(&json)
+            .map_err(|err| ImportError::Vocabulary(format!("vocabulary.json: {err}")))?
+            .join("\n")
+            .into_bytes(),
+        Err(_) => read("vocabulary.txt")?,
+    };
     let variables = Variables::parse(&model)?;
     let tokens = base_vocabulary(&vocabulary)?;
     let file = Ggml::new(&variables)?.write(&variables, &tokens)?;
@@ -59,10 +66,16 @@ pub fn import_ct2(dir: &Path, out: &Path) -> Result<Imported, ImportError> {
         std::fs::create_dir_all(parent).map_err(io)?;
     }
     let partial = out.with_extension("partial");
-    let mut writer = std::fs::File::create(&partial).map_err(io)?;
-    writer.write_all(&file.bytes).map_err(io)?;
-    writer.sync_all().map_err(io)?;
-    std::fs::rename(&partial, out).map_err(io)?;
+    let written = std::fs::File::create(&partial)
+        .and_then(|mut writer| {
+            writer.write_all(&file.bytes)?;
+            writer.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&partial, out));
+    if let Err(err) = written {
+        let _ = std::fs::remove_file(&partial);
+        return Err(io(err));
+    }
     Ok(Imported {
         vocabulary: tokens.len(),
         tensors: file.tensors,
@@ -103,8 +116,9 @@ struct Variable<'a> {
 }
 
 impl Variable<'_> {
-    fn elements(&self) -> usize {
-        self.dims.iter().product()
+    /// `None` on overflow.
+    fn elements(&self) -> Option<usize> {
+        self.dims.iter().try_fold(1usize, |n, d| n.checked_mul(*d))
     }
 
     /// The values as f32 (weights are stored f16 or f32; bf16 widens exactly).
@@ -181,7 +195,9 @@ impl<'a> Variables<'a> {
                 DataType::F16 | DataType::Bf16 | DataType::I16 => 2,
                 DataType::I8 => 1,
             };
-            if variable.elements() * width != len {
+            // The data was read, so a shape that matches it is bounded by the file's size.
+            let fits = variable.elements().and_then(|n| n.checked_mul(width)) == Some(len);
+            if !fits || variable.dims.contains(&0) {
                 return Err(ImportError::Model(format!(
                     "{name}: {len} bytes for shape {:?}",
                     variable.dims
@@ -316,16 +332,45 @@ impl Ggml {
             text_layers: variables.count_layers("decoder"),
             mels,
         };
-        if model.audio_layers == 0 || model.text_layers == 0 {
-            return Err(ImportError::Model("no encoder or decoder layers".into()));
+        // Bounds well above every published Whisper (large-v3: 128 mels, width 1280, 32
+        // layers, 51,866 tokens), so nothing absurd is allocated or written.
+        let sane = (1..=256).contains(&model.mels)
+            && (1..=1 << 16).contains(&model.vocab)
+            && [model.audio_ctx, model.text_ctx]
+                .iter()
+                .all(|c| (1..=1 << 14).contains(c))
+            && model.audio_state == model.text_state
+            && (1..=1 << 14).contains(&model.audio_state)
+            && [model.audio_layers, model.text_layers]
+                .iter()
+                .all(|l| (1..=128).contains(l))
+            && [model.audio_heads, model.text_heads]
+                .iter()
+                .all(|&h| h > 0 && model.audio_state.is_multiple_of(h));
+        if !sane {
+            return Err(ImportError::Model(format!(
+                "not a Whisper shape: {} mels, {} tokens, contexts {}/{}, widths {}/{}, heads \
+                 {}/{}, layers {}/{}",
+                model.mels,
+                model.vocab,
+                model.audio_ctx,
+                model.text_ctx,
+                model.audio_state,
+                model.text_state,
+                model.audio_heads,
+                model.text_heads,
+                model.audio_layers,
+                model.text_layers
+            )));
         }
         Ok(model)
     }
 
     fn write(&self, variables: &Variables, tokens: &[Vec<u8>]) -> Result<Written, ImportError> {
         let mut out = Vec::with_capacity(80 << 20);
+        // Every value written is bounded by the checks in `new` or by the file's size.
         let int = |out: &mut Vec<u8>, value: usize| {
-            out.extend_from_slice(&(value as i32).to_le_bytes());
+            out.extend_from_slice(&i32::try_from(value).unwrap_or(i32::MAX).to_le_bytes());
         };
         out.extend_from_slice(&GGML_MAGIC.to_le_bytes());
         for value in [
@@ -358,7 +403,16 @@ impl Ggml {
         }
 
         let mut tensors = 0;
+        // The first tensor whose values do not fill its shape (a malformed source).
+        let mut misshapen: Option<String> = None;
         let mut tensor = |name: &str, shape: &[usize], values: &[f32]| {
+            let fits = shape.iter().try_fold(1usize, |n, d| n.checked_mul(*d))
+                == Some(values.len())
+                && shape.iter().all(|&d| i32::try_from(d).is_ok());
+            if !fits {
+                misshapen.get_or_insert_with(|| format!("{name}: shape {shape:?}"));
+                return;
+            }
             write_tensor(&mut out, name, shape, values);
             tensors += 1;
         };
@@ -413,6 +467,11 @@ impl Ggml {
             self_attention(&mut tensor, variables, &from, &to, self.text_state)?;
             cross_attention(&mut tensor, variables, &from, &to, self.text_state)?;
             feed_forward(&mut tensor, variables, &from, &to)?;
+        }
+        if let Some(tensor) = misshapen {
+            return Err(ImportError::Model(format!(
+                "{tensor} does not fit its values"
+            )));
         }
         Ok(Written {
             bytes: out,
@@ -1023,6 +1082,17 @@ mod tests {
             tensors["decoder.token_embedding.weight"].2,
             source("decoder/embeddings/weight")
         );
+
+        // A shape that claims no data, or a huge one: refused before anything is allocated.
+        let mut hostile = variables.clone();
+        hostile[0] = (
+            "encoder/conv1/weight".into(),
+            vec![0, 4_000_000_000, 3],
+            Vec::new(),
+        );
+        std::fs::write(dir.path().join("model.bin"), ct2_file(&hostile)).unwrap();
+        let err = import_ct2(dir.path(), &dir.path().join("other.bin")).unwrap_err();
+        assert!(err.to_string().contains("for shape"), "{err}");
 
         // Not a Whisper model, or a truncated one: a clear error, nothing written.
         std::fs::write(dir.path().join("model.bin"), &ct2_file(&variables)[..1000]).unwrap();

@@ -32,6 +32,13 @@ pub fn engine(
         }
         TranscriptionEngine::Whisper => {
             let model = config.whisper_model(data_dir);
+            if config.whisper.model_path.is_some() && !model.exists() {
+                // Named but absent: a typo, not a choice to run without transcripts.
+                return Err(format!(
+                    "transcription.whisper.model_path: {} does not exist",
+                    model.display()
+                ));
+            }
             if !model.exists() {
                 tracing::info!(
                     model = %model.display(),

@@ -178,7 +178,7 @@ impl TranscriptIndex {
         Ok(Some(hits))
     }
 
-    /// Removes one bite's transcript (its bite was deleted while it was being indexed).
+    /// Removes one bite's transcript.
     pub async fn remove(&self, bite: &BiteId) -> Result<(), DbErr> {
         let statement = match self.backend() {
             DbBackend::Sqlite => self.statement(

@@ -163,6 +163,8 @@ impl Inner {
             if let Ok(part) = segment.to_str_lossy() {
                 text.push_str(&part);
             }
+            // A segment starts a word even when its first token has no leading space.
+            let mut first = true;
             for k in 0..segment.n_tokens() {
                 let Some(token) = segment.get_token(k) else {
                     continue;
@@ -175,8 +177,10 @@ impl Inner {
                 };
                 let data = token.token_data();
                 let (start, end) = (centiseconds_to_ms(data.t0), centiseconds_to_ms(data.t1));
+                let continues = !first && !bytes.starts_with(b" ");
+                first = false;
                 match words.last_mut() {
-                    Some(word) if !bytes.starts_with(b" ") => {
+                    Some(word) if continues => {
                         word.0.extend_from_slice(bytes);
                         word.2 = word.2.max(end);
                     }
@@ -239,7 +243,8 @@ pub fn decode_16k(file: &[u8]) -> Result<Vec<f32>, EngineError> {
                 .map_err(|err| refused(format!("output gain: {err}")))?;
         }
     }
-    let mut pcm = Vec::with_capacity(info.duration_ms as usize * RATE / 1000 + MAX_FRAME);
+    // Not from the header's granule position (anyone's file): from the packets actually here.
+    let mut pcm = Vec::with_capacity(packets.len().saturating_sub(2) * MAX_FRAME);
     let mut frame = [0f32; MAX_FRAME];
     for packet in packets.iter().skip(2) {
         let n = decoder
@@ -248,7 +253,9 @@ pub fn decode_16k(file: &[u8]) -> Result<Vec<f32>, EngineError> {
         pcm.extend_from_slice(&frame[..n]);
     }
     let skip = usize::from(info.pre_skip) / 3;
-    let end = (skip + info.duration_ms as usize * RATE / 1000).min(pcm.len());
+    let samples =
+        usize::try_from(info.duration_ms.saturating_mul(RATE as u64) / 1000).unwrap_or(usize::MAX);
+    let end = skip.saturating_add(samples).min(pcm.len());
     pcm.truncate(end);
     pcm.drain(..skip.min(pcm.len()));
     Ok(pcm)

@@ -53,6 +53,7 @@ impl Transcriber {
                 }
             };
             if due.is_empty() {
+                self.reindex().await;
                 let wait = self.until_next_due().await;
                 tokio::select! {
                     () = stop.cancelled() => return,
@@ -117,16 +118,7 @@ impl Transcriber {
             let bite = job.bite.clone();
             return blocking(&self.store, move |store| store.drop_job(&bite)).await;
         };
-        let outcome = match self.engine.transcribe(audio, &self.config.language).await {
-            // Indexed before the job ends, so a transcript is never kept unsearchable: a
-            // failed index write is retried like a failed engine.
-            Ok(transcript) => match self.index.add(&job.bite, &transcript).await {
-                Ok(()) => Ok(transcript),
-                Err(err) => Err(EngineError::Retryable(format!("search index: {err}"))),
-            },
-            Err(err) => Err(err),
-        };
-        match outcome {
+        match self.engine.transcribe(audio, &self.config.language).await {
             Ok(transcript) => {
                 let bite = job.bite.clone();
                 // Serializing strings and integers cannot fail.
@@ -134,12 +126,10 @@ impl Transcriber {
                 let kept =
                     blocking(&self.store, move |store| store.put_transcript(&bite, &json)).await?;
                 if !kept {
-                    // Its bite was deleted while the engine worked: so goes its index row.
-                    if let Err(err) = self.index.remove(&job.bite).await {
-                        tracing::warn!(error = %err, conversation = %job.bite.conversation, start = job.bite.start, "a deleted bite's transcript stays in the search index");
-                    }
+                    // Its bite was deleted while the engine worked.
                     return Ok(());
                 }
+                self.index(&job.bite, &transcript).await;
                 self.done.increment(1);
                 let _ = self.announce.send((job.bite, Arc::new(transcript)));
                 Ok(())
@@ -164,6 +154,46 @@ impl Transcriber {
                     self.retried.increment(1);
                 }
                 blocking(&self.store, move |store| store.job_failed(&job, dead)).await
+            }
+        }
+    }
+
+    /// Adds a stored transcript to the search index. The store marked it "to index" with the
+    /// transcript, so a failure here (or a crash before) is made good by `reindex`, without
+    /// asking the engine again.
+    async fn index(&self, bite: &BiteId, transcript: &Transcript) -> bool {
+        if let Err(err) = self.index.add(bite, transcript).await {
+            tracing::warn!(error = %err, conversation = %bite.conversation, start = bite.start, "a transcript is not indexed yet; retried when the worker is idle");
+            return false;
+        }
+        let indexed = bite.clone();
+        match blocking(&self.store, move |store| store.indexed(&indexed)).await {
+            Ok(true) => {}
+            // Deleted with its bite while it was being indexed: so goes its index row.
+            Ok(false) => {
+                if let Err(err) = self.index.remove(bite).await {
+                    tracing::warn!(error = %err, "a deleted bite's transcript stays in the search index");
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "an indexed transcript stays marked to index"),
+        }
+        true
+    }
+
+    /// Indexes transcripts stored but not indexed (the database was down, or the process
+    /// stopped in between), a batch at a time, while nothing else is due.
+    async fn reindex(&self) {
+        const BATCH: usize = 64;
+        let Ok(pending) = blocking(&self.store, |store| store.unindexed(BATCH)).await else {
+            return;
+        };
+        for (bite, json) in pending {
+            let Ok(transcript) = serde_json::from_slice::<Transcript>(&json) else {
+                continue;
+            };
+            if !self.index(&bite, &transcript).await {
+                // The index is still failing: try again on a later idle turn.
+                return;
             }
         }
     }
