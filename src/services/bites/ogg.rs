@@ -353,17 +353,19 @@ mod tests {
         }
     }
 
+    fn mono(packets: &[TimedPacket]) -> Vec<u8> {
+        let header = Header {
+            serial: 7,
+            channels: 1,
+            pre_skip: 312,
+        };
+        write(header, packets)
+    }
+
     #[test]
     fn the_header_and_duration_are_read_back() {
         let packets: Vec<TimedPacket> = (0..50u64).map(|i| packet(i * 20, 4)).collect();
-        let file = write(
-            Header {
-                serial: 7,
-                channels: 1,
-                pre_skip: 312,
-            },
-            &packets,
-        );
+        let file = mono(&packets);
         let info = opus_info(&file).expect("an Ogg Opus file");
         assert_eq!(
             (info.input_rate, info.channels, info.pre_skip),
@@ -376,14 +378,7 @@ mod tests {
     #[test]
     fn packets_are_read_back_across_pages() {
         let packets: Vec<TimedPacket> = (0..300u64).map(|i| packet(i * 20, 300)).collect();
-        let file = write(
-            Header {
-                serial: 7,
-                channels: 1,
-                pre_skip: 312,
-            },
-            &packets,
-        );
+        let file = mono(&packets);
         let read = super::packets(&file).expect("Ogg pages");
         assert!(read[0].starts_with(b"OpusHead") && read[1].starts_with(b"OpusTags"));
         let audio = &read[2..];

@@ -289,6 +289,11 @@ struct Written {
 const GGML_MAGIC: u32 = 0x6767_6d6c;
 const GGML_F32: i32 = 0;
 const GGML_F16: i32 = 1;
+/// CTranslate2's linear layers of an attention block, as Whisper's projections: self-attention
+/// fuses query, key and value; cross-attention fuses key and value (computed once from the
+/// audio).
+const SELF_ATTENTION: &[&[&str]] = &[&["query", "key", "value"], &["out"]];
+const CROSS_ATTENTION: &[&[&str]] = &[&["query"], &["key", "value"], &["out"]];
 /// Whisper heads are 64 wide in every published size.
 const HEAD_WIDTH: usize = 64;
 
@@ -444,10 +449,7 @@ impl Ggml {
             "encoder.ln_post",
         )?;
         for i in 0..self.audio_layers {
-            let from = format!("encoder/layer_{i}");
-            let to = format!("encoder.blocks.{i}");
-            self_attention(&mut tensor, variables, &from, &to, self.audio_state)?;
-            feed_forward(&mut tensor, variables, &from, &to)?;
+            block(&mut tensor, variables, "encoder", i, self.audio_state)?;
         }
 
         tensor(
@@ -462,11 +464,7 @@ impl Ggml {
         );
         norm(&mut tensor, variables, "decoder/layer_norm", "decoder.ln")?;
         for i in 0..self.text_layers {
-            let from = format!("decoder/layer_{i}");
-            let to = format!("decoder.blocks.{i}");
-            self_attention(&mut tensor, variables, &from, &to, self.text_state)?;
-            cross_attention(&mut tensor, variables, &from, &to, self.text_state)?;
-            feed_forward(&mut tensor, variables, &from, &to)?;
+            block(&mut tensor, variables, "decoder", i, self.text_state)?;
         }
         if let Some(tensor) = misshapen {
             return Err(ImportError::Model(format!(
@@ -519,8 +517,8 @@ fn linear(
     Ok(())
 }
 
-/// A fused projection split into `parts` equal row blocks, written under `names`; `None`
-/// drops a block (Whisper's key projections have no bias: CTranslate2 stores zeros there).
+/// A (possibly fused) projection split into equal row blocks, written under `names`, with
+/// the block's bias or without.
 fn split(
     tensor: &mut TensorSink,
     variables: &Variables,
@@ -557,73 +555,59 @@ fn split(
     Ok(())
 }
 
-fn self_attention(
+/// Layer `i` of the encoder or the decoder: self-attention, cross-attention (the decoder's,
+/// on the audio), and the feed-forward network.
+fn block(
     tensor: &mut TensorSink,
     variables: &Variables,
-    from: &str,
-    to: &str,
+    stack: &str,
+    i: usize,
     state: usize,
 ) -> Result<(), ImportError> {
-    norm(
-        tensor,
-        variables,
-        &format!("{from}/self_attention/layer_norm"),
-        &format!("{to}.attn_ln"),
-    )?;
-    split(
-        tensor,
-        variables,
-        &format!("{from}/self_attention/linear_0"),
-        &[
-            (&format!("{to}.attn.query"), true),
-            (&format!("{to}.attn.key"), false),
-            (&format!("{to}.attn.value"), true),
-        ],
-        state,
-    )?;
-    linear(
-        tensor,
-        variables,
-        &format!("{from}/self_attention/linear_1"),
-        &format!("{to}.attn.out"),
-    )
+    let from = format!("{stack}/layer_{i}");
+    let to = format!("{stack}.blocks.{i}");
+    let mut attentions = vec![(("self_attention", "attn"), SELF_ATTENTION)];
+    if stack == "decoder" {
+        attentions.push((("attention", "cross_attn"), CROSS_ATTENTION));
+    }
+    for ((ct2, torch), blocks) in attentions {
+        attention(tensor, variables, (&from, ct2), (&to, torch), blocks, state)?;
+    }
+    feed_forward(tensor, variables, &from, &to)
 }
 
-fn cross_attention(
+/// An attention block: its layer norm, then CTranslate2's `linear_<i>` split into the
+/// projections `blocks[i]` names (fused ones hold several, in order). Whisper's key
+/// projections have no bias (CTranslate2 stores zeros there); the others do.
+fn attention(
     tensor: &mut TensorSink,
     variables: &Variables,
-    from: &str,
-    to: &str,
+    (from, ct2): (&str, &str),
+    (to, torch): (&str, &str),
+    blocks: &[&[&str]],
     state: usize,
 ) -> Result<(), ImportError> {
     norm(
         tensor,
         variables,
-        &format!("{from}/attention/layer_norm"),
-        &format!("{to}.cross_attn_ln"),
+        &format!("{from}/{ct2}/layer_norm"),
+        &format!("{to}.{torch}_ln"),
     )?;
-    linear(
-        tensor,
-        variables,
-        &format!("{from}/attention/linear_0"),
-        &format!("{to}.cross_attn.query"),
-    )?;
-    split(
-        tensor,
-        variables,
-        &format!("{from}/attention/linear_1"),
-        &[
-            (&format!("{to}.cross_attn.key"), false),
-            (&format!("{to}.cross_attn.value"), true),
-        ],
-        state,
-    )?;
-    linear(
-        tensor,
-        variables,
-        &format!("{from}/attention/linear_2"),
-        &format!("{to}.cross_attn.out"),
-    )
+    for (i, projections) in blocks.iter().enumerate() {
+        let names: Vec<(String, bool)> = projections
+            .iter()
+            .map(|p| (format!("{to}.{torch}.{p}"), *p != "key"))
+            .collect();
+        let names: Vec<(&str, bool)> = names.iter().map(|(n, b)| (n.as_str(), *b)).collect();
+        split(
+            tensor,
+            variables,
+            &format!("{from}/{ct2}/linear_{i}"),
+            &names,
+            state,
+        )?;
+    }
+    Ok(())
 }
 
 fn feed_forward(
