@@ -12,10 +12,11 @@
 //!   everyone ◀── bus (core's events: memberships, profiles) ──▶ everyone
 //! ```
 //!
-//! A seam is a trait in `platform/` answered by the service that owns the data. Here the
-//! owner is in this process and answers in-process; a split binary hosting the asker without
-//! the owner has no answer for it and refuses to start (split deployments will get it over the
-//! network instead).
+//! A seam is a trait in `platform/` answered by the service that owns the data. When the
+//! owner is in this process it answers in-process; when it is not, and the bus is NATS, the
+//! asker reaches it over NATS request/reply (`platform/rpc.rs`, `platform/remote.rs`), and
+//! every owner here answers its seams there for the processes that do not host it. Without
+//! NATS, a binary hosting an asker without its owner refuses to start.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -137,6 +138,22 @@ fn ask<T: Clone>(
     })
 }
 
+/// The seam `service` asks: in-process when `owner` is hosted here, else over NATS (`remote`),
+/// else why it cannot start.
+#[allow(dead_code, reason = "which seams are asked depends on the features")]
+fn ask_or_remote<T: Clone>(
+    seam: &Option<T>,
+    platform: &Platform,
+    (service, name, owner): (&'static str, &'static str, &'static str),
+    remote: impl FnOnce(crate::platform::bus::Bus) -> T,
+) -> Result<T, BuildError> {
+    match seam {
+        Some(seam) => Ok(seam.clone()),
+        None if platform.bus.backend() == "nats" => Ok(remote(platform.bus.clone())),
+        None => ask(seam, service, name, owner),
+    }
+}
+
 /// Builds the named services in `COMPILED` order (an owner before its askers) and wires each
 /// seam from its owner to the services that ask it.
 #[allow(unused_variables, unused_mut, reason = "depends on the features")]
@@ -147,6 +164,8 @@ pub fn build_services(
     check_compiled(names)?;
     let hosted = |name: &str| names.contains(&name);
     let mut seams = Seams::default();
+    // What this process's owners answer for processes that do not host them.
+    let mut answers = crate::platform::rpc::Answers::default();
     let mut built: Vec<Arc<dyn Service>> = Vec::with_capacity(names.len());
 
     // pictures' store answers core, and pictures asks core: the store comes first.
@@ -168,6 +187,7 @@ pub fn build_services(
         {
             seams.memberships = Some(Arc::clone(&core.conversations) as SharedMembership);
         }
+        core.answer(&mut answers);
         #[cfg(feature = "heartbeat")]
         {
             seams.relations = Some(Arc::clone(&core.relations) as SharedRelations);
@@ -180,11 +200,11 @@ pub fn build_services(
     }
     #[cfg(feature = "permissions")]
     if hosted("permissions") {
-        let memberships = ask(
+        let memberships = ask_or_remote(
             &seams.memberships,
-            "permissions",
-            "MembershipSource",
-            "core",
+            platform,
+            ("permissions", "MembershipSource", "core"),
+            |bus| Arc::new(crate::platform::remote::RemoteMembership::new(bus)) as SharedMembership,
         )?;
         let permissions = services::permissions::Permissions::new(platform, memberships);
         #[cfg(any(feature = "bites", feature = "pictures"))]
@@ -227,6 +247,9 @@ pub fn build_services(
                 source: err.into(),
             })?;
         built.push(Arc::new(bites));
+    }
+    if !answers.is_empty() && platform.bus.backend() == "nats" {
+        built.push(answers.into_service(platform.bus.clone()));
     }
     Ok(built)
 }

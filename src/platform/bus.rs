@@ -122,6 +122,19 @@ impl Bus {
         }
     }
 
+    /// `bus.subject_prefix`: every subject this deployment uses starts with it.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The NATS connection, when the bus is NATS (request/reply between processes).
+    pub(crate) fn nats(&self) -> Option<&async_nats::Client> {
+        match &self.transport {
+            Transport::Nats(client) => Some(client),
+            Transport::Memory(_) => None,
+        }
+    }
+
     /// The full subject of an event type.
     pub fn subject<E: Event>(&self) -> String {
         format!("{}.{}", self.prefix, E::SUBJECT)

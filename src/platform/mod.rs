@@ -13,6 +13,8 @@ pub mod identity;
 pub mod ids;
 pub mod membership;
 pub mod pictures;
+pub mod remote;
+pub mod rpc;
 pub mod service;
 pub mod sessions;
 pub mod telemetry;

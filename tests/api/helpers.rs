@@ -152,6 +152,8 @@ pub fn unique_name() -> String {
 
 /// The configuration of a fresh app on `column`, with storage no other test sees.
 pub async fn test_config(column: Column, data_dir: &TempDir) -> (Config, Option<String>) {
+    // The S3 bucket is made with reqwest before any app has installed it.
+    beep::platform::install_crypto_provider();
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.server.data_dir = data_dir.path().to_owned();
@@ -224,6 +226,33 @@ impl TestApp {
         .await
         .unwrap_or_else(|err| panic!("app did not start on {column:?}: {err}"));
         Self::serve(running, clock, postgres_database, data_dir)
+    }
+
+    /// Starts another process of the same deployment beside `first` (its database, cache,
+    /// bus and blobs; a data directory of its own), hosting only `services`, as split
+    /// binaries run. The database stays `first`'s to drop.
+    pub async fn spawn_beside(
+        first: &TestApp,
+        services: &[&str],
+        adjust: impl FnOnce(&mut Config),
+    ) -> Self {
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut config = (*first.platform.config).clone();
+        config.server.data_dir = data_dir.path().to_owned();
+        adjust(&mut config);
+        let clock = Clock::adjustable();
+        let running = app::start(
+            config,
+            services,
+            Hosting {
+                handle_signals: false,
+                extra_services: Vec::new(),
+                clock: clock.clone(),
+            },
+        )
+        .await
+        .unwrap_or_else(|err| panic!("{services:?} did not start beside the first: {err}"));
+        Self::serve(running, clock, None, data_dir)
     }
 
     fn serve(

@@ -35,5 +35,7 @@ mod sessions;
 #[cfg(feature = "whisper")]
 #[path = "../common/speech.rs"]
 mod speech;
+#[cfg(all(feature = "core", feature = "auth", feature = "permissions"))]
+mod split;
 #[cfg(feature = "bites")]
 mod transcription;

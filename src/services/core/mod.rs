@@ -39,6 +39,21 @@ pub struct Core {
 }
 
 impl Core {
+    /// The seams core answers over NATS for services in other processes.
+    pub fn answer(&self, answers: &mut crate::platform::rpc::Answers) {
+        use crate::platform::membership::MembershipSource as _;
+        use crate::platform::remote::calls;
+        let conversations = Arc::clone(&self.conversations);
+        answers.add(
+            calls::CORE,
+            calls::IS_MEMBER,
+            move |(user, conversation): (String, String)| {
+                let conversations = Arc::clone(&conversations);
+                async move { conversations.is_member(&user, &conversation).await }
+            },
+        );
+    }
+
     /// `catalog` is pictures' "is this name stored", when pictures is hosted.
     pub fn new(platform: &Platform, catalog: Option<SharedCatalog>) -> Self {
         let db = platform.db.connection().clone();
