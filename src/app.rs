@@ -175,10 +175,23 @@ pub fn build_services(
     {
         seams.catalog = picture_store.clone().map(|store| store as SharedCatalog);
     }
+    #[cfg(feature = "pictures")]
+    if let Some(store) = &picture_store {
+        services::pictures::Pictures::answer(store, &mut answers);
+    }
 
     #[cfg(feature = "core")]
     if hosted("core") {
-        let core = services::core::Core::new(platform, seams.catalog.clone());
+        // Without pictures here, over NATS when it runs elsewhere (else names are checked by
+        // their shape only).
+        let catalog = seams.catalog.clone().or_else(|| {
+            (platform.bus.backend() == "nats").then(|| {
+                Arc::new(crate::platform::remote::RemoteCatalog::new(
+                    platform.bus.clone(),
+                )) as SharedCatalog
+            })
+        });
+        let core = services::core::Core::new(platform, catalog);
         #[cfg(feature = "auth")]
         {
             seams.users = Some(Arc::clone(&core.users) as SharedDirectory);
@@ -207,6 +220,7 @@ pub fn build_services(
             |bus| Arc::new(crate::platform::remote::RemoteMembership::new(bus)) as SharedMembership,
         )?;
         let permissions = services::permissions::Permissions::new(platform, memberships);
+        permissions.answer(&mut answers);
         #[cfg(any(feature = "bites", feature = "pictures"))]
         {
             seams.access = Some(Arc::clone(&permissions.checker) as SharedAccess);
@@ -215,7 +229,12 @@ pub fn build_services(
     }
     #[cfg(feature = "auth")]
     if hosted("auth") {
-        let users = ask(&seams.users, "auth", "UserDirectory", "core")?;
+        let users = ask_or_remote(
+            &seams.users,
+            platform,
+            ("auth", "UserDirectory", "core"),
+            |bus| Arc::new(crate::platform::remote::RemoteDirectory::new(bus)) as SharedDirectory,
+        )?;
         let auth =
             services::auth::Auth::new(platform, users).map_err(|err| BuildError::Service {
                 service: "auth",
@@ -232,15 +251,30 @@ pub fn build_services(
     }
     #[cfg(feature = "pictures")]
     if let Some(store) = picture_store {
-        let usage = ask(&seams.picture_usage, "pictures", "PictureUsage", "core")?;
-        let access = ask(&seams.access, "pictures", "AccessCheck", "permissions")?;
+        let usage = ask_or_remote(
+            &seams.picture_usage,
+            platform,
+            ("pictures", "PictureUsage", "core"),
+            |bus| Arc::new(crate::platform::remote::RemoteUsage::new(bus)) as SharedUsage,
+        )?;
+        let access = ask_or_remote(
+            &seams.access,
+            platform,
+            ("pictures", "AccessCheck", "permissions"),
+            |bus| Arc::new(crate::platform::remote::RemoteAccess::new(bus)) as SharedAccess,
+        )?;
         built.push(Arc::new(services::pictures::Pictures::new(
             platform, store, usage, access,
         )));
     }
     #[cfg(feature = "bites")]
     if hosted("bites") {
-        let access = ask(&seams.access, "bites", "AccessCheck", "permissions")?;
+        let access = ask_or_remote(
+            &seams.access,
+            platform,
+            ("bites", "AccessCheck", "permissions"),
+            |bus| Arc::new(crate::platform::remote::RemoteAccess::new(bus)) as SharedAccess,
+        )?;
         let bites =
             services::bites::Bites::new(platform, access).map_err(|err| BuildError::Service {
                 service: "bites",

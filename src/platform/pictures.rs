@@ -28,7 +28,7 @@ pub fn is_picture_name(name: &str) -> bool {
 pub struct PictureLookupError(#[source] pub anyhow::Error);
 
 /// What pictures knows of a name a user wants to show.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Claimed {
     /// Not a picture it stored.
     Unknown,
@@ -55,7 +55,7 @@ pub type SharedCatalog = Arc<dyn PictureCatalog>;
 pub const LISTED_CONVERSATIONS: u64 = 8;
 
 /// Where a picture is shown.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PictureUse {
     /// Some user's `profile_pic`: every signed-in user may see it.
     pub profile: bool,

@@ -68,7 +68,7 @@ fn subject(bus: &Bus, service: &str, call: &str) -> String {
 }
 
 /// Asks `service` (in whichever process answers first) `call` with `query`.
-pub async fn ask<Q: Serialize, A: DeserializeOwned>(
+pub async fn ask<Q: Serialize + ?Sized, A: DeserializeOwned>(
     bus: &Bus,
     service: &'static str,
     call: &'static str,

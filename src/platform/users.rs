@@ -124,7 +124,7 @@ impl From<Email> for String {
 }
 
 /// The user a login resolved to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KnownUser {
     pub id: String,
     /// Created by this call.
@@ -132,7 +132,7 @@ pub struct KnownUser {
 }
 
 /// The profile sent to the original `POST /register/:code/:nonce` (core's `User` fields).
-#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct NewProfile {
     pub username: Option<String>,

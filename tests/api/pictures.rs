@@ -459,7 +459,7 @@ async fn eventually_status(app: &TestApp, who: &Tokens, name: &str, status: u16)
     }
 }
 
-async fn set_profile_pic(app: &TestApp, who: &Tokens, name: &str) -> reqwest::Response {
+pub async fn set_profile_pic(app: &TestApp, who: &Tokens, name: &str) -> reqwest::Response {
     app.client
         .patch(app.url("/core/user"))
         .bearer_auth(&who.access)

@@ -42,7 +42,9 @@ impl Core {
     /// The seams core answers over NATS for services in other processes.
     pub fn answer(&self, answers: &mut crate::platform::rpc::Answers) {
         use crate::platform::membership::MembershipSource as _;
-        use crate::platform::remote::calls;
+        use crate::platform::pictures::PictureUsage as _;
+        use crate::platform::remote::{calls, directory_answer};
+        use crate::platform::users::{Login, NewProfile, UserDirectory as _};
         let conversations = Arc::clone(&self.conversations);
         answers.add(
             calls::CORE,
@@ -50,6 +52,43 @@ impl Core {
             move |(user, conversation): (String, String)| {
                 let conversations = Arc::clone(&conversations);
                 async move { conversations.is_member(&user, &conversation).await }
+            },
+        );
+        let users = Arc::clone(&self.users);
+        answers.add(calls::CORE, calls::ENSURE_USER, move |login: Login| {
+            let users = Arc::clone(&users);
+            async move { directory_answer(users.ensure_user(&login).await) }
+        });
+        let users = Arc::clone(&self.users);
+        answers.add(
+            calls::CORE,
+            calls::REGISTER_USER,
+            move |(login, profile): (Login, NewProfile)| {
+                let users = Arc::clone(&users);
+                async move { directory_answer(users.register_user(&login, profile).await) }
+            },
+        );
+        let uses = Arc::clone(&self.picture_uses);
+        answers.add(calls::CORE, calls::PICTURE_USAGE, move |name: String| {
+            let uses = Arc::clone(&uses);
+            async move { uses.usage(&name).await }
+        });
+        let uses = Arc::clone(&self.picture_uses);
+        answers.add(
+            calls::CORE,
+            calls::PICTURE_SHOWN_TO,
+            move |(name, user): (String, String)| {
+                let uses = Arc::clone(&uses);
+                async move { uses.shown_to(&name, &user).await }
+            },
+        );
+        let uses = Arc::clone(&self.picture_uses);
+        answers.add(
+            calls::CORE,
+            calls::PICTURES_IN_USE,
+            move |names: Vec<String>| {
+                let uses = Arc::clone(&uses);
+                async move { uses.in_use(&names).await }
             },
         );
     }

@@ -30,6 +30,20 @@ pub struct Permissions {
 }
 
 impl Permissions {
+    /// The access check permissions answers over NATS for services in other processes.
+    pub fn answer(&self, answers: &mut crate::platform::rpc::Answers) {
+        use crate::platform::remote::calls;
+        let checker = Arc::clone(&self.checker);
+        answers.add(
+            calls::PERMISSIONS,
+            calls::MAY_ACCESS,
+            move |(user, conversation): (String, String)| {
+                let checker = Arc::clone(&checker);
+                async move { checker.check(&user, &conversation).await }
+            },
+        );
+    }
+
     pub fn new(platform: &Platform, source: SharedMembership) -> Self {
         let config = &platform.config.permissions;
         let in_process = CacheConfig {

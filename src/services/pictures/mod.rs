@@ -34,6 +34,21 @@ pub struct Pictures {
 }
 
 impl Pictures {
+    /// The catalog pictures answers over NATS for core in another process.
+    pub fn answer(store: &Arc<PictureStore>, answers: &mut crate::platform::rpc::Answers) {
+        use crate::platform::pictures::PictureCatalog as _;
+        use crate::platform::remote::calls;
+        let store = Arc::clone(store);
+        answers.add(
+            calls::PICTURES,
+            calls::CLAIM,
+            move |(name, user): (String, String)| {
+                let store = Arc::clone(&store);
+                async move { store.claim(&name, &user).await }
+            },
+        );
+    }
+
     /// The stored pictures, which answer core's `PictureCatalog`: built before core, which
     /// asks it, and before this service, which asks core.
     pub fn store(platform: &Platform) -> Arc<PictureStore> {
