@@ -244,7 +244,16 @@ pub fn build_services(
     }
     #[cfg(feature = "heartbeat")]
     if hosted("heartbeat") {
-        let relations = ask(&seams.relations, "heartbeat", "RelationCheck", "core")?;
+        let relations = ask_or_remote(
+            &seams.relations,
+            platform,
+            ("heartbeat", "RelationCheck", "core"),
+            |bus| {
+                let remote = crate::platform::remote::RemoteRelations::new(bus);
+                built.push(remote.follower());
+                remote as SharedRelations
+            },
+        )?;
         built.push(Arc::new(services::heartbeat::Heartbeat::new(
             platform, relations,
         )));

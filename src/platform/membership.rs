@@ -159,6 +159,27 @@ pub enum AccessEvent {
     Missed(&'static str),
 }
 
+impl AccessEvent {
+    /// The relations this event may have ended (a contact removed, a conversation left or
+    /// deleted, or events missed), for readers that end what depended on them.
+    pub fn ended_relations(&self) -> Option<RelationChange> {
+        match self {
+            Self::ContactRemoved(ContactRemoved { user, contact }) => Some(RelationChange::Pair {
+                viewer: user.clone(),
+                user: contact.clone(),
+            }),
+            Self::MemberRemoved(MemberRemoved { user, .. }) => {
+                Some(RelationChange::Users(vec![user.clone()]))
+            }
+            Self::ConversationDeleted(ConversationDeleted { members, .. }) => {
+                Some(RelationChange::Users(members.clone()))
+            }
+            Self::Missed(_) => Some(RelationChange::All),
+            Self::MemberAdded(_) | Self::ContactAdded(_) => None,
+        }
+    }
+}
+
 /// How long to wait before subscribing again after the bus refused.
 const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
 

@@ -3,23 +3,34 @@
 //! the asker (and its cache, invalidated by the owner's events) is the same either way.
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use super::bus::Bus;
-use super::membership::{AccessCheck, AccessError, MembershipSource};
+use super::membership::{
+    AccessCheck, AccessError, AccessEvents, MembershipSource, Relation, RelationChange,
+    RelationCheck,
+};
 use super::pictures::{Claimed, PictureCatalog, PictureLookupError, PictureUsage, PictureUse};
 use super::rpc;
+use super::service::Service;
 use super::users::{
     DirectoryError, DirectoryResult, KnownUser, Login, NewProfile, UserDirectory, UserRecord,
 };
+use super::workers::Workers;
 
 /// The names each owner answers under (`<prefix>.rpc.<service>.<call>`).
 pub mod calls {
     pub const CORE: &str = "core";
     pub const IS_MEMBER: &str = "is_member";
+    pub const RELATION: &str = "relation";
     pub const ENSURE_USER: &str = "ensure_user";
     pub const REGISTER_USER: &str = "register_user";
     pub const PICTURE_USAGE: &str = "picture_usage";
@@ -215,5 +226,71 @@ impl MembershipSource for RemoteMembership {
             .await?)
         }
         .boxed()
+    }
+}
+
+/// core's relations, for heartbeat hosted without core. Answers are read fresh from core's
+/// tables (not core's cache, which may not have heard an event this process has), and the
+/// relations that may have ended are announced from core's events as they arrive here.
+pub struct RemoteRelations {
+    bus: Bus,
+    changes: broadcast::Sender<RelationChange>,
+    listening: AtomicBool,
+}
+
+impl RemoteRelations {
+    pub fn new(bus: Bus) -> Arc<Self> {
+        Arc::new(Self {
+            bus,
+            changes: broadcast::Sender::new(256),
+            listening: AtomicBool::new(false),
+        })
+    }
+
+    /// The listener of core's events, as a service so it starts and stops with the process.
+    pub fn follower(self: &Arc<Self>) -> Arc<dyn Service> {
+        Arc::new(Follower(Arc::clone(self)))
+    }
+
+    async fn follow(self: Arc<Self>, stop: CancellationToken) {
+        let mut events = AccessEvents::new("remote relations", &self.bus, &self.listening);
+        while let Some(event) = events.next(&stop).await {
+            if let Some(change) = event.ended_relations() {
+                // No receiver (no stream open) is fine.
+                let _unheard = self.changes.send(change);
+            }
+        }
+    }
+}
+
+impl RelationCheck for RemoteRelations {
+    fn relation<'a>(
+        &'a self,
+        viewer: &'a str,
+        user: &'a str,
+    ) -> BoxFuture<'a, Result<Relation, AccessError>> {
+        async move {
+            rpc::ask(&self.bus, calls::CORE, calls::RELATION, &(viewer, user))
+                .await
+                .map_err(|err| AccessError(err.into()))
+        }
+        .boxed()
+    }
+
+    fn changes(&self) -> broadcast::Receiver<RelationChange> {
+        self.changes.subscribe()
+    }
+}
+
+struct Follower(Arc<RemoteRelations>);
+
+impl Service for Follower {
+    fn name(&self) -> &'static str {
+        "relations"
+    }
+
+    fn start(&self, workers: &mut Workers) {
+        let relations = Arc::clone(&self.0);
+        workers.spawn("remote-relations", move |stop| relations.follow(stop));
     }
 }

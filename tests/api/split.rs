@@ -64,7 +64,7 @@ async fn keys_loaded(app: &TestApp, who: &crate::auth::Tokens) {
 /// Every service in a process of its own, as the split binaries run: a login through auth
 /// creates the user in core, core checks a picture name with pictures, pictures asks core who
 /// shows it, and bites asks permissions, which asks core.
-#[cfg(all(feature = "pictures", feature = "bites"))]
+#[cfg(all(feature = "pictures", feature = "bites", feature = "heartbeat"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_service_alone_reaches_the_others_over_nats() {
     use crate::pictures::{png, set_profile_pic, uploaded};
@@ -88,6 +88,7 @@ async fn every_service_alone_reaches_the_others_over_nats() {
     let permissions = alone(&["permissions"]).await;
     let pictures = alone(&["pictures"]).await;
     let bites = alone(&["bites"]).await;
+    let heartbeat = alone(&["heartbeat"]).await;
 
     // auth -> core: the login creates the user in core's process.
     let alice = login_as(&auth, &unique_phone(), "phone").await;
@@ -136,11 +137,42 @@ async fn every_service_alone_reaches_the_others_over_nats() {
         "not_a_member"
     );
 
+    // heartbeat -> core: who may watch alice's presence, and streams end with the relation.
+    let carol = login_as(&auth, &unique_phone(), "phone").await;
+    let shared = conversation_of(&core, &alice, &[&bob]).await;
+    let watch = |who: &crate::auth::Tokens| {
+        let url = heartbeat.url(&format!(
+            "/heartbeat/subscribe/{}?token={}",
+            alice.user_id, who.access
+        ));
+        heartbeat.client.get(url).send()
+    };
+    keys_loaded(&heartbeat, &alice).await;
+    let strangers = watch(&carol).await.unwrap();
+    assert_eq!(error_code(strangers, 403).await, "not_related");
+    let mut bobs = watch(&bob).await.unwrap();
+    assert_eq!(bobs.status(), 200);
+    let removed = core
+        .client
+        .delete(core.url(&format!(
+            "/core/user/conversation/{shared}/member/{}",
+            bob.user_id
+        )))
+        .bearer_auth(&alice.access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), 200);
+    let ended = async { while let Ok(Some(_)) = bobs.chunk().await {} };
+    tokio::time::timeout(std::time::Duration::from_secs(5), ended)
+        .await
+        .expect("bob's stream ends once he shares nothing with alice");
+
     // permissions gone: bites cannot tell, and says so.
     permissions.stop().await;
     let response = scan(&alice).await.unwrap();
     assert_eq!(response.status(), 503);
-    for app in [bites, pictures, core, auth] {
+    for app in [heartbeat, bites, pictures, core, auth] {
         app.stop().await;
     }
 }

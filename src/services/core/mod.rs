@@ -54,6 +54,16 @@ impl Core {
                 async move { conversations.is_member(&user, &conversation).await }
             },
         );
+        // Fresh from the tables: the asker hears core's events itself, maybe before core has.
+        let relations = Arc::clone(&self.relations);
+        answers.add(
+            calls::CORE,
+            calls::RELATION,
+            move |(viewer, user): (String, String)| {
+                let relations = Arc::clone(&relations);
+                async move { relations.read(&viewer, &user).await }
+            },
+        );
         let users = Arc::clone(&self.users);
         answers.add(calls::CORE, calls::ENSURE_USER, move |login: Login| {
             let users = Arc::clone(&users);

@@ -105,7 +105,7 @@ impl Relations {
     }
 
     /// The relation as the tables say.
-    async fn read(&self, viewer: &str, user: &str) -> Result<Relation, DbErr> {
+    pub(super) async fn read(&self, viewer: &str, user: &str) -> Result<Relation, DbErr> {
         if user::Entity::find_by_id(user).count(&self.db).await? == 0 {
             return Ok(Relation::NoSuchUser);
         }
