@@ -59,6 +59,7 @@ pub fn directory_answer<T>(result: DirectoryResult<T>) -> anyhow::Result<Directo
         Err(DirectoryError::Invalid(message)) => Ok(Err(Refusal::Invalid(message))),
         Err(DirectoryError::Conflict(message)) => Ok(Err(Refusal::Conflict(message))),
         Err(DirectoryError::Backend(err)) => Err(err),
+        Err(DirectoryError::Unavailable(why)) => Err(anyhow::anyhow!(why)),
     }
 }
 
@@ -67,6 +68,9 @@ fn directory_result<T>(answer: Result<DirectoryAnswer<T>, rpc::RpcError>) -> Dir
         Ok(Ok(value)) => Ok(value),
         Ok(Err(Refusal::Invalid(message))) => Err(DirectoryError::Invalid(message)),
         Ok(Err(Refusal::Conflict(message))) => Err(DirectoryError::Conflict(message)),
+        Err(err @ (rpc::RpcError::NoOwner { .. } | rpc::RpcError::TimedOut { .. })) => {
+            Err(DirectoryError::Unavailable(err.to_string()))
+        }
         Err(err) => Err(DirectoryError::Backend(err.into())),
     }
 }

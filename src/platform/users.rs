@@ -177,6 +177,9 @@ pub enum DirectoryError {
     /// A user already holds this login or username.
     #[error("{0}")]
     Conflict(String),
+    /// The owner of users (core, in another process) does not answer.
+    #[error("users cannot be looked up: {0}")]
+    Unavailable(String),
     #[error(transparent)]
     Backend(#[from] anyhow::Error),
 }

@@ -70,7 +70,7 @@ async fn init(app: &TestApp, phone: &str) -> reqwest::Response {
 }
 
 /// `POST /login/init` asking for JSON; returns the nonce.
-async fn request_code(app: &TestApp, phone: &str) -> String {
+pub async fn request_code(app: &TestApp, phone: &str) -> String {
     let response = app
         .post("/login/init")
         .header("accept", "application/json")
@@ -83,7 +83,7 @@ async fn request_code(app: &TestApp, phone: &str) -> String {
     body["nonce"].as_str().unwrap().to_owned()
 }
 
-async fn verify(app: &TestApp, nonce: &str, code: &str, client: &str) -> reqwest::Response {
+pub async fn verify(app: &TestApp, nonce: &str, code: &str, client: &str) -> reqwest::Response {
     app.post("/login/verify")
         .header("accept", "application/json")
         .json(&json!({ "code": code, "nonce": nonce, "clientid": client }))

@@ -172,7 +172,15 @@ async fn every_service_alone_reaches_the_others_over_nats() {
     permissions.stop().await;
     let response = scan(&alice).await.unwrap();
     assert_eq!(response.status(), 503);
-    for app in [heartbeat, bites, pictures, core, auth] {
+    for app in [heartbeat, bites, pictures, core] {
         app.stop().await;
     }
+
+    // core gone: a login cannot create or find its user, and says so.
+    let phone = unique_phone();
+    let nonce = crate::auth::request_code(&auth, &phone).await;
+    let code = crate::helpers::sent_code(&phone);
+    let response = crate::auth::verify(&auth, &nonce, &code, "phone").await;
+    assert_eq!(error_code(response, 503).await, "users_unavailable");
+    auth.stop().await;
 }

@@ -58,6 +58,9 @@ pub enum AuthError {
     UserExists(String),
     #[error("not found")]
     BypassDisabled,
+    /// core, in another process, does not answer.
+    #[error("{0}")]
+    UsersUnavailable(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -80,6 +83,7 @@ impl From<DirectoryError> for AuthError {
             DirectoryError::Invalid(message) => Self::Profile(message),
             DirectoryError::Conflict(message) => Self::UserExists(message),
             DirectoryError::Backend(cause) => Self::Internal(cause),
+            DirectoryError::Unavailable(why) => Self::UsersUnavailable(why),
         }
     }
 }
@@ -104,6 +108,7 @@ impl AuthError {
             Self::UserExists(_) => (StatusCode::CONFLICT, "user_exists"),
             Self::BypassDisabled => (StatusCode::NOT_FOUND, "not_found"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            Self::UsersUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "users_unavailable"),
         }
     }
 

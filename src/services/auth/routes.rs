@@ -171,6 +171,7 @@ async fn init_bypass(
         (status = 401, description = "`invalid_code` (wrong or expired)", body = ErrorBody),
         (status = 403, description = "`user_blocked`", body = ErrorBody),
         (status = 429, description = "`rate_limited` or `too_many_attempts`, with `Retry-After`", body = ErrorBody),
+        (status = 503, description = "`users_unavailable`: core, in another process, does not answer", body = ErrorBody),
     ),
 )]
 #[post("/verify")]
@@ -201,6 +202,7 @@ async fn verify(
         (status = 401, description = "`invalid_code`", body = ErrorBody),
         (status = 409, description = "`user_exists`", body = ErrorBody),
         (status = 429, description = "`rate_limited` or `too_many_attempts`, with `Retry-After`", body = ErrorBody),
+        (status = 503, description = "`users_unavailable`: core, in another process, does not answer", body = ErrorBody),
     ),
 )]
 #[post("/register/{code}/{nonce}")]

@@ -8,6 +8,9 @@ use crate::platform::users::{DirectoryError, InvalidLogin};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
+    /// A picture name cannot be checked: pictures, in another process, does not answer.
+    #[error("{0}")]
+    PicturesUnavailable(String),
     #[error("{what} ids are {prefix} followed by 32 lowercase hex digits")]
     InvalidId {
         what: &'static str,
@@ -57,6 +60,8 @@ impl From<DirectoryError> for CoreError {
             DirectoryError::Invalid(message) => Self::InvalidProfile(message),
             DirectoryError::Conflict(_) => Self::UsernameTaken,
             DirectoryError::Backend(cause) => Self::Internal(cause),
+            // Core's own directory is unavailable only when pictures cannot be asked.
+            DirectoryError::Unavailable(why) => Self::PicturesUnavailable(why),
         }
     }
 }
@@ -79,6 +84,9 @@ impl CoreError {
             Self::AlreadyAContact => (StatusCode::CONFLICT, "already_a_contact"),
             Self::ContactNotFound => (StatusCode::NOT_FOUND, "contact_not_found"),
             Self::UsernameTaken => (StatusCode::CONFLICT, "username_taken"),
+            Self::PicturesUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "pictures_unavailable")
+            }
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

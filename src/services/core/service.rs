@@ -207,7 +207,9 @@ impl CoreService {
         };
         match self.pictures.check("picture", name, me).await {
             Ok(()) => Ok(()),
-            Err(PictureRefused::Lookup(err)) => Err(CoreError::Internal(err.into())),
+            Err(PictureRefused::Lookup(err)) => {
+                Err(CoreError::PicturesUnavailable(err.to_string()))
+            }
             Err(refused) => Err(CoreError::InvalidConversation(refused.to_string())),
         }
     }

@@ -123,7 +123,7 @@ impl Users {
             .check("profile_pic", name, user)
             .await
             .map_err(|refused| match refused {
-                PictureRefused::Lookup(err) => DirectoryError::Backend(err.into()),
+                PictureRefused::Lookup(err) => DirectoryError::Unavailable(err.to_string()),
                 refused => DirectoryError::Invalid(refused.to_string()),
             })
     }

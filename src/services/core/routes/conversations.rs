@@ -84,6 +84,7 @@ pub(super) async fn get_conversation(
         (status = 400, description = "`invalid_id`, `invalid_conversation`", body = ErrorBody),
         (status = 403, description = "`not_a_member`", body = ErrorBody),
         (status = 404, description = "`conversation_not_found`", body = ErrorBody),
+        (status = 503, description = "`pictures_unavailable`: pictures, in another process, does not answer", body = ErrorBody),
     ),
 )]
 #[patch("/user/conversation/{conversation}")]

@@ -114,6 +114,7 @@ pub(super) async fn create_user(
         (status = 400, description = "`invalid_profile`, or an unknown field (`invalid_json`)", body = ErrorBody),
         (status = 404, description = "The caller's user is gone: `user_not_found`", body = ErrorBody),
         (status = 409, description = "`username_taken`", body = ErrorBody),
+        (status = 503, description = "`pictures_unavailable`: pictures, in another process, does not answer", body = ErrorBody),
     ),
 )]
 #[patch("/user")]
