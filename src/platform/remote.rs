@@ -47,6 +47,8 @@ pub mod calls {
 pub enum Refusal {
     Invalid(String),
     Conflict(String),
+    /// core could not check something it depends on (pictures, in yet another process).
+    Unavailable(String),
 }
 
 /// core's answer to a directory call, refusals kept apart from failures (sent as text).
@@ -59,7 +61,7 @@ pub fn directory_answer<T>(result: DirectoryResult<T>) -> anyhow::Result<Directo
         Err(DirectoryError::Invalid(message)) => Ok(Err(Refusal::Invalid(message))),
         Err(DirectoryError::Conflict(message)) => Ok(Err(Refusal::Conflict(message))),
         Err(DirectoryError::Backend(err)) => Err(err),
-        Err(DirectoryError::Unavailable(why)) => Err(anyhow::anyhow!(why)),
+        Err(DirectoryError::Unavailable(why)) => Ok(Err(Refusal::Unavailable(why))),
     }
 }
 
@@ -68,6 +70,7 @@ fn directory_result<T>(answer: Result<DirectoryAnswer<T>, rpc::RpcError>) -> Dir
         Ok(Ok(value)) => Ok(value),
         Ok(Err(Refusal::Invalid(message))) => Err(DirectoryError::Invalid(message)),
         Ok(Err(Refusal::Conflict(message))) => Err(DirectoryError::Conflict(message)),
+        Ok(Err(Refusal::Unavailable(why))) => Err(DirectoryError::Unavailable(why)),
         Err(err @ (rpc::RpcError::NoOwner { .. } | rpc::RpcError::TimedOut { .. })) => {
             Err(DirectoryError::Unavailable(err.to_string()))
         }

@@ -22,10 +22,14 @@ use super::bus::Bus;
 use super::service::Service;
 use super::workers::Workers;
 
-/// How long an asker waits for an answer before trying once more.
+/// How long an asker waits for an answer.
 const TIMEOUT: Duration = Duration::from_secs(2);
-/// The pause before the second try: long enough for a restarting owner's subscription.
+/// The pause before the second try when no owner was subscribed: long enough for a
+/// restarting owner's subscription.
 const RETRY_AFTER: Duration = Duration::from_millis(100);
+/// Queries one process answers at once per call; more wait for a free slot (back-pressure,
+/// rather than a task per query queued on the database).
+const IN_FLIGHT: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RpcError {
@@ -106,11 +110,16 @@ pub async fn ask<Q: Serialize + ?Sized, A: DeserializeOwned>(
             }
             Err(err) => {
                 use async_nats::RequestErrorKind;
-                last = match err.kind() {
-                    RequestErrorKind::NoResponders => RpcError::NoOwner { service, call },
-                    RequestErrorKind::TimedOut => RpcError::TimedOut { service, call },
-                    _ => RpcError::Transport(err.to_string()),
-                };
+                match err.kind() {
+                    // Nobody received it: safe to ask again.
+                    RequestErrorKind::NoResponders => last = RpcError::NoOwner { service, call },
+                    // The owner may still be answering: asking again could do it twice (a
+                    // user registered twice).
+                    RequestErrorKind::TimedOut => {
+                        return Err(RpcError::TimedOut { service, call });
+                    }
+                    _ => return Err(RpcError::Transport(err.to_string())),
+                }
             }
         }
     }
@@ -162,6 +171,7 @@ impl Answers {
         Arc::new(Answering {
             bus,
             calls: self.calls,
+            subscribed: std::sync::Mutex::default(),
         })
     }
 }
@@ -169,6 +179,8 @@ impl Answers {
 struct Answering {
     bus: Bus,
     calls: Vec<(&'static str, &'static str, Handler)>,
+    /// Made before the port opens (`prepare`), so this process answers as soon as it serves.
+    subscribed: std::sync::Mutex<Vec<async_nats::Subscriber>>,
 }
 
 impl Service for Answering {
@@ -176,59 +188,112 @@ impl Service for Answering {
         "rpc"
     }
 
+    fn prepare(&self) -> BoxFuture<'_, Result<(), super::service::PrepareError>> {
+        Box::pin(async move {
+            let Some(client) = self.bus.nats() else {
+                return Ok(());
+            };
+            let mut subscribed = Vec::with_capacity(self.calls.len());
+            for (service, call, _) in &self.calls {
+                let subject = subject(&self.bus, service, call);
+                subscribed.push(
+                    client
+                        .queue_subscribe(subject, (*service).to_owned())
+                        .await?,
+                );
+            }
+            // Written to the server before the port opens.
+            client.flush().await?;
+            if let Ok(mut slot) = self.subscribed.lock() {
+                *slot = subscribed;
+            }
+            Ok(())
+        })
+    }
+
     fn start(&self, workers: &mut Workers) {
         let Some(client) = self.bus.nats().cloned() else {
             return;
         };
+        let mut subscribed = self
+            .subscribed
+            .lock()
+            .map(|mut slot| std::mem::take(&mut *slot))
+            .unwrap_or_default()
+            .into_iter();
         for (service, call, handler) in &self.calls {
             let subject = subject(&self.bus, service, call);
+            let first = subscribed.next();
             let client = client.clone();
             let handler = Arc::clone(handler);
             let group = (*service).to_owned();
             workers.spawn("rpc", move |stop| {
-                answer(client, subject, group, handler, stop)
+                answer(client, (subject, group), first, handler, stop)
             });
         }
     }
 }
 
-/// Serves one call until `stop`, each query on a task of its own so a slow one holds up no
-/// other; resubscribes if the subscription ends while the process runs.
+/// Serves one call until `stop`: at most `IN_FLIGHT` queries at once, each on a task of its
+/// own so a slow one holds up no other, all finished before it returns. A handler that panics
+/// answers a failure rather than leaving its asker to time out. Resubscribes if the
+/// subscription ends while the process runs.
 async fn answer(
     client: async_nats::Client,
-    subject: String,
-    group: String,
+    (subject, group): (String, String),
+    mut first: Option<async_nats::Subscriber>,
     handler: Handler,
     stop: CancellationToken,
 ) {
-    loop {
-        let mut queries = match client.queue_subscribe(subject.clone(), group.clone()).await {
+    use futures_util::FutureExt as _;
+    let mut running = tokio::task::JoinSet::new();
+    while !stop.is_cancelled() {
+        let subscribed = match first.take() {
+            Some(queries) => Ok(queries),
+            None => client.queue_subscribe(subject.clone(), group.clone()).await,
+        };
+        let mut queries = match subscribed {
             Ok(queries) => queries,
             Err(err) => {
                 tracing::warn!(error = %err, %subject, "cannot answer calls; retrying");
                 tokio::select! {
-                    () = stop.cancelled() => return,
+                    () = stop.cancelled() => break,
                     () = tokio::time::sleep(Duration::from_secs(1)) => continue,
                 }
             }
         };
         loop {
+            while running.len() >= IN_FLIGHT {
+                running.join_next().await;
+            }
             let query = tokio::select! {
-                () = stop.cancelled() => return,
+                () = stop.cancelled() => break,
+                Some(_) = running.join_next(), if !running.is_empty() => continue,
                 query = queries.next() => query,
             };
-            let Some(query) = query else { break };
+            let Some(query) = query else {
+                // The client is closing or reconnecting: not in a tight loop.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                break;
+            };
             let Some(reply_to) = query.reply else {
                 continue;
             };
             let client = client.clone();
             let handler = Arc::clone(&handler);
-            tokio::spawn(async move {
-                let answer = handler(query.payload).await;
+            running.spawn(async move {
+                let answer = std::panic::AssertUnwindSafe(handler(query.payload))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| {
+                        tracing::error!("an answer panicked");
+                        Bytes::from_static(br#"{"failed":"the owner failed answering"}"#)
+                    });
                 if let Err(err) = client.publish(reply_to, answer).await {
                     tracing::warn!(error = %err, "an answer was not sent");
                 }
             });
         }
     }
+    while running.join_next().await.is_some() {}
 }

@@ -19,6 +19,7 @@ use crate::services::core::conversations::{ConversationPatch, ConversationView};
     responses(
         (status = 200, description = "The new conversation", body = ConversationView),
         (status = 400, description = "`invalid_conversation` (a field too long)", body = ErrorBody),
+        (status = 503, description = "`pictures_unavailable`: pictures, in another process, does not answer", body = ErrorBody),
     ),
 )]
 #[post("/user/conversation")]

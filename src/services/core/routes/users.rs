@@ -91,6 +91,7 @@ pub(super) async fn user_by_username(
         (status = 403, description = "Another user's id (`not_your_user`) or a number not logged in with (`phone_not_verified`)", body = ErrorBody),
         (status = 404, description = "The caller's user is gone: `user_not_found`", body = ErrorBody),
         (status = 409, description = "`username_taken`", body = ErrorBody),
+        (status = 503, description = "`pictures_unavailable`: pictures, in another process, does not answer", body = ErrorBody),
     ),
 )]
 #[post("/user")]
