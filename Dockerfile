@@ -11,8 +11,10 @@ COPY migrations migrations
 COPY src src
 COPY benches benches
 COPY tests/common tests/common
-RUN cargo build --release --locked --features whisper --bin beep \
- && strip target/release/beep
+# Every binary: `beep` (all services) and `beep-<service>` (one each, deploy/docker-compose.yml).
+RUN cargo build --release --locked --features whisper --bins \
+ && for bin in beep beep-auth beep-core beep-heartbeat beep-pictures beep-permissions beep-bites; do \
+      strip "target/release/$bin"; done
 
 # Run: a small Debian with CA certificates (for S3, SMS and SMTP over TLS) and a non-root user.
 FROM debian:bookworm-slim
@@ -22,7 +24,10 @@ RUN apt-get update \
  && useradd --system --uid 10001 --home-dir /data beep \
  && mkdir -p /data /etc/beep \
  && chown beep /data
-COPY --from=build /src/target/release/beep /usr/local/bin/beep
+COPY --from=build /src/target/release/beep /src/target/release/beep-auth \
+     /src/target/release/beep-core /src/target/release/beep-heartbeat \
+     /src/target/release/beep-pictures /src/target/release/beep-permissions \
+     /src/target/release/beep-bites /usr/local/bin/
 USER beep
 WORKDIR /data
 VOLUME /data
