@@ -27,6 +27,8 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 /// The pause before the second try when no owner was subscribed: long enough for a
 /// restarting owner's subscription.
 const RETRY_AFTER: Duration = Duration::from_millis(100);
+/// How long the start waits for this process's subscriptions to reach NATS.
+const FLUSH_WITHIN: Duration = Duration::from_secs(2);
 /// Queries one process answers at once per call; more wait for a free slot (back-pressure,
 /// rather than a task per query queued on the database).
 const IN_FLIGHT: usize = 64;
@@ -202,8 +204,11 @@ impl Service for Answering {
                         .await?,
                 );
             }
-            // Written to the server before the port opens.
-            client.flush().await?;
+            // Written to the server before the port opens, when it is up; a NATS server that
+            // is down must not stop the start (the client subscribes once it connects).
+            if client.connection_state() == async_nats::connection::State::Connected {
+                let _ = tokio::time::timeout(FLUSH_WITHIN, client.flush()).await;
+            }
             if let Ok(mut slot) = self.subscribed.lock() {
                 *slot = subscribed;
             }
