@@ -213,6 +213,23 @@ impl TestApp {
         let data_dir = tempfile::tempdir().unwrap();
         let (mut config, postgres_database) = test_config(column, &data_dir).await;
         adjust(&mut config);
+        Self::start(
+            config,
+            services,
+            extra_services,
+            postgres_database,
+            data_dir,
+        )
+        .await
+    }
+
+    async fn start(
+        config: Config,
+        services: &[&str],
+        extra_services: Vec<Arc<dyn Service>>,
+        postgres_database: Option<String>,
+        data_dir: TempDir,
+    ) -> Self {
         let clock = Clock::adjustable();
         let running = app::start(
             config,
@@ -224,7 +241,7 @@ impl TestApp {
             },
         )
         .await
-        .unwrap_or_else(|err| panic!("app did not start on {column:?}: {err}"));
+        .unwrap_or_else(|err| panic!("{services:?} did not start: {err}"));
         Self::serve(running, clock, postgres_database, data_dir)
     }
 
@@ -240,19 +257,7 @@ impl TestApp {
         let mut config = (*first.platform.config).clone();
         config.server.data_dir = data_dir.path().to_owned();
         adjust(&mut config);
-        let clock = Clock::adjustable();
-        let running = app::start(
-            config,
-            services,
-            Hosting {
-                handle_signals: false,
-                extra_services: Vec::new(),
-                clock: clock.clone(),
-            },
-        )
-        .await
-        .unwrap_or_else(|err| panic!("{services:?} did not start beside the first: {err}"));
-        Self::serve(running, clock, None, data_dir)
+        Self::start(config, services, Vec::new(), None, data_dir).await
     }
 
     fn serve(
