@@ -149,7 +149,7 @@ fn ask_or_remote<T: Clone>(
 ) -> Result<T, BuildError> {
     match seam {
         Some(seam) => Ok(seam.clone()),
-        None if platform.bus.backend() == "nats" => Ok(remote(platform.bus.clone())),
+        None if platform.bus.nats().is_some() => Ok(remote(platform.bus.clone())),
         None => ask(seam, service, name, owner),
     }
 }
@@ -185,7 +185,7 @@ pub fn build_services(
         // Without pictures here, over NATS when it runs elsewhere (else names are checked by
         // their shape only).
         let catalog = seams.catalog.clone().or_else(|| {
-            (platform.bus.backend() == "nats").then(|| {
+            platform.bus.nats().is_some().then(|| {
                 Arc::new(crate::platform::remote::RemoteCatalog::new(
                     platform.bus.clone(),
                 )) as SharedCatalog
@@ -291,7 +291,7 @@ pub fn build_services(
             })?;
         built.push(Arc::new(bites));
     }
-    if !answers.is_empty() && platform.bus.backend() == "nats" {
+    if !answers.is_empty() && platform.bus.nats().is_some() {
         built.push(answers.into_service(platform.bus.clone()));
     }
     Ok(built)

@@ -137,34 +137,19 @@ impl Relations {
         })
     }
 
-    /// Clears every answer about `users`, as viewer or as viewed; `ended` when their
-    /// relations may have ended (rather than begun), which is then announced.
-    fn forget(&self, users: &[&str], ended: bool) {
-        {
-            let mut answers = self.answers();
-            self.invalidations.fetch_add(1, Ordering::SeqCst);
-            answers.retain(|(viewer, user), _| {
-                !users.contains(&viewer.as_str()) && !users.contains(&user.as_str())
-            });
-        }
-        if ended {
-            let users = users.iter().map(|user| (*user).to_owned()).collect();
-            self.announce(RelationChange::Users(users));
-        }
+    /// Clears every answer about `users`, as viewer or as viewed.
+    fn forget(&self, users: &[&str]) {
+        let mut answers = self.answers();
+        self.invalidations.fetch_add(1, Ordering::SeqCst);
+        answers.retain(|(viewer, user), _| {
+            !users.contains(&viewer.as_str()) && !users.contains(&user.as_str())
+        });
     }
 
-    fn forget_pair(&self, viewer: &str, user: &str, ended: bool) {
-        {
-            let mut answers = self.answers();
-            self.invalidations.fetch_add(1, Ordering::SeqCst);
-            answers.remove(&(viewer.to_owned(), user.to_owned()));
-        }
-        if ended {
-            self.announce(RelationChange::Pair {
-                viewer: viewer.to_owned(),
-                user: user.to_owned(),
-            });
-        }
+    fn forget_pair(&self, viewer: &str, user: &str) {
+        let mut answers = self.answers();
+        self.invalidations.fetch_add(1, Ordering::SeqCst);
+        answers.remove(&(viewer.to_owned(), user.to_owned()));
     }
 
     fn forget_all(&self, why: &str) {
@@ -177,12 +162,6 @@ impl Relations {
             why,
             "relation events may have been lost: cached answers dropped"
         );
-        self.announce(RelationChange::All);
-    }
-
-    fn announce(&self, change: RelationChange) {
-        // No receiver (no heartbeat in this process) is fine.
-        let _unheard = self.changes.send(change);
     }
 
     /// Clears answers on core's contact and membership events until `stop`. A joiner (or a
@@ -191,22 +170,25 @@ impl Relations {
     pub async fn follow(self: Arc<Self>, bus: Bus, stop: CancellationToken) {
         let mut events = AccessEvents::new("core relations", &bus, &self.listening);
         while let Some(event) = events.next(&stop).await {
-            match event {
+            match &event {
                 AccessEvent::ContactAdded(ContactAdded { contact }) => {
-                    self.forget_pair(&contact.usera, &contact.userb, false);
+                    self.forget_pair(&contact.usera, &contact.userb);
                 }
                 AccessEvent::ContactRemoved(ContactRemoved { user, contact }) => {
-                    self.forget_pair(&user, &contact, true);
+                    self.forget_pair(user, contact);
                 }
-                AccessEvent::MemberAdded(MemberAdded { user, .. }) => self.forget(&[&user], false),
-                AccessEvent::MemberRemoved(MemberRemoved { user, .. }) => {
-                    self.forget(&[&user], true);
-                }
+                AccessEvent::MemberAdded(MemberAdded { user, .. })
+                | AccessEvent::MemberRemoved(MemberRemoved { user, .. }) => self.forget(&[user]),
                 AccessEvent::ConversationDeleted(ConversationDeleted { members, .. }) => {
                     let members: Vec<&str> = members.iter().map(String::as_str).collect();
-                    self.forget(&members, true);
+                    self.forget(&members);
                 }
                 AccessEvent::Missed(why) => self.forget_all(why),
+            }
+            // After the clear: a reader that asks again gets the new answer.
+            if let Some(change) = event.ended_relations() {
+                // No receiver (no heartbeat in this process) is fine.
+                let _unheard = self.changes.send(change);
             }
         }
     }
