@@ -12,7 +12,7 @@ use beep::platform::bus::durable_stream_name;
 use beep::services::bites::BiteStored;
 
 use crate::helpers::{
-    Column, NATS, TestApp, columns, conversation_of, env, error_code, unique_phone,
+    Column, NATS, TestApp, columns, conversation_of, env, error_code, target, targets, unique_phone,
 };
 use crate::peer::{Peer, synthetic_opus};
 
@@ -95,7 +95,7 @@ async fn talk(peer: &mut Peer, ms: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_hear_each_other_and_nobody_else() {
-    for column in columns() {
+    for column in targets() {
         let app = TestApp::spawn(column).await;
         let ws = ws_base(&app);
         let alice = member(&app, "alice-phone").await;
@@ -229,7 +229,7 @@ async fn members_hear_each_other_and_nobody_else() {
 
 #[tokio::test]
 async fn signalling_needs_a_token_and_a_websocket() {
-    let app = TestApp::spawn(crate::helpers::Column::Embedded).await;
+    let app = TestApp::spawn(target()).await;
     let alice = member(&app, "phone").await;
     let response = app
         .client
@@ -354,12 +354,12 @@ async fn speech_becomes_bites_that_members_read() {
         let mut stream = send(&app, "GET", &format!("{store}/subscribe"), &bob.tokens).await;
         assert_eq!(stream.status(), 200);
 
-        let mut stored = app.platform.bus.subscribe::<BiteStored>().await.unwrap();
-        app.platform.bus.confirm_subscriptions().await.unwrap();
+        let mut stored = app.platform().bus.subscribe::<BiteStored>().await.unwrap();
+        app.platform().bus.confirm_subscriptions().await.unwrap();
         let mut a = Peer::connect(&ws, &alice.tokens.access).await;
         assert_eq!(join(&app, &alice.tokens, &conversation).await.status(), 200);
         // Speech 1 s, silence 1 s, speech 0.6 s.
-        let began = app.clock.now_millis() as u64;
+        let began = app.clock().now_millis() as u64;
         a.speak(&packets[..50], SPEECH).await;
         a.speak(&packets[50..100], SILENCE).await;
         a.speak(&packets[100..130], SPEECH).await;
@@ -579,7 +579,7 @@ async fn kept_in_jetstream(app: &TestApp, url: &str) -> Vec<u64> {
     use async_nats::jetstream::{self, consumer::pull};
     use futures_util::StreamExt as _;
     let js = jetstream::new(async_nats::connect(url).await.unwrap());
-    let subject = app.platform.bus.subject::<BiteStored>();
+    let subject = app.platform().bus.subject::<BiteStored>();
     let stream = js.get_stream(durable_stream_name(&subject)).await.unwrap();
     let consumer = stream
         .create_consumer(pull::Config::default())
@@ -629,8 +629,8 @@ async fn old_bites_expire() {
         .await;
         let alice = member(&app, "phone").await;
         let conversation = conversation_of(&app, &alice.tokens, &[]).await;
-        let mut stored = app.platform.bus.subscribe::<BiteStored>().await.unwrap();
-        app.platform.bus.confirm_subscriptions().await.unwrap();
+        let mut stored = app.platform().bus.subscribe::<BiteStored>().await.unwrap();
+        app.platform().bus.confirm_subscriptions().await.unwrap();
         let mut peer = Peer::connect(&ws_base(&app), &alice.tokens.access).await;
         assert_eq!(join(&app, &alice.tokens, &conversation).await.status(), 200);
         let start = one_bite(&mut peer, &mut stored).await;
@@ -670,8 +670,8 @@ async fn deleting_a_conversation_deletes_its_bites() {
         let alice = member(&app, "phone").await;
         let doomed = conversation_of(&app, &alice.tokens, &[]).await;
         let kept = conversation_of(&app, &alice.tokens, &[]).await;
-        let mut stored = app.platform.bus.subscribe::<BiteStored>().await.unwrap();
-        app.platform.bus.confirm_subscriptions().await.unwrap();
+        let mut stored = app.platform().bus.subscribe::<BiteStored>().await.unwrap();
+        app.platform().bus.confirm_subscriptions().await.unwrap();
         let mut peer = Peer::connect(&ws_base(&app), &alice.tokens.access).await;
         assert_eq!(join(&app, &alice.tokens, &doomed).await.status(), 200);
         one_bite(&mut peer, &mut stored).await;
@@ -1117,7 +1117,7 @@ fn without_ice_credentials(sdp: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_offer_does_not_wedge_the_connection() {
-    let app = TestApp::spawn(Column::Embedded).await;
+    let app = TestApp::spawn(target()).await;
     let ws = ws_base(&app);
     let alice = member(&app, "alice-phone").await;
     let bob = member(&app, "bob-phone").await;
@@ -1179,7 +1179,7 @@ async fn a_bad_offer_does_not_wedge_the_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offers_crossing_are_resolved() {
-    let app = TestApp::spawn(Column::Embedded).await;
+    let app = TestApp::spawn(target()).await;
     let ws = ws_base(&app);
     let alice = member(&app, "alice-phone").await;
     let bob = member(&app, "bob-phone").await;

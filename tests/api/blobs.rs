@@ -8,7 +8,7 @@ use crate::helpers::{TestApp, columns};
 async fn blobs_round_trip() {
     for column in columns() {
         let app = TestApp::spawn(column).await;
-        let blobs = &app.platform.blobs;
+        let blobs = &app.platform().blobs;
         let picture: Bytes = (0..1_048_576u32)
             .map(|i| (i % 251) as u8)
             .collect::<Vec<_>>()

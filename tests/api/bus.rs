@@ -24,7 +24,7 @@ const WAIT: Duration = Duration::from_secs(5);
 async fn published_events_reach_subscribers_in_an_envelope() {
     for column in columns() {
         let app = TestApp::spawn(column).await;
-        let bus = &app.platform.bus;
+        let bus = &app.platform().bus;
         assert!(bus.subject::<MemberAdded>().ends_with(".test.member_added"));
         let mut subscription = bus.subscribe::<MemberAdded>().await.unwrap();
         let event = MemberAdded {
@@ -32,8 +32,8 @@ async fn published_events_reach_subscribers_in_an_envelope() {
             user: "u-1".into(),
         };
         // The envelope is stamped with the app's clock.
-        app.clock.advance(Duration::from_secs(3600));
-        let before = app.clock.now_millis();
+        app.clock().advance(Duration::from_secs(3600));
+        let before = app.clock().now_millis();
         bus.publish(event.clone()).await.unwrap();
         let envelope = tokio::time::timeout(WAIT, subscription.next())
             .await
@@ -52,17 +52,17 @@ async fn events_cross_between_two_app_instances_over_nats() {
         return;
     }
     let first = TestApp::spawn(Column::Real).await;
-    let prefix = first.platform.config.bus.subject_prefix.clone();
+    let prefix = first.platform().config.bus.subject_prefix.clone();
     let second = TestApp::spawn_with(
         Column::Real,
         |config| config.bus.subject_prefix = prefix,
         Vec::new(),
     )
     .await;
-    assert_eq!(second.platform.bus.backend(), "nats");
+    assert_eq!(second.platform().bus.backend(), "nats");
     let connected = async {
-        while first.platform.bus.check().await.is_err()
-            || second.platform.bus.check().await.is_err()
+        while first.platform().bus.check().await.is_err()
+            || second.platform().bus.check().await.is_err()
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -84,7 +84,7 @@ async fn events_cross_between_two_app_instances_over_nats() {
     // through the first's: publish until the server has both.
     let received = tokio::time::timeout(WAIT, async {
         loop {
-            first.platform.bus.publish(event.clone()).await.unwrap();
+            first.platform().bus.publish(event.clone()).await.unwrap();
             if let Ok(received) =
                 tokio::time::timeout(Duration::from_millis(100), on_second.next()).await
             {
@@ -104,7 +104,7 @@ async fn events_cross_between_two_app_instances_over_nats() {
 async fn a_slow_subscriber_does_not_block_publishers() {
     for column in columns() {
         let app = TestApp::spawn_with(column, |config| config.bus.capacity = 16, Vec::new()).await;
-        let bus = app.platform.bus.clone();
+        let bus = app.platform().bus.clone();
         let _never_reads = bus.subscribe::<MemberAdded>().await.unwrap();
         let mut reader = bus.subscribe::<MemberAdded>().await.unwrap();
         let reading = tokio::spawn(async move {

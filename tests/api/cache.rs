@@ -8,7 +8,7 @@ use crate::helpers::{Column, TestApp, columns};
 async fn values_expire_after_their_ttl() {
     for column in columns() {
         let app = TestApp::spawn(column).await;
-        let cache = &app.platform.cache;
+        let cache = &app.platform().cache;
         cache
             .set("otp:1", b"123456", Duration::from_secs(30))
             .await
@@ -22,7 +22,7 @@ async fn values_expire_after_their_ttl() {
             Some(&b"123456"[..]),
             "{column:?}"
         );
-        app.clock.advance(Duration::from_secs(31));
+        app.clock().advance(Duration::from_secs(31));
         assert_eq!(cache.get("otp:1").await.unwrap(), None, "{column:?}");
         assert_eq!(
             cache.get("long").await.unwrap().as_deref(),
@@ -39,7 +39,7 @@ async fn values_expire_after_their_ttl() {
 async fn counters_count_within_a_window_then_restart() {
     for column in columns() {
         let app = TestApp::spawn(column).await;
-        let cache = &app.platform.cache;
+        let cache = &app.platform().cache;
         let window = Duration::from_secs(30);
         for expected in 1..=5 {
             let count = cache.increment("rate:ip:1", window).await.unwrap();
@@ -56,11 +56,11 @@ async fn counters_count_within_a_window_then_restart() {
         values.sort_unstable();
         assert_eq!(values, (1..=20).collect::<Vec<_>>(), "{column:?}");
         // Still the same window just before it closes.
-        app.clock.advance(window - Duration::from_secs(2));
+        app.clock().advance(window - Duration::from_secs(2));
         let count = cache.increment("rate:ip:1", window).await.unwrap();
         assert_eq!(count.value, 6, "{column:?}");
         assert!(count.resets_in <= Duration::from_secs(2), "{column:?}");
-        app.clock.advance(Duration::from_secs(2));
+        app.clock().advance(Duration::from_secs(2));
         assert_eq!(
             cache.increment("rate:ip:1", window).await.unwrap().value,
             1,
@@ -74,7 +74,7 @@ async fn counters_count_within_a_window_then_restart() {
 async fn pubsub_delivers_to_subscribers_of_the_channel_only() {
     for column in columns() {
         let app = TestApp::spawn(column).await;
-        let cache = &app.platform.cache;
+        let cache = &app.platform().cache;
         let mut presence = cache.subscribe("presence:u-1").await.unwrap();
         let mut other = cache.subscribe("presence:u-2").await.unwrap();
         cache.publish("presence:u-1", b"1700000000").await.unwrap();
@@ -103,14 +103,14 @@ async fn key_prefixes_keep_deployments_apart() {
             .await
             .unwrap();
         assert_eq!(
-            second.platform.cache.get("shared-name").await.unwrap(),
+            second.platform().cache.get("shared-name").await.unwrap(),
             None,
             "{column:?}"
         );
         if column == Column::Real {
             assert_ne!(
-                first.platform.config.cache.prefix,
-                second.platform.config.cache.prefix
+                first.platform().config.cache.prefix,
+                second.platform().config.cache.prefix
             );
         }
         first.stop().await;

@@ -7,7 +7,7 @@ use beep::config::PermissionsRoute;
 use serde_json::{Value, json};
 
 use crate::auth::{Tokens, login_as};
-use crate::helpers::{TestApp, columns, error_code, unique_phone};
+use crate::helpers::{TestApp, columns, error_code, targets, unique_phone};
 
 async fn user(app: &TestApp) -> (Tokens, String) {
     let phone = unique_phone();
@@ -70,7 +70,7 @@ fn missing_id(prefix: &str) -> String {
 
 #[tokio::test]
 async fn users_are_looked_up_and_updated_partially() {
-    for column in columns() {
+    for column in targets() {
         let app = TestApp::spawn(column).await;
         let (alice, alice_phone) = user(&app).await;
         let (bob, bob_phone) = user(&app).await;
@@ -219,7 +219,7 @@ async fn users_are_looked_up_and_updated_partially() {
 
 #[tokio::test]
 async fn only_members_reach_a_conversation() {
-    for column in columns() {
+    for column in targets() {
         let app = TestApp::spawn(column).await;
         let (alice, _) = user(&app).await;
         let (bob, _) = user(&app).await;
@@ -355,7 +355,7 @@ async fn only_members_reach_a_conversation() {
 /// Rows of `table` whose `column` is `value`, read straight from the database.
 async fn rows(app: &TestApp, table: &str, column: &str, value: &str) -> i64 {
     use sea_orm::{ConnectionTrait as _, Statement};
-    let db = app.platform.db.connection();
+    let db = app.platform().db.connection();
     let backend = db.get_database_backend();
     let placeholder = if backend == sea_orm::DatabaseBackend::Postgres {
         "$1"
@@ -373,7 +373,7 @@ async fn rows(app: &TestApp, table: &str, column: &str, value: &str) -> i64 {
 
 #[tokio::test]
 async fn contacts_are_added_by_phone() {
-    for column in columns() {
+    for column in targets() {
         let app = TestApp::spawn(column).await;
         let (alice, alice_phone) = user(&app).await;
         let (bob, bob_phone) = user(&app).await;
@@ -440,7 +440,7 @@ async fn contacts_are_added_by_phone() {
 
 #[tokio::test]
 async fn lists_page_with_a_cursor() {
-    for column in columns() {
+    for column in targets() {
         let app = TestApp::spawn(column).await;
         let (alice, _) = user(&app).await;
         let mut conversations = Vec::new();
@@ -521,7 +521,7 @@ async fn every_page(app: &TestApp, who: &Tokens, first: &str) -> (Vec<String>, u
 
 #[tokio::test]
 async fn bad_input_is_a_clear_4xx() {
-    for column in columns() {
+    for column in targets() {
         let app = TestApp::spawn(column).await;
         let (alice, _) = user(&app).await;
         let id = new_conversation(&app, &alice, "t").await;
@@ -679,7 +679,7 @@ impl Events {
 
 #[tokio::test]
 async fn streams_carry_core_events_to_those_allowed_to_see_them() {
-    for column in columns() {
+    for column in targets() {
         let app = TestApp::spawn(column).await;
         let (alice, _) = user(&app).await;
         let (bob, bob_phone) = user(&app).await;
@@ -913,7 +913,7 @@ where
 /// else who finds the user (by id, username or in a member list) gets `null`.
 #[tokio::test]
 async fn phone_numbers_are_shown_only_to_their_owner_and_contact_holders() {
-    for column in columns() {
+    for column in targets() {
         let app = TestApp::spawn(column).await;
         let (alice, alice_phone) = user(&app).await;
         let (bob, bob_phone) = user(&app).await;

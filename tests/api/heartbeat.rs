@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::auth::{Tokens, login_as};
 use crate::helpers::{
-    Column, NATS, REDIS, TestApp, columns, conversation_of, env, error_code, unique_phone,
+    Column, NATS, REDIS, TestApp, columns, conversation_of, env, error_code, targets, unique_phone,
 };
 
 /// How soon a stream must end once its watcher may no longer see the user.
@@ -199,7 +199,7 @@ async fn metric(app: &TestApp, series: &str) -> f64 {
 /// second).
 async fn written(app: &TestApp, user: &str, status: &str) {
     use sea_orm::{ConnectionTrait as _, Statement};
-    let db = app.platform.db.connection();
+    let db = app.platform().db.connection();
     let sql = match db.get_database_backend() {
         sea_orm::DatabaseBackend::Postgres => {
             r#"SELECT status FROM heartbeat_last_seen WHERE "user" = $1"#
@@ -223,12 +223,12 @@ async fn written(app: &TestApp, user: &str, status: &str) {
 }
 
 fn now_secs(app: &TestApp) -> i64 {
-    app.clock.now_millis() / 1000
+    app.clock().now_millis() / 1000
 }
 
 #[tokio::test]
 async fn the_last_ping_comes_first_then_each_new_one() {
-    for column in columns() {
+    for column in targets() {
         let app = TestApp::spawn(column).await;
         let (alice, bob) = (user(&app).await, user(&app).await);
         add_contact(&app, &bob, &alice).await;
@@ -276,7 +276,7 @@ async fn the_last_ping_comes_first_then_each_new_one() {
 
 #[tokio::test]
 async fn only_contacts_and_conversation_members_may_watch() {
-    for column in columns() {
+    for column in targets() {
         let app = TestApp::spawn(column).await;
         let (alice, carol, stranger) = (user(&app).await, user(&app).await, user(&app).await);
         ping_ok(&app, &alice, "0").await;
@@ -308,7 +308,7 @@ async fn only_contacts_and_conversation_members_may_watch() {
 
 #[tokio::test]
 async fn a_stream_ends_within_a_second_of_its_relation() {
-    for column in columns() {
+    for column in targets() {
         let app = TestApp::spawn(column).await;
         let alice = user(&app).await;
         let (bob, carol, dave) = (user(&app).await, user(&app).await, user(&app).await);
@@ -389,7 +389,7 @@ async fn invisible_is_stored_but_never_pushed() {
         let visible = watch.next().await;
         assert_eq!(visible.status, "1");
 
-        app.clock.advance(Duration::from_secs(5));
+        app.clock().advance(Duration::from_secs(5));
         ping_ok(&app, &alice, "3").await;
         assert!(
             watch.next_within(QUIET).await.is_none(),
@@ -405,7 +405,7 @@ async fn invisible_is_stored_but_never_pushed() {
             "1"
         );
 
-        app.clock.advance(Duration::from_secs(5));
+        app.clock().advance(Duration::from_secs(5));
         ping_ok(&app, &alice, "0").await;
         assert_eq!(watch.next().await.status, "0");
         assert_eq!(late.next().await.status, "0");
@@ -423,8 +423,8 @@ async fn a_ping_that_changes_nothing_is_neither_stored_nor_pushed() {
         ping_ok(&app, &alice, "a").await;
         let first = watch.next().await;
 
-        let interval = app.platform.config.heartbeat.write_interval_secs;
-        app.clock.advance(Duration::from_secs(interval - 1));
+        let interval = app.platform().config.heartbeat.write_interval_secs;
+        app.clock().advance(Duration::from_secs(interval - 1));
         ping_ok(&app, &alice, "a").await;
         assert!(watch.next_within(QUIET).await.is_none(), "{column:?}");
         let unchanged = r#"beep_heartbeat_pings_total{outcome="unchanged"}"#;
@@ -433,7 +433,7 @@ async fn a_ping_that_changes_nothing_is_neither_stored_nor_pushed() {
         // A new status goes through at once; the same one after the interval does too.
         ping_ok(&app, &alice, "b").await;
         assert_eq!(watch.next().await.status, "b");
-        app.clock.advance(Duration::from_secs(interval));
+        app.clock().advance(Duration::from_secs(interval));
         ping_ok(&app, &alice, "b").await;
         let later = watch.next().await;
         assert_eq!(later.status, "b");
@@ -449,7 +449,7 @@ async fn a_ping_that_changes_nothing_is_neither_stored_nor_pushed() {
 
 #[tokio::test]
 async fn ten_subscribers_each_receive_one_ping_exactly_once() {
-    for column in columns() {
+    for column in targets() {
         let app = TestApp::spawn(column).await;
         let (alice, bob) = (user(&app).await, user(&app).await);
         add_contact(&app, &bob, &alice).await;
@@ -483,7 +483,7 @@ async fn reconnecting_with_last_event_id_gets_the_current_state_once() {
         let first = watch.next().await;
         drop(watch);
         for status in ["1", "2", "0", "1"] {
-            app.clock.advance(Duration::from_secs(1));
+            app.clock().advance(Duration::from_secs(1));
             ping_ok(&app, &alice, status).await;
         }
         let mut again = Watch::open_after(&app, &bob, &alice, Some(&first.id)).await;
@@ -510,7 +510,7 @@ async fn closed_streams_leave_the_registry() {
             watches.push(Watch::open(&app, &bob, &alice).await);
         }
         assert_eq!(metric(&app, gauge).await, 5.0, "{column:?}");
-        assert_eq!(app.platform.sessions.open_count(bob.id()), 5);
+        assert_eq!(app.platform().sessions.open_count(bob.id()), 5);
         drop(watches);
         let deadline = Instant::now() + Duration::from_secs(2);
         while metric(&app, gauge).await > 0.0 {
@@ -520,7 +520,7 @@ async fn closed_streams_leave_the_registry() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert_eq!(app.platform.sessions.open_count(bob.id()), 0);
+        assert_eq!(app.platform().sessions.open_count(bob.id()), 0);
         app.stop().await;
     }
 }
@@ -573,7 +573,7 @@ async fn bad_pings_get_a_json_4xx() {
             "rate_limited",
             "{column:?}"
         );
-        app.clock.advance(Duration::from_secs(61));
+        app.clock().advance(Duration::from_secs(61));
         ping_ok(&app, &alice, "0").await;
         app.stop().await;
     }
@@ -586,7 +586,7 @@ async fn last_seen_survives_a_restart() {
         let (alice, bob) = (user(&app).await, user(&app).await);
         add_contact(&app, &bob, &alice).await;
         ping_ok(&app, &alice, "2").await;
-        app.clock.advance(Duration::from_secs(3));
+        app.clock().advance(Duration::from_secs(3));
         ping_ok(&app, &alice, "3").await;
         let time = Watch::open(&app, &bob, &alice).await.next().await.time;
 
@@ -631,7 +631,7 @@ async fn two_replicas(redis_only: bool) {
     add_contact(&first, &bob, &alice).await;
     ping_ok(&first, &alice, "0").await;
     written(&first, alice.id(), "0").await;
-    let shared = first.platform.config.clone();
+    let shared = first.platform().config.clone();
     let jwks_url = first.url("/.well-known/jwks.json");
     let second = TestApp::spawn_services(
         Column::Real,
@@ -667,11 +667,11 @@ async fn two_replicas(redis_only: bool) {
     let mut here = Watch::open(&first, &bob, &alice).await;
     assert_eq!(here.next().await.status, "0");
     // ...and each new ping reaches subscribers on both, from either replica.
-    first.clock.advance(Duration::from_secs(1));
+    first.clock().advance(Duration::from_secs(1));
     ping_ok(&first, &alice, "1").await;
     assert_eq!(there.next().await.status, "1", "{via}");
     assert_eq!(here.next().await.status, "1");
-    second.clock.advance(Duration::from_secs(2));
+    second.clock().advance(Duration::from_secs(2));
     ping_ok(&second, &alice, "2").await;
     assert_eq!(here.next().await.status, "2", "{via}");
     assert_eq!(there.next().await.status, "2");
@@ -686,7 +686,7 @@ async fn a_stopping_server_ends_its_streams_instead_of_waiting_for_them() {
     add_contact(&app, &bob, &alice).await;
     let watch = Watch::open(&app, &bob, &alice).await;
     let since = Instant::now();
-    let grace = Duration::from_secs(app.platform.config.server.shutdown_timeout_secs);
+    let grace = Duration::from_secs(app.platform().config.server.shutdown_timeout_secs);
     let stopping = tokio::spawn(app.stop());
     watch.ends(since, WITHIN).await;
     stopping.await.unwrap();

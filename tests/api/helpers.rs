@@ -19,6 +19,10 @@ pub const POSTGRES: &str = "BEEP_TEST_POSTGRES_URL";
 pub const REDIS: &str = "BEEP_TEST_REDIS_URL";
 pub const NATS: &str = "BEEP_TEST_NATS_URL";
 pub const S3: &str = "BEEP_TEST_S3_ENDPOINT";
+/// A running deployment to test instead of starting the app (e.g. `deploy/split-local`'s
+/// `http://127.0.0.1:8080`), and the log file its `log` OTP sender writes codes to.
+pub const BASE_URL: &str = "BEEP_TEST_BASE_URL";
+pub const OTP_LOG: &str = "BEEP_TEST_OTP_LOG";
 
 /// Which backends a run uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,14 +31,22 @@ pub enum Column {
     Embedded,
     /// Every backend whose `BEEP_TEST_*` variable is set; `.ci/run` sets them all.
     Real,
+    /// The deployment at `BEEP_TEST_BASE_URL`, spoken to only over the network, configured as
+    /// its operator configured it.
+    Deployed,
 }
 
 pub fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-/// The embedded column always; the real one when any real backend is configured.
+/// The embedded column always; the real one when any real backend is configured. None when
+/// the run targets a deployment (`BEEP_TEST_BASE_URL`): these tests need the app in this
+/// process (its clock, its configuration, its internals).
 pub fn columns() -> Vec<Column> {
+    if env(BASE_URL).is_some() {
+        return Vec::new();
+    }
     let mut columns = vec![Column::Embedded];
     if [POSTGRES, REDIS, NATS, S3]
         .iter()
@@ -43,6 +55,26 @@ pub fn columns() -> Vec<Column> {
         columns.push(Column::Real);
     }
     columns
+}
+
+/// For tests that speak to the app only as a client does (HTTP, SSE, WebRTC) and need nothing
+/// but the configuration `.ci/run` gives a deployment: [`columns`], or only the deployment at
+/// `BEEP_TEST_BASE_URL` when it is set.
+pub fn targets() -> Vec<Column> {
+    if env(BASE_URL).is_some() {
+        vec![Column::Deployed]
+    } else {
+        columns()
+    }
+}
+
+/// [`targets`] for tests that run once: the embedded app, or the deployment.
+pub fn target() -> Column {
+    if env(BASE_URL).is_some() {
+        Column::Deployed
+    } else {
+        Column::Embedded
+    }
 }
 
 /// Codes the `log` OTP sender wrote, as `(destination, code)`, in order.
@@ -109,8 +141,12 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for OtpCapture {
     }
 }
 
-/// The last code the `log` sender wrote for `destination` (E.164 phone or lowercased email).
+/// The last code the `log` sender wrote for `destination` (E.164 phone or lowercased email):
+/// captured in this process, or read from `BEEP_TEST_OTP_LOG` when testing a deployment.
 pub fn sent_code(destination: &str) -> String {
+    if let Some(path) = env(OTP_LOG) {
+        return logged_code(Path::new(&path), destination);
+    }
     SENT_CODES
         .lock()
         .unwrap()
@@ -119,6 +155,49 @@ pub fn sent_code(destination: &str) -> String {
         .find(|(to, _)| to == destination)
         .map(|(_, code)| code.clone())
         .unwrap_or_else(|| panic!("no code was logged for {destination}"))
+}
+
+/// The last code for `destination` in a deployment's log, waiting up to 5 s for it to be
+/// written. Reads both log formats: JSON (`"destination":"…","code":"…"`) and the plain one
+/// (`destination=… code="…"`).
+fn logged_code(path: &Path, destination: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let log = std::fs::read_to_string(path)
+            .unwrap_or_else(|err| panic!("{OTP_LOG}={}: {err}", path.display()));
+        let found = log.lines().rev().find_map(|line| {
+            if !line.contains(beep::services::auth::senders::LOG_TARGET) {
+                return None;
+            }
+            let (to, code) = match serde_json::from_str::<serde_json::Value>(line) {
+                Ok(json) => (
+                    json["fields"]["destination"].as_str()?.to_owned(),
+                    json["fields"]["code"].as_str()?.to_owned(),
+                ),
+                Err(_) => (
+                    plain_field(line, "destination")?,
+                    plain_field(line, "code")?,
+                ),
+            };
+            (to == destination).then_some(code)
+        });
+        if let Some(code) = found {
+            return code;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no code for {destination} in {}",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// `name=value` or `name="value"` in a plain log line.
+fn plain_field(line: &str, name: &str) -> Option<String> {
+    let start = line.find(&format!(" {name}="))? + name.len() + 2;
+    let value = line[start..].split_whitespace().next()?;
+    Some(value.trim_matches('"').to_owned())
 }
 
 /// A valid Singapore mobile number no other test uses (E.164).
@@ -135,14 +214,21 @@ pub fn unique_phone() -> String {
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// `http://host:port`, without a trailing slash.
+    base: String,
     pub client: reqwest::Client,
-    pub platform: Platform,
-    /// The app's clock: `app.clock.advance(…)` skips to an expiry instead of sleeping to it.
-    pub clock: Clock,
+    /// The app itself; `None` when the test speaks to a deployment.
+    inside: Option<InProcess>,
+    data_dir: TempDir,
+}
+
+/// What a test holds of an app it started in its own process.
+struct InProcess {
+    platform: Platform,
+    clock: Clock,
     handle: AppHandle,
     task: JoinHandle<std::io::Result<()>>,
     postgres_database: Option<String>,
-    data_dir: TempDir,
 }
 
 /// A test's own namespace on shared servers: database, key prefix, subjects, bucket.
@@ -211,6 +297,11 @@ impl TestApp {
     ) -> Self {
         init_test_logging();
         let data_dir = tempfile::tempdir().unwrap();
+        if column == Column::Deployed {
+            // A deployment runs as its operator configured it: `adjust` and extra services
+            // cannot reach it, which is why only `targets()` tests come here.
+            return Self::deployed(data_dir);
+        }
         let (mut config, postgres_database) = test_config(column, &data_dir).await;
         adjust(&mut config);
         Self::start(
@@ -245,6 +336,50 @@ impl TestApp {
         Self::serve(running, clock, postgres_database, data_dir)
     }
 
+    fn deployed(data_dir: TempDir) -> Self {
+        let base = env(BASE_URL)
+            .unwrap_or_else(|| panic!("{BASE_URL} is not set"))
+            .trim_end_matches('/')
+            .to_owned();
+        let authority = base
+            .strip_prefix("http://")
+            .unwrap_or_else(|| panic!("{BASE_URL}={base}: expected http://host:port"));
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(authority)
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .unwrap_or_else(|| panic!("{BASE_URL}={base}: expected http://host:port"));
+        // Counted by `.ci/run` (with --show-output), so a run that tested nothing is seen.
+        println!("against the deployment at {base}");
+        Self {
+            addr,
+            base,
+            client: reqwest::Client::new(),
+            inside: None,
+            data_dir,
+        }
+    }
+
+    fn inside(&self) -> &InProcess {
+        self.inside
+            .as_ref()
+            .expect("this test needs the app in its own process: iterate columns(), not targets()")
+    }
+
+    /// The app's platform (configuration, database, cache, bus).
+    pub fn platform(&self) -> &Platform {
+        &self.inside().platform
+    }
+
+    /// The app's clock: `app.clock().advance(…)` skips to an expiry instead of sleeping to it.
+    pub fn clock(&self) -> &Clock {
+        &self.inside().clock
+    }
+
+    /// Whether the app runs in this process (not a deployment the test speaks to).
+    pub fn in_process(&self) -> bool {
+        self.inside.is_some()
+    }
+
     /// Starts another process of the same deployment beside `first` (its database, cache,
     /// bus and blobs; a data directory of its own), hosting only `services`, as split
     /// binaries run. The database stays `first`'s to drop.
@@ -254,7 +389,7 @@ impl TestApp {
         adjust: impl FnOnce(&mut Config),
     ) -> Self {
         let data_dir = tempfile::tempdir().unwrap();
-        let mut config = (*first.platform.config).clone();
+        let mut config = (*first.platform().config).clone();
         config.server.data_dir = data_dir.path().to_owned();
         adjust(&mut config);
         Self::start(config, services, Vec::new(), None, data_dir).await
@@ -272,12 +407,15 @@ impl TestApp {
         let task = tokio::spawn(running.run());
         Self {
             addr,
+            base: format!("http://{addr}"),
             client: reqwest::Client::new(),
-            platform,
-            clock,
-            handle,
-            task,
-            postgres_database,
+            inside: Some(InProcess {
+                platform,
+                clock,
+                handle,
+                task,
+                postgres_database,
+            }),
             data_dir,
         }
     }
@@ -289,10 +427,13 @@ impl TestApp {
         adjust: impl FnOnce(&mut Config),
         extra_services: Vec<Arc<dyn Service>>,
     ) -> Self {
-        self.handle.stop(true).await;
-        self.task.await.unwrap().unwrap();
-        let mut config = (*self.platform.config).clone();
-        drop(self.platform);
+        let inside = self
+            .inside
+            .expect("restart needs the app in this process: iterate columns(), not targets()");
+        inside.handle.stop(true).await;
+        inside.task.await.unwrap().unwrap();
+        let mut config = (*inside.platform.config).clone();
+        drop(inside.platform);
         adjust(&mut config);
         let clock = Clock::adjustable();
         let running = app::start(
@@ -306,7 +447,7 @@ impl TestApp {
         )
         .await
         .unwrap_or_else(|err| panic!("app did not start again: {err}"));
-        Self::serve(running, clock, self.postgres_database, self.data_dir)
+        Self::serve(running, clock, inside.postgres_database, self.data_dir)
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -314,7 +455,7 @@ impl TestApp {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}{path}", self.base)
     }
 
     pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
@@ -332,9 +473,12 @@ impl TestApp {
 
     /// [`Self::stop`], handing back the data directory so a test can look inside.
     pub async fn stop_keeping_data(self) -> TempDir {
-        self.handle.stop(true).await;
-        self.task.await.unwrap().unwrap();
-        if let (Some(name), Some(url)) = (self.postgres_database, env(POSTGRES)) {
+        let Some(inside) = self.inside else {
+            return self.data_dir; // a deployment is its operator's to stop
+        };
+        inside.handle.stop(true).await;
+        inside.task.await.unwrap().unwrap();
+        if let (Some(name), Some(url)) = (inside.postgres_database, env(POSTGRES)) {
             let admin = Database::connect(url.as_str()).await.unwrap();
             admin
                 .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))

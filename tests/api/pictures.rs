@@ -9,7 +9,7 @@ use image::{DynamicImage, ImageFormat, RgbImage, RgbaImage};
 use serde_json::{Value, json};
 
 use crate::auth::{Tokens, login_as};
-use crate::helpers::{Column, S3, TestApp, columns, env, error_code, unique_phone};
+use crate::helpers::{Column, S3, TestApp, columns, env, error_code, targets, unique_phone};
 
 const BOUNDARY: &str = "beep-test-boundary-7d9f";
 
@@ -125,7 +125,7 @@ fn is_stored_name(name: &str, extension: &str) -> bool {
 
 #[tokio::test]
 async fn upload_and_download_round_trip() {
-    for column in columns() {
+    for column in targets() {
         let app = TestApp::spawn(column).await;
         let alice = user(&app).await;
         let original = png(600, 400, 1);
@@ -223,7 +223,7 @@ async fn upload_and_download_round_trip() {
 
 #[tokio::test]
 async fn transparent_pictures_stay_png() {
-    for column in columns() {
+    for column in targets() {
         let app = TestApp::spawn(column).await;
         let alice = user(&app).await;
         let image = RgbaImage::from_fn(64, 32, |x, _| image::Rgba([200, 10, 10, (x * 4) as u8]));
@@ -254,7 +254,7 @@ async fn transparent_pictures_stay_png() {
 
 #[tokio::test]
 async fn only_pictures_are_accepted_whatever_their_name() {
-    for column in columns() {
+    for column in targets() {
         let app = TestApp::spawn(column).await;
         let alice = user(&app).await;
         let picture = png(40, 30, 2);
@@ -421,7 +421,7 @@ fn jpeg_with_exif(width: u32, height: u32) -> Vec<u8> {
 
 #[tokio::test]
 async fn metadata_is_stripped_and_orientation_applied() {
-    for column in columns() {
+    for column in targets() {
         let app = TestApp::spawn(column).await;
         let alice = user(&app).await;
         let original = jpeg_with_exif(80, 40);
@@ -471,7 +471,7 @@ pub async fn set_profile_pic(app: &TestApp, who: &Tokens, name: &str) -> reqwest
 
 #[tokio::test]
 async fn who_may_read_follows_who_shows_the_picture() {
-    for column in columns() {
+    for column in targets() {
         let app = TestApp::spawn(column).await;
         let alice = user(&app).await;
         let bob = user(&app).await;
@@ -619,10 +619,10 @@ async fn pictures_nobody_shows_are_swept_after_the_grace_period() {
         // Within the grace period nothing goes; past it, the unused one does.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(fetch(&app, &alice, &unused).await.status(), 200);
-        app.clock.advance(Duration::from_secs(121));
+        app.clock().advance(Duration::from_secs(121));
         eventually_status(&app, &alice, &unused, 404).await;
         assert_eq!(
-            app.platform.blobs.get(&key(&unused)).await.unwrap(),
+            app.platform().blobs.get(&key(&unused)).await.unwrap(),
             None,
             "{column:?}"
         );
@@ -632,9 +632,9 @@ async fn pictures_nobody_shows_are_swept_after_the_grace_period() {
         assert_eq!(set_profile_pic(&app, &alice, "").await.status(), 200);
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(fetch(&app, &alice, &shown).await.status(), 200);
-        app.clock.advance(Duration::from_secs(121));
+        app.clock().advance(Duration::from_secs(121));
         eventually_status(&app, &alice, &shown, 404).await;
-        assert_eq!(app.platform.blobs.get(&key(&shown)).await.unwrap(), None);
+        assert_eq!(app.platform().blobs.get(&key(&shown)).await.unwrap(), None);
         // And it can no longer be shown.
         let response = set_profile_pic(&app, &alice, &shown).await;
         assert_eq!(error_code(response, 400).await, "invalid_profile");

@@ -104,9 +104,9 @@ async fn a_missing_bucket_makes_readiness_503() {
 async fn each_service_has_its_own_migration_table() {
     for column in columns() {
         let app = TestApp::spawn(column).await;
-        let db = app.platform.db.connection();
+        let db = app.platform().db.connection();
         let backend = db.get_database_backend();
-        let sql = match app.platform.db.backend() {
+        let sql = match app.platform().db.backend() {
             "sqlite" => "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
             _ => "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename",
         };

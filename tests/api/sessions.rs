@@ -180,7 +180,7 @@ async fn logout_ends_the_sessions_streams_and_socket_within_a_second() {
         eprintln!("{column:?}: logout -> every stream and the socket ended in {slowest:?}");
         // The user's other session keeps its stream.
         assert!(other_session.stays_open(Duration::from_millis(300)).await);
-        assert_eq!(app.platform.sessions.open_count(&alice.user_id), 1);
+        assert_eq!(app.platform().sessions.open_count(&alice.user_id), 1);
         app.stop().await;
     }
 }
@@ -277,8 +277,8 @@ async fn streams_end_when_their_token_expires() {
         let alice = login_as(&app, &unique_phone(), "phone").await;
         let id = conversation(&app, &alice).await;
         let (streams, socket) = open_all(&app, &alice, &id).await;
-        let config = &app.platform.config.auth;
-        app.clock.advance(Duration::from_secs(
+        let config = &app.platform().config.auth;
+        app.clock().advance(Duration::from_secs(
             config.access_token_ttl_secs + config.leeway_secs + 1,
         ));
         let since = Instant::now();
@@ -294,17 +294,17 @@ async fn a_refreshed_session_keeps_its_streams_until_the_new_token_expires() {
         let app = spawn(column, |_| {}).await;
         let alice = login_as(&app, &unique_phone(), "phone").await;
         let mut stream = open(&app, "/core/user/subscribe", &alice.access).await;
-        let ttl = app.platform.config.auth.access_token_ttl_secs;
-        let leeway = app.platform.config.auth.leeway_secs;
+        let ttl = app.platform().config.auth.access_token_ttl_secs;
+        let leeway = app.platform().config.auth.leeway_secs;
         // Refreshed halfway through the first token's life.
-        app.clock.advance(Duration::from_secs(ttl / 2));
+        app.clock().advance(Duration::from_secs(ttl / 2));
         assert_eq!(refresh(&app, &alice.refresh).await.status(), 200);
-        app.clock.advance(Duration::from_secs(ttl / 2 + leeway + 1));
+        app.clock().advance(Duration::from_secs(ttl / 2 + leeway + 1));
         assert!(
             stream.stays_open(Duration::from_millis(600)).await,
             "{column:?}: the stream ended at the first token's expiry"
         );
-        app.clock.advance(Duration::from_secs(ttl / 2));
+        app.clock().advance(Duration::from_secs(ttl / 2));
         stream.ends(Instant::now(), WITHIN).await;
         app.stop().await;
     }
@@ -319,7 +319,7 @@ async fn a_revocation_on_one_replica_ends_streams_on_another() {
     let auth = spawn(Column::Real, |_| {}).await;
     let alice = login_as(&auth, &unique_phone(), "phone").await;
     let jwks_url = auth.url("/.well-known/jwks.json");
-    let shared = auth.platform.config.clone();
+    let shared = auth.platform().config.clone();
     let core = TestApp::spawn_services(
         Column::Real,
         &["core"],
@@ -401,7 +401,7 @@ async fn a_user_holds_at_most_the_configured_streams_and_sockets() {
         // A closed stream gives its place back.
         drop(first);
         let deadline = Instant::now() + Duration::from_secs(5);
-        while app.platform.sessions.open_count(&alice.user_id) >= 3 {
+        while app.platform().sessions.open_count(&alice.user_id) >= 3 {
             assert!(Instant::now() < deadline, "a closed stream kept its place");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -434,7 +434,7 @@ async fn a_restarted_server_refuses_revoked_tokens_from_its_first_request() {
         let sid = payload(&alice.access)["sid"].as_str().unwrap().to_owned();
         // Asked before anything else runs: the verifier knows already.
         assert!(
-            app.platform.identity.is_revoked(&sid).await.unwrap(),
+            app.platform().identity.is_revoked(&sid).await.unwrap(),
             "{column:?}: the restarted server serves before loading revocations"
         );
         let response = whoami(&app, &alice.access).await;

@@ -185,8 +185,8 @@ async fn talker(
 ) {
     let alice = member(app, "phone").await;
     let conversation = conversation_of(app, &alice.tokens, &[]).await;
-    let stored = app.platform.bus.subscribe::<BiteStored>().await.unwrap();
-    app.platform.bus.confirm_subscriptions().await.unwrap();
+    let stored = app.platform().bus.subscribe::<BiteStored>().await.unwrap();
+    app.platform().bus.confirm_subscriptions().await.unwrap();
     let peer = Peer::connect(&ws_base(app), &alice.tokens.access).await;
     assert_eq!(join(app, &alice.tokens, &conversation).await.status(), 200);
     (alice, conversation, peer, stored)
@@ -443,7 +443,7 @@ async fn queued_jobs_survive_a_restart() {
             )
             .await;
         // The job kept its wait from before the restart (60 s): move the clock past it.
-        app.clock.advance(Duration::from_secs(61));
+        app.clock().advance(Duration::from_secs(61));
         let response = settled(&app, &alice, &conversation, start).await;
         let transcript = json_of(response, 200).await;
         assert_eq!(transcript["text"], "Hello beep world.", "{column:?}");
