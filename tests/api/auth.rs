@@ -242,9 +242,7 @@ async fn phone_login_end_to_end_in_both_wire_formats() {
             assert_eq!(me["user_id"], user_id.as_str());
             assert_eq!(me["client_id"], "flutter-1");
         }
-        let response = app
-            .get(&format!("{}?token={jwt}", protected(&app)))
-            .await;
+        let response = app.get(&format!("{}?token={jwt}", protected(&app))).await;
         assert_eq!(response.status(), 200);
 
         // Logging in again (JSON this time) finds the same user.
@@ -505,7 +503,7 @@ async fn rate_limits_answer_429_with_retry_after_and_recover() {
         assert!((1..=2).contains(&wait), "Retry-After {wait}");
         assert_eq!(error_code(response, 429).await, "rate_limited");
 
-        app.clock
+        app.clock()
             .advance(Duration::from_secs(wait) + Duration::from_millis(100));
         let response = verify(&app, unknown, "123456", "c").await;
         assert_eq!(error_code(response, 401).await, "invalid_code");

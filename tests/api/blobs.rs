@@ -47,7 +47,7 @@ async fn blob_keys_cannot_escape() {
     let app = TestApp::spawn(crate::helpers::Column::Embedded).await;
     for key in ["../etc/passwd", "a//b", "a/../b", ""] {
         assert!(
-            app.platform
+            app.platform()
                 .blobs
                 .put(key, Bytes::from_static(b"x"))
                 .await

@@ -71,7 +71,7 @@ async fn events_cross_between_two_app_instances_over_nats() {
         .await
         .expect("both apps connect to NATS");
     let mut on_second = second
-        .platform
+        .platform()
         .bus
         .subscribe::<MemberAdded>()
         .await

@@ -97,7 +97,7 @@ async fn key_prefixes_keep_deployments_apart() {
         let first = TestApp::spawn(column).await;
         let second = TestApp::spawn(column).await;
         first
-            .platform
+            .platform()
             .cache
             .set("shared-name", b"first", Duration::from_secs(60))
             .await

@@ -344,7 +344,8 @@ async fn only_members_reach_a_conversation() {
         let second_path = format!("/core/user/conversation/{second}");
         assert_eq!(status(call(&app, "DELETE", &second_path, &bob)).await, 200);
         assert_eq!(status(call(&app, "GET", &second_path, &alice)).await, 404);
-        for conversation in [&id, &second] {
+        // (The tables are read directly, so only where the app is this test's.)
+        for conversation in [&id, &second].into_iter().filter(|_| app.in_process()) {
             assert_eq!(rows(&app, "member", "conversation", conversation).await, 0);
             assert_eq!(rows(&app, "conversation", "id", conversation).await, 0);
         }

@@ -144,17 +144,18 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for OtpCapture {
 /// The last code the `log` sender wrote for `destination` (E.164 phone or lowercased email):
 /// captured in this process, or read from `BEEP_TEST_OTP_LOG` when testing a deployment.
 pub fn sent_code(destination: &str) -> String {
-    if let Some(path) = env(OTP_LOG) {
-        return logged_code(Path::new(&path), destination);
-    }
-    SENT_CODES
+    let captured = SENT_CODES
         .lock()
         .unwrap()
         .iter()
         .rev()
         .find(|(to, _)| to == destination)
-        .map(|(_, code)| code.clone())
-        .unwrap_or_else(|| panic!("no code was logged for {destination}"))
+        .map(|(_, code)| code.clone());
+    match (captured, env(OTP_LOG)) {
+        (Some(code), _) => code,
+        (None, Some(path)) => logged_code(Path::new(&path), destination),
+        (None, None) => panic!("no code was logged for {destination}"),
+    }
 }
 
 /// The last code for `destination` in a deployment's log, waiting up to 5 s for it to be
@@ -337,6 +338,7 @@ impl TestApp {
     }
 
     fn deployed(data_dir: TempDir) -> Self {
+        beep::platform::install_crypto_provider();
         let base = env(BASE_URL)
             .unwrap_or_else(|| panic!("{BASE_URL} is not set"))
             .trim_end_matches('/')

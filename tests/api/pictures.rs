@@ -100,6 +100,21 @@ pub fn png(width: u32, height: u32, seed: u8) -> Vec<u8> {
     encode(DynamicImage::ImageRgb8(image), ImageFormat::Png)
 }
 
+/// A picture no other test or run uploads: stored pictures are named by their content, and a
+/// deployment keeps them (and who shows them) between runs.
+fn unique_png() -> Vec<u8> {
+    let noise = beep::platform::ids::random_hex128();
+    let mut image = RgbImage::from_fn(50, 50, |x, y| image::Rgb([(x * 5) as u8, (y * 5) as u8, 0]));
+    for (i, pair) in noise.as_bytes().chunks(2).enumerate() {
+        let value = u8::from_str_radix(std::str::from_utf8(pair).unwrap(), 16).unwrap();
+        let x = u32::try_from(i).unwrap() * 3;
+        for dy in 0..8 {
+            image.put_pixel(x, dy, image::Rgb([value, 255 - value, value]));
+        }
+    }
+    encode(DynamicImage::ImageRgb8(image), ImageFormat::Png)
+}
+
 fn encode(image: DynamicImage, format: ImageFormat) -> Vec<u8> {
     let mut out = Cursor::new(Vec::new());
     image.write_to(&mut out, format).unwrap();
@@ -209,11 +224,14 @@ async fn upload_and_download_round_trip() {
         let unknown = format!("{}.jpg", "0".repeat(32));
         for missing in [unknown.as_str(), "nodot", "a.b.c", "..%2f..%2fetc%2fpasswd"] {
             let response = fetch(&app, &alice, missing).await;
-            assert_eq!(
-                error_code(response, 404).await,
-                "picture_not_found",
-                "{missing}"
-            );
+            // A proxy in front resolves the `..` before routing: pictures never sees the
+            // traversal, and the proxy's own 404 answers.
+            let expected = if app.in_process() || !missing.contains("..") {
+                "picture_not_found"
+            } else {
+                "not_found"
+            };
+            assert_eq!(error_code(response, 404).await, expected, "{missing}");
         }
         let response = fetch_with(&app, &alice, &format!("{name}?size=huge"), &[]).await;
         assert_eq!(response.status(), 400);
@@ -478,7 +496,7 @@ async fn who_may_read_follows_who_shows_the_picture() {
         let carol = user(&app).await;
 
         // Only its uploader, until someone shows it.
-        let avatar = uploaded(&app, &alice, &png(50, 50, 3)).await;
+        let avatar = uploaded(&app, &alice, &unique_png()).await;
         assert_eq!(fetch(&app, &alice, &avatar).await.status(), 200);
         assert_eq!(
             error_code(fetch(&app, &bob, &avatar).await, 403).await,
@@ -493,7 +511,7 @@ async fn who_may_read_follows_who_shows_the_picture() {
         assert_eq!(fetch(&app, &alice, &avatar).await.status(), 200);
 
         // A conversation's picture: its members only.
-        let cover = uploaded(&app, &alice, &png(50, 50, 4)).await;
+        let cover = uploaded(&app, &alice, &unique_png()).await;
         let response = app
             .post("/core/user/conversation")
             .bearer_auth(&alice.access)
@@ -559,7 +577,7 @@ async fn who_may_read_follows_who_shows_the_picture() {
         assert_eq!(fetch(&app, &carol, &cover).await.status(), 200);
 
         // The picture of many conversations: Bob, a member of one of them, is shown it.
-        let banner = uploaded(&app, &alice, &png(50, 50, 9)).await;
+        let banner = uploaded(&app, &alice, &unique_png()).await;
         for n in 0..10 {
             let response = app
                 .post("/core/user/conversation")
@@ -608,7 +626,7 @@ async fn pictures_nobody_shows_are_swept_after_the_grace_period() {
         assert_eq!(set_profile_pic(&app, &alice, &shown).await.status(), 200);
         let key = |name: &str| format!("pictures/{}/{name}", &name[..2]);
         assert!(
-            app.platform
+            app.platform()
                 .blobs
                 .get(&key(&unused))
                 .await

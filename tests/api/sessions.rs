@@ -258,7 +258,7 @@ async fn a_user_blocked_event_on_the_bus_ends_their_streams() {
         let alice = login_as(&app, &unique_phone(), "phone").await;
         let stream = open(&app, "/core/user/subscribe", &alice.access).await;
         let since = Instant::now();
-        app.platform
+        app.platform()
             .bus
             .publish(beep::platform::sessions::UserBlocked {
                 user: alice.user_id.clone(),
@@ -299,7 +299,8 @@ async fn a_refreshed_session_keeps_its_streams_until_the_new_token_expires() {
         // Refreshed halfway through the first token's life.
         app.clock().advance(Duration::from_secs(ttl / 2));
         assert_eq!(refresh(&app, &alice.refresh).await.status(), 200);
-        app.clock().advance(Duration::from_secs(ttl / 2 + leeway + 1));
+        app.clock()
+            .advance(Duration::from_secs(ttl / 2 + leeway + 1));
         assert!(
             stream.stays_open(Duration::from_millis(600)).await,
             "{column:?}: the stream ended at the first token's expiry"
