@@ -141,22 +141,29 @@ async fn users_are_looked_up_and_updated_partially() {
         assert_eq!(error_code(anonymous, 401).await, "missing_token");
 
         // PATCH changes only what it is sent; usernames are unique whatever their case.
+        // (A name of this run's: a deployment keeps those of earlier runs.)
+        let name = format!("Alice_{}.x", &beep::platform::ids::random_hex128()[..8]);
         let patched = call(&app, "PATCH", "/core/user", &alice)
-            .json(&json!({ "username": "Alice_1.x" }))
+            .json(&json!({ "username": name }))
             .send()
             .await
             .unwrap();
         let patched = json_of(patched, 200).await;
-        assert_eq!(patched["username"], "alice_1.x");
+        assert_eq!(patched["username"], name.to_lowercase().as_str());
         assert_eq!(patched["first_name"], "Alice");
         assert_eq!(patched["bio"], "hi");
-        let by_name = call(&app, "GET", "/core/user/username/ALICE_1.X", &bob);
+        let by_name = call(
+            &app,
+            "GET",
+            &format!("/core/user/username/{}", name.to_uppercase()),
+            &bob,
+        );
         assert_eq!(
             json_of(by_name.send().await.unwrap(), 200).await["id"],
             alice.user_id.as_str()
         );
-        let taken =
-            call(&app, "PATCH", "/core/user", &bob).json(&json!({ "username": "alice_1.X" }));
+        let taken = call(&app, "PATCH", "/core/user", &bob)
+            .json(&json!({ "username": name.to_lowercase().replace(".x", ".X") }));
         assert_eq!(
             error_code(taken.send().await.unwrap(), 409).await,
             "username_taken"

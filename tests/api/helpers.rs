@@ -159,8 +159,8 @@ pub fn sent_code(destination: &str) -> String {
 }
 
 /// The last code for `destination` in a deployment's log, waiting up to 5 s for it to be
-/// written. Reads both log formats: JSON (`"destination":"…","code":"…"`) and the plain one
-/// (`destination=… code="…"`).
+/// written. Reads both of beep's log formats (`telemetry.log_format`): JSON
+/// (`"destination":"…","code":"…"`) and the plain one (`destination=… code="…"`).
 fn logged_code(path: &Path, destination: &str) -> String {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
@@ -171,9 +171,10 @@ fn logged_code(path: &Path, destination: &str) -> String {
                 return None;
             }
             let (to, code) = match serde_json::from_str::<serde_json::Value>(line) {
+                // beep's JSON format flattens an event's fields to the top level.
                 Ok(json) => (
-                    json["fields"]["destination"].as_str()?.to_owned(),
-                    json["fields"]["code"].as_str()?.to_owned(),
+                    json["destination"].as_str()?.to_owned(),
+                    json["code"].as_str()?.to_owned(),
                 ),
                 Err(_) => (
                     plain_field(line, "destination")?,
