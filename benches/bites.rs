@@ -1,6 +1,8 @@
 //! bites figures, in release mode (`cargo bench --bench bites [-- forward|record|store|scan]`):
 //! - `forward`: one speaker to N listeners through the SFU, server CPU per forwarded packet
 //!   against a bare UDP relay of the same packets to N sockets, same run;
+//! - `relay`: the bare relay's floor with one `send_to` per packet against one `sendmmsg` per
+//!   fan-out (the media plane's batching);
 //! - `record`: the same forwarding with bite storage on and off;
 //! - `store`: bites stored per second through the bite store against raw sled inserts of the
 //!   same sizes;
@@ -18,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use beep::app::{self, Hosting};
 use beep::config::Config;
+use beep::services::bites::sfu::media::batch::Outbox;
 use beep::services::bites::store::{BiteMeta, BiteStore as _, NewBite, SledStore};
 use bytes::Bytes;
 use serde_json::{Value, json};
@@ -51,6 +54,11 @@ fn main() {
     if wanted("forward") {
         for listeners in [10, 30] {
             forward(listeners);
+        }
+    }
+    if wanted("relay") {
+        for listeners in [10, 30] {
+            relay_batching(listeners);
         }
     }
     if wanted("record") {
@@ -237,9 +245,12 @@ async fn login(base: &str, n: u32) -> (String, String) {
     login::token_and_user(base, &login::phone(n), &format!("bench-{n}")).await
 }
 
-/// A bare UDP relay: one thread receives each packet and sends it to every listener socket;
-/// its CPU per forwarded packet is the floor any forwarder pays to the kernel.
-fn relay_us_per_packet(listeners: usize, size: usize) -> f64 {
+/// A bare UDP relay: one thread receives each packet and sends it to every listener socket,
+/// one `send_to` each or (`batched`) all in one `sendmmsg` (the media plane's [`Outbox`]); its
+/// CPU per forwarded packet is the floor any forwarder pays to the kernel.
+///
+/// [`Outbox`]: beep::services::bites::sfu::media::batch::Outbox
+fn relay_us_per_packet(listeners: usize, size: usize, batched: bool) -> f64 {
     let relay = UdpSocket::bind("127.0.0.1:0").unwrap();
     relay
         .set_read_timeout(Some(Duration::from_millis(50)))
@@ -279,10 +290,21 @@ fn relay_us_per_packet(listeners: usize, size: usize) -> f64 {
             .spawn(move || {
                 let start = thread_cpu_ns();
                 let mut buffer = [0u8; 1500];
+                let mut outbox = Outbox::default();
                 while !stop.load(Ordering::Relaxed) {
                     let Ok(len) = relay.recv(&mut buffer) else {
                         continue;
                     };
+                    if batched {
+                        for sink in &sinks {
+                            let mut datagram = outbox.buffer();
+                            datagram.extend_from_slice(&buffer[..len]);
+                            outbox.push(*sink, datagram);
+                        }
+                        let sent = outbox.flush(&relay).sent;
+                        relayed.fetch_add(sent as u64, Ordering::Relaxed);
+                        continue;
+                    }
                     for sink in &sinks {
                         if relay.send_to(&buffer[..len], sink).is_ok() {
                             relayed.fetch_add(1, Ordering::Relaxed);
@@ -332,7 +354,7 @@ fn forward(listeners: usize) {
     for _ in 0..ROUNDS {
         let s = call.measure(true);
         let i = call.idle_us_per_second();
-        let r = relay_us_per_packet(listeners, WIRE_BYTES);
+        let r = relay_us_per_packet(listeners, WIRE_BYTES, false);
         // Without the connections' upkeep, which does not grow with traffic.
         let n = s - i / forwarded_per_second;
         ratios.push(s / r);
@@ -373,6 +395,28 @@ fn forward(listeners: usize) {
         "  SFU / relay CPU per packet: {}; net of upkeep: {}",
         spread(&ratios),
         spread(&net_ratios)
+    );
+}
+
+/// What batching saves the floor: the bare relay with one `send_to` per packet against one
+/// `sendmmsg` per fan-out, interleaved rounds.
+fn relay_batching(listeners: usize) {
+    println!("\n## bare UDP relay to {listeners} listeners: send_to per packet against sendmmsg");
+    let (mut single, mut batched, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let s = relay_us_per_packet(listeners, WIRE_BYTES, false);
+        let b = relay_us_per_packet(listeners, WIRE_BYTES, true);
+        single.push(s);
+        batched.push(b);
+        ratios.push(b / s);
+    }
+    println!(
+        "  send_to: {:.2} us per forwarded packet ({}); sendmmsg: {:.2} us ({}); sendmmsg / send_to: {}",
+        median(single.clone()),
+        spread(&single),
+        median(batched.clone()),
+        spread(&batched),
+        spread(&ratios)
     );
 }
 

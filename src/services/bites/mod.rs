@@ -15,7 +15,7 @@ pub mod ogg;
 mod pipeline;
 mod retention;
 mod routes;
-mod sfu;
+pub mod sfu;
 pub mod store;
 pub mod transcription;
 mod utterance;

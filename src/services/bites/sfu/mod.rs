@@ -6,12 +6,14 @@
 //! connection in line and renegotiates. Media, forwarding and bite cutting run on a runtime of
 //! their own, so HTTP load and media do not queue behind each other.
 
-mod forward;
+pub(crate) mod forward;
 mod negotiation;
 pub mod peer;
 mod sdp;
 mod signal;
 mod transport;
+
+pub mod media;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};

@@ -1,0 +1,533 @@
+//! A media thread: one UDP socket shared by all its connections (ICE-lite, one port), each
+//! connection an `rtc` peer connection driven by hand. Datagrams come in batches, are routed
+//! by [`Demux`], fed to their connection, and whatever the connections then have to send goes
+//! out in batches; timers come from one heap. Everything else (signalling, room changes) reaches
+//! the thread as a task run on it ([`MediaThread::call`]), so a connection is only ever touched
+//! by its own thread and needs no lock.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::AsFd as _;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::sansio::Protocol as _;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+
+use super::batch::{Inbox, Outbox};
+use super::demux::{ConnectionId, Demux};
+use super::timers::Timers;
+use crate::platform::ids::random_hex128;
+use crate::services::bites::sfu::transport::media_engine;
+
+/// Batches taken off the socket before the thread looks at its timers and tasks again, so a
+/// flood cannot starve them.
+const BATCHES_PER_TURN: usize = 16;
+
+/// Work for the thread, run with its [`Plane`].
+type Task = Box<dyn FnOnce(&mut Plane) + Send>;
+
+/// One connection on the thread.
+pub struct Connection {
+    pub pc: RTCPeerConnection,
+    /// RTP packets received from this connection's client.
+    pub received: u64,
+    /// Whether ICE and DTLS are up.
+    pub connected: bool,
+}
+
+/// What a media thread owns; reached through [`MediaThread::call`].
+pub struct Plane {
+    socket: UdpSocket,
+    /// The address connections are reached at: the bound one, or its public twin behind a
+    /// 1:1 NAT.
+    advertised: SocketAddr,
+    local: SocketAddr,
+    connections: HashMap<ConnectionId, Connection>,
+    demux: Demux,
+    timers: Timers,
+    inbox: Inbox,
+    outbox: Outbox,
+    due: Vec<ConnectionId>,
+}
+
+impl Plane {
+    /// The address every connection of this thread tells its client.
+    pub fn advertised(&self) -> SocketAddr {
+        self.advertised
+    }
+
+    /// A new connection with server-chosen ICE credentials and the thread's one host
+    /// candidate; its client reaches it once it has the answer (or offer) that carries them.
+    pub fn open(&mut self, id: ConnectionId) -> anyhow::Result<()> {
+        let (engine, registry) = media_engine()?;
+        let ufrag = random_hex128()[..16].to_owned();
+        let password = random_hex128();
+        let settings = SettingEngineBuilder::new()
+            .with_lite(true)
+            .with_ice_credentials(ufrag.clone(), password)
+            .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
+            .build();
+        let now = Instant::now();
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_setting_engine(settings)
+            .with_media_engine(engine)
+            .with_interceptor_registry(registry)
+            .build(now)?;
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".to_owned(),
+                address: self.advertised.ip().to_string(),
+                port: self.advertised.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()?;
+        pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
+        self.demux.expect(id, ufrag);
+        self.connections.insert(
+            id,
+            Connection {
+                pc,
+                received: 0,
+                connected: false,
+            },
+        );
+        self.drive(id);
+        Ok(())
+    }
+
+    /// Runs `f` on connection `id` (none: `None`), then lets it send what it has to.
+    pub fn with<R>(&mut self, id: ConnectionId, f: impl FnOnce(&mut Connection) -> R) -> Option<R> {
+        let result = f(self.connections.get_mut(&id)?);
+        self.drive(id);
+        Some(result)
+    }
+
+    pub fn close(&mut self, id: ConnectionId) {
+        if let Some(mut connection) = self.connections.remove(&id) {
+            if let Err(err) = connection.pc.close() {
+                tracing::debug!(error = %err, connection = id, "closing a media connection");
+            }
+            self.drain_writes(id, &mut connection);
+        }
+        self.demux.remove(id);
+        self.timers.set(id, None);
+    }
+
+    pub fn len(&self) -> usize {
+        self.connections.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.connections.is_empty()
+    }
+
+    /// Takes everything connection `id` has for us: datagrams (queued), media, events, and
+    /// its next deadline.
+    fn drive(&mut self, id: ConnectionId) {
+        let Some(mut connection) = self.connections.remove(&id) else {
+            return;
+        };
+        while let Some(message) = connection.pc.poll_read() {
+            if let RTCMessage::RtpPacket(_, _) = message.message {
+                connection.received += 1;
+            }
+        }
+        while let Some(event) = connection.pc.poll_event() {
+            match event {
+                RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                    connection.connected =
+                        state == rtc::peer_connection::state::RTCPeerConnectionState::Connected;
+                }
+                RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(_)) => {}
+                _ => {}
+            }
+        }
+        self.drain_writes(id, &mut connection);
+        self.timers.set(id, connection.pc.poll_timeout());
+        self.connections.insert(id, connection);
+    }
+
+    fn drain_writes(&mut self, id: ConnectionId, connection: &mut Connection) {
+        while let Some(datagram) = connection.pc.poll_write() {
+            let to = datagram.transport.peer_addr;
+            self.demux.sent(id, to);
+            let mut buffer = self.outbox.buffer();
+            buffer.extend_from_slice(&datagram.message);
+            self.outbox.push(to, buffer);
+        }
+    }
+
+    /// One turn of the thread: datagrams in, due timers, datagrams out.
+    fn turn(&mut self) {
+        let mut touched = Vec::new();
+        for _ in 0..BATCHES_PER_TURN {
+            match self.inbox.receive(&self.socket) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "receiving media");
+                    break;
+                }
+            }
+            let now = Instant::now();
+            for (from, bytes) in self.inbox.datagrams() {
+                let Some(id) = self.demux.route(from, bytes) else {
+                    continue;
+                };
+                let Some(connection) = self.connections.get_mut(&id) else {
+                    continue;
+                };
+                let datagram = TaggedBytesMut {
+                    now,
+                    transport: TransportContext {
+                        local_addr: self.local,
+                        peer_addr: from,
+                        transport_protocol: TransportProtocol::UDP,
+                        ecn: None,
+                    },
+                    message: BytesMut::from(bytes),
+                };
+                if let Err(err) = connection.pc.handle_read(datagram) {
+                    tracing::debug!(error = %err, connection = id, "a datagram was refused");
+                }
+                touched.push(id);
+            }
+        }
+        let now = Instant::now();
+        self.due.clear();
+        self.timers.take_due(now, &mut self.due);
+        for id in std::mem::take(&mut self.due) {
+            if let Some(connection) = self.connections.get_mut(&id)
+                && let Err(err) = connection.pc.handle_timeout(now)
+            {
+                tracing::debug!(error = %err, connection = id, "a media timer failed");
+            }
+            touched.push(id);
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        for id in touched {
+            self.drive(id);
+        }
+        self.outbox.flush(&self.socket);
+    }
+}
+
+/// A media thread and the way to reach its [`Plane`].
+pub struct MediaThread {
+    tasks: mpsc::Sender<Task>,
+    wake: Arc<EventFd>,
+    thread: Option<JoinHandle<()>>,
+    advertised: SocketAddr,
+}
+
+impl MediaThread {
+    /// Binds `bind` (port 0: any) and starts the thread; clients are told `public_ip` (or
+    /// the bound address) and the bound port.
+    pub fn start(name: &str, bind: SocketAddr, public_ip: Option<IpAddr>) -> io::Result<Self> {
+        let socket = UdpSocket::bind(bind)?;
+        socket.set_nonblocking(true)?;
+        let local = socket.local_addr()?;
+        let advertised = SocketAddr::new(public_ip.unwrap_or(local.ip()), local.port());
+        let wake = Arc::new(EventFd::from_value_and_flags(
+            0,
+            EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
+        )?);
+        let (tasks, queue) = mpsc::channel::<Task>();
+        let thread = std::thread::Builder::new().name(name.to_owned()).spawn({
+            let wake = Arc::clone(&wake);
+            move || {
+                // Built here: the batches hold the raw pointers system calls take, which
+                // never leave this thread.
+                let plane = Plane {
+                    socket,
+                    advertised,
+                    local,
+                    connections: HashMap::new(),
+                    demux: Demux::default(),
+                    timers: Timers::default(),
+                    inbox: Inbox::default(),
+                    outbox: Outbox::default(),
+                    due: Vec::new(),
+                };
+                run(plane, &queue, &wake);
+            }
+        })?;
+        Ok(Self {
+            tasks,
+            wake,
+            thread: Some(thread),
+            advertised,
+        })
+    }
+
+    pub fn advertised(&self) -> SocketAddr {
+        self.advertised
+    }
+
+    /// Runs `f` on the thread with its plane; `None` if the thread has stopped.
+    pub async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Plane) -> R + Send + 'static,
+    ) -> Option<R> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let task: Task = Box::new(move |plane| {
+            let _gone = reply.send(f(plane));
+        });
+        self.tasks.send(task).ok()?;
+        self.wake.write(1).ok()?;
+        answer.await.ok()
+    }
+}
+
+impl Drop for MediaThread {
+    fn drop(&mut self) {
+        // A closed channel ends the loop once it wakes.
+        let (closed, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.tasks, closed));
+        let _ = self.wake.write(1);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(mut plane: Plane, queue: &mpsc::Receiver<Task>, wake: &EventFd) {
+    loop {
+        let timeout = plane.timers.earliest().map_or(PollTimeout::NONE, |at| {
+            let wait = at.saturating_duration_since(Instant::now());
+            // Rounded up: waking a little late beats spinning until the deadline.
+            let ms = wait.as_millis() + u128::from(wait.subsec_nanos() % 1_000_000 != 0);
+            PollTimeout::try_from(Duration::from_millis(
+                u64::try_from(ms).unwrap_or(u64::MAX).min(60_000),
+            ))
+            .unwrap_or(PollTimeout::MAX)
+        });
+        {
+            let mut fds = [
+                PollFd::new(plane.socket.as_fd(), PollFlags::POLLIN),
+                PollFd::new(wake.as_fd(), PollFlags::POLLIN),
+            ];
+            if let Err(err) = poll(&mut fds, timeout)
+                && err != nix::errno::Errno::EINTR
+            {
+                tracing::error!(error = %err, "media thread cannot wait for its socket");
+                return;
+            }
+        }
+        let _ = wake.read();
+        loop {
+            match queue.try_recv() {
+                Ok(task) => task(&mut plane),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    for id in plane.connections.keys().copied().collect::<Vec<_>>() {
+                        plane.close(id);
+                    }
+                    plane.outbox.flush(&plane.socket);
+                    return;
+                }
+            }
+        }
+        plane.turn();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rtc::media_stream::MediaStreamTrack;
+    use rtc::peer_connection::sdp::RTCSessionDescription;
+    use rtc::rtp_transceiver::rtp_sender::{
+        RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    };
+    use tokio::sync::watch;
+    use webrtc::media_stream::track_local::TrackLocal;
+    use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+    use webrtc::peer_connection::{
+        PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState,
+        RTCPeerConnectionState,
+    };
+
+    use super::*;
+    use crate::services::bites::sfu::forward::opus;
+
+    struct Events {
+        gathered: watch::Sender<bool>,
+        connected: watch::Sender<bool>,
+    }
+
+    #[async_trait::async_trait]
+    impl PeerConnectionEventHandler for Events {
+        async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+            if state == RTCIceGatheringState::Complete {
+                self.gathered.send_replace(true);
+            }
+        }
+
+        async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+            self.connected
+                .send_replace(state == RTCPeerConnectionState::Connected);
+        }
+    }
+
+    /// A client built with the `webrtc` crate (another stack than the plane's own use of
+    /// `rtc`): full ICE, offering a microphone.
+    async fn client() -> (
+        Arc<dyn PeerConnection>,
+        Arc<TrackLocalStaticRTP>,
+        watch::Receiver<bool>,
+        watch::Receiver<bool>,
+    ) {
+        let (gathered_tx, gathered) = watch::channel(false);
+        let (connected_tx, connected) = watch::channel(false);
+        let (engine, registry) = media_engine().unwrap();
+        let pc: Arc<dyn PeerConnection> = Arc::new(
+            PeerConnectionBuilder::new()
+                .with_configuration(RTCConfigurationBuilder::new().build())
+                .with_media_engine(engine)
+                .with_interceptor_registry(registry)
+                .with_setting_engine(
+                    SettingEngineBuilder::new()
+                        .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
+                        .build(),
+                )
+                .with_handler(Arc::new(Events {
+                    gathered: gathered_tx,
+                    connected: connected_tx,
+                }))
+                .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
+                .build()
+                .await
+                .unwrap(),
+        );
+        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            "mic".into(),
+            "mic".into(),
+            "mic".into(),
+            RtpCodecKind::Audio,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(4242),
+                    ..Default::default()
+                },
+                codec: opus(),
+                ..Default::default()
+            }],
+        )));
+        pc.add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
+            .await
+            .unwrap();
+        (pc, track, gathered, connected)
+    }
+
+    /// Answers `offer` on a new connection `id` of the plane; the answer's SDP.
+    fn answer(plane: &mut Plane, id: ConnectionId, offer: String) -> String {
+        plane.open(id).unwrap();
+        plane
+            .with(id, |connection| {
+                let now = Instant::now();
+                let offer = RTCSessionDescription::offer(offer).unwrap();
+                connection.pc.set_remote_description(now, offer).unwrap();
+                let answer = connection.pc.create_answer(None).unwrap();
+                connection.pc.set_local_description(now, answer).unwrap();
+                connection.pc.local_description().unwrap().sdp.clone()
+            })
+            .unwrap()
+    }
+
+    async fn connect(
+        thread: &MediaThread,
+        id: ConnectionId,
+    ) -> (Arc<dyn PeerConnection>, Arc<TrackLocalStaticRTP>) {
+        let (pc, track, mut gathered, mut connected) = client().await;
+        let offer = pc.create_offer(None).await.unwrap();
+        pc.set_local_description(offer).await.unwrap();
+        let _ = gathered.wait_for(|done| *done).await;
+        let sdp = pc.local_description().await.unwrap().sdp;
+        let answer_sdp = thread
+            .call(move |plane| answer(plane, id, sdp))
+            .await
+            .unwrap();
+        assert!(
+            answer_sdp.contains("a=ice-lite"),
+            "the plane answers as ICE-lite"
+        );
+        pc.set_remote_description(RTCSessionDescription::answer(answer_sdp).unwrap())
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), connected.wait_for(|up| *up))
+            .await
+            .expect("ICE and DTLS came up through the shared socket")
+            .unwrap();
+        (pc, track)
+    }
+
+    async fn received(thread: &MediaThread, id: ConnectionId) -> u64 {
+        thread
+            .call(move |plane| plane.with(id, |connection| connection.received))
+            .await
+            .flatten()
+            .unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn clients_of_another_stack_connect_on_one_shared_port_and_send_media() {
+        let thread =
+            MediaThread::start("media-test", "127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let (first_pc, first) = connect(&thread, 1).await;
+        let (second_pc, second) = connect(&thread, 2).await;
+        for (track, count) in [(&first, 20u16), (&second, 30)] {
+            for n in 0..count {
+                let packet = rtc::rtp::Packet {
+                    header: rtc::rtp::header::Header {
+                        version: 2,
+                        payload_type: 111,
+                        sequence_number: n,
+                        timestamp: u32::from(n) * 960,
+                        ssrc: 4242,
+                        ..Default::default()
+                    },
+                    payload: bytes::Bytes::from_static(&[0xfc; 60]),
+                };
+                track.write_rtp(packet).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while (received(&thread, 1).await, received(&thread, 2).await) != (20, 30) {
+            assert!(
+                Instant::now() < deadline,
+                "received {} and {}",
+                received(&thread, 1).await,
+                received(&thread, 2).await
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let open = thread.call(|plane| plane.len()).await.unwrap();
+        assert_eq!(open, 2);
+        thread.call(|plane| plane.close(1)).await.unwrap();
+        assert_eq!(thread.call(|plane| plane.len()).await, Some(1));
+        first_pc.close().await.unwrap();
+        second_pc.close().await.unwrap();
+        drop(thread);
+    }
+}
