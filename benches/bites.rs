@@ -8,7 +8,7 @@
 //!   same sizes;
 //! - `scan`: an hour of a busy conversation: scan time, and disk bytes per payload byte.
 //!
-//! The server runs on threads of its own (`bench-server`, `beep-media`, `actix…`), the WebRTC
+//! The server runs on threads of its own (`bench-server`, `beep-media-*`, `beep-signal`, `actix…`), the WebRTC
 //! clients on `bench-client`; CPU is read per thread from the scheduler (`schedstat`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -39,7 +39,7 @@ mod login;
 mod peer;
 use peer::Peer;
 
-const SERVER_THREADS: &[&str] = &["bench-server", "beep-media", "actix"];
+const SERVER_THREADS: &[&str] = &["bench-server", "beep-media", "beep-signal", "actix"];
 /// Opus at about 32 kbit/s: 80 bytes per 20 ms.
 const PAYLOAD: usize = 80;
 const PACKETS_PER_SECOND: u64 = 50;

@@ -53,16 +53,18 @@ impl Default for BitesConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SfuConfig {
-    /// Address the media (UDP) sockets bind; each client connection takes one port.
+    /// Address the media (UDP) sockets bind: one port per media thread, shared by its
+    /// connections.
     pub ip: std::net::IpAddr,
     /// Address advertised to clients instead of `ip`, behind a 1:1 NAT; empty: `ip`.
     pub public_ip: String,
-    /// UDP ports to take media sockets from; 0 and 0: any free port.
+    /// UDP ports the media threads bind, one each; 0 and 0: any free port.
     pub port_min: u16,
     pub port_max: u16,
     /// STUN/TURN servers handed to clients at `GET /webrtc/config`.
     pub ice_servers: Vec<IceServer>,
-    /// Threads of the media runtime (connections, forwarding, bite cutting); 0: one per core.
+    /// Media threads (connections, forwarding), and workers negotiating and cutting bites;
+    /// 0: one per core.
     pub threads: usize,
     /// Most participants in one conversation's room.
     pub max_room_size: usize,

@@ -33,10 +33,10 @@ pub enum BitesError {
     // Opening a media connection: a 503 whose cause is logged, not shown.
     #[error("no free UDP port in bites.sfu.port_min..=port_max")]
     NoFreePort,
-    #[error("webrtc: {0}")]
-    WebRtc(#[from] webrtc::error::Error),
-    #[error("media runtime: {0}")]
-    MediaTaskFailed(#[source] tokio::task::JoinError),
+    #[error("media connection: {0:#}")]
+    Connection(#[source] anyhow::Error),
+    #[error("the media thread has stopped")]
+    MediaThreadGone,
 
     // Answering a request.
     #[error("conversation ids are c- followed by 32 lowercase hex digits")]
@@ -87,7 +87,7 @@ impl BitesError {
             Self::SearchUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "search_unavailable"),
             Self::RoomFull { .. } => (StatusCode::CONFLICT, "room_full"),
             Self::WebSocketRequired(_) => (StatusCode::BAD_REQUEST, "websocket_required"),
-            Self::NoFreePort | Self::WebRtc(_) | Self::MediaTaskFailed(_) => {
+            Self::NoFreePort | Self::Connection(_) | Self::MediaThreadGone => {
                 (StatusCode::SERVICE_UNAVAILABLE, "media_unavailable")
             }
             Self::StoreOpenFailed { .. }
@@ -110,9 +110,9 @@ impl From<BitesError> for ApiError {
             BitesError::SearchUnavailable(cause) => {
                 tracing::error!(error = %cause, "the transcript index cannot be read");
             }
-            BitesError::NoFreePort | BitesError::WebRtc(_) | BitesError::MediaTaskFailed(_) => {
+            BitesError::NoFreePort | BitesError::Connection(_) | BitesError::MediaThreadGone => {
                 tracing::warn!(error = %err, "a media connection could not be opened");
-                // The cause is ours (ports, the media runtime), not the client's to read.
+                // The cause is ours (the media threads), not the client's to read.
                 return ApiError::new(
                     status,
                     code,

@@ -18,11 +18,14 @@ pub mod media;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use metrics::Counter;
-use tokio::sync::mpsc;
-use webrtc::media_stream::track_remote::TrackRemote;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use self::forward::{DownTrack, forward};
+use metrics::Counter;
+use tokio::sync::{mpsc, watch};
+
+use self::forward::DownTrack;
+use self::media::plane::{Attach, MediaThread, start_threads};
+use self::negotiation::{Link, Negotiator};
 use self::peer::{Frame, Participant, Route};
 use self::transport::Transport;
 use super::error::BitesError;
@@ -36,7 +39,10 @@ pub use signal::{SignalState, configure};
 type ClientKey = (String, String);
 
 pub struct Sfu {
-    transport: Arc<Transport>,
+    /// The media threads, each with its UDP socket; connections are spread over them.
+    threads: Vec<Arc<MediaThread>>,
+    next_thread: AtomicUsize,
+    /// Negotiation and bite cutting, off the HTTP workers.
     media: MediaRuntime,
     ingest: Option<Ingest>,
     max_room_size: usize,
@@ -48,9 +54,11 @@ pub struct Sfu {
 pub struct Stats {
     received: Counter,
     forwarded: Counter,
-    /// Packets a slow listener had no room for.
+    /// Packets a listener's connection did not take.
     dropped: Counter,
 }
+
+static NEXT_PARTICIPANT: AtomicU64 = AtomicU64::new(1);
 
 #[derive(Default)]
 struct Rooms {
@@ -93,21 +101,31 @@ impl Sfu {
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
-            .thread_name("beep-media")
+            .thread_name("beep-signal")
             .enable_all()
             .build()
             .map_err(BitesError::MediaRuntimeFailed)?;
+        let stats = Arc::new(Stats {
+            received: metrics.counter("beep_sfu_packets_received_total", &[]),
+            forwarded: metrics.counter("beep_sfu_packets_forwarded_total", &[]),
+            dropped: metrics.counter("beep_sfu_packets_dropped_total", &[]),
+        });
+        let transport = Transport::new(config)?;
+        let threads = start_threads(
+            threads,
+            || transport.ports.pick(transport.ip),
+            transport.public_ip,
+            Some(Arc::clone(&stats)),
+        )
+        .map_err(BitesError::MediaRuntimeFailed)?;
         Ok(Self {
-            transport: Arc::new(Transport::new(config)?),
+            threads,
+            next_thread: AtomicUsize::new(0),
             media: MediaRuntime(Some(runtime)),
             ingest,
             max_room_size: config.max_room_size.max(2),
             rooms: Mutex::default(),
-            stats: Arc::new(Stats {
-                received: metrics.counter("beep_sfu_packets_received_total", &[]),
-                forwarded: metrics.counter("beep_sfu_packets_forwarded_total", &[]),
-                dropped: metrics.counter("beep_sfu_packets_dropped_total", &[]),
-            }),
+            stats,
         })
     }
 
@@ -123,19 +141,32 @@ impl Sfu {
         client: &str,
     ) -> Result<(Arc<Participant>, mpsc::Receiver<Frame>), BitesError> {
         let (outbox, frames) = mpsc::channel(peer::OUTBOX);
+        let id = NEXT_PARTICIPANT.fetch_add(1, Ordering::Relaxed);
+        let index = self.next_thread.fetch_add(1, Ordering::Relaxed) % self.threads.len();
+        let thread = Arc::clone(&self.threads[index]);
+        let (participant, work) =
+            Participant::new((id, index), user.to_owned(), client.to_owned(), outbox);
         let media = self.media.handle();
-        let built = media
-            .spawn(peer::build(
-                Arc::clone(&self.transport),
-                user.to_owned(),
-                client.to_owned(),
-                outbox,
-            ))
+        // The speaker's bite task runs on the media runtime.
+        let feed = {
+            let _entered = media.enter();
+            self.ingest
+                .as_ref()
+                .map(|ingest| ingest.speaker(&participant.user, &participant.client))
+        };
+        let (up, connected) = watch::channel(false);
+        let attach = Attach {
+            participant: Arc::clone(&participant),
+            feed,
+            up,
+        };
+        thread
+            .call(move |plane| plane.open_for(id, Some(attach)))
             .await
-            .map_err(BitesError::MediaTaskFailed)??;
-        let participant = built.participant;
-        media.spawn(built.negotiator.run());
-        media.spawn(Arc::clone(self).receive_tracks(Arc::clone(&participant), built.tracks));
+            .ok_or(BitesError::MediaThreadGone)?
+            .map_err(BitesError::Connection)?;
+        let negotiator = Negotiator::new(&participant, Link { thread, id }, work, connected);
+        media.spawn(negotiator.run());
 
         let key = (user.to_owned(), client.to_owned());
         let mut rooms = self.rooms();
@@ -253,7 +284,7 @@ impl Sfu {
             // newcomer's.
             let to_other = DownTrack::new(
                 (participant.id, &participant.user, &participant.client),
-                other.id,
+                (other.id, other.thread),
                 self.stats.dropped.clone(),
             );
             other.wanted().insert(participant.id, Arc::clone(&to_other));
@@ -261,7 +292,7 @@ impl Sfu {
 
             let from_other = DownTrack::new(
                 (other.id, &other.user, &other.client),
-                participant.id,
+                (participant.id, participant.thread),
                 self.stats.dropped.clone(),
             );
             participant
@@ -312,26 +343,6 @@ impl Sfu {
         participant.wanted().clear();
         participant.set_route(Route::default());
         participant.renegotiate();
-    }
-
-    /// Starts forwarding each track the client sends.
-    async fn receive_tracks(
-        self: Arc<Self>,
-        participant: Arc<Participant>,
-        mut tracks: mpsc::UnboundedReceiver<Arc<dyn TrackRemote>>,
-    ) {
-        while let Some(track) = tracks.recv().await {
-            let feed = self
-                .ingest
-                .as_ref()
-                .map(|ingest| ingest.speaker(&participant.user, &participant.client));
-            tokio::spawn(forward(
-                Arc::clone(&participant),
-                track,
-                feed,
-                Arc::clone(&self.stats),
-            ));
-        }
     }
 }
 

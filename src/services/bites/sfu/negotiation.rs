@@ -18,19 +18,21 @@ use std::fmt::Display;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
+use std::time::Instant;
+
+use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::sdp::extmap::AUDIO_LEVEL_URI;
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use webrtc::media_stream::track_local::TrackLocal;
-use webrtc::peer_connection::{PeerConnection, RTCIceCandidateInit};
-use webrtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit, RtpSender};
 
 use super::forward::DownTrack;
+use super::media::plane::MediaThread;
 use super::peer::{Frame, Participant};
-use super::sdp::{advertise, candidates, extmap_id};
-use super::transport::Transport;
+use super::sdp::{candidates, extmap_id};
 
 /// Most remote candidates in one ICE session (reset by an ICE restart). A browser gathers a
 /// host candidate per interface and address family, a server-reflexive and a few relayed ones:
@@ -77,9 +79,30 @@ impl Refusal {
     }
 }
 
-/// `map_err` for a webrtc call: refused with `code` and the library's message.
-fn refuse(code: &'static str) -> impl FnOnce(webrtc::error::Error) -> Refusal {
+/// `map_err` for a connection call: refused with `code` and the library's message.
+fn refuse<E: Display>(code: &'static str) -> impl FnOnce(E) -> Refusal {
     move |err| Refusal::new(code, err)
+}
+
+/// The participant's connection, on its media thread: every call runs there.
+pub struct Link {
+    pub thread: Arc<MediaThread>,
+    pub id: u64,
+}
+
+impl Link {
+    /// Runs `f` on the connection; a connection that is gone is refused as closed.
+    async fn run<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut RTCPeerConnection, Instant) -> R + Send + 'static,
+    ) -> Result<R, Refusal> {
+        let id = self.id;
+        self.thread
+            .call(move |plane| plane.with(id, |connection| f(&mut connection.pc, Instant::now())))
+            .await
+            .flatten()
+            .ok_or_else(|| Refusal::fatal("connection_closed", "the media connection is gone"))
+    }
 }
 
 /// What woke the negotiator.
@@ -92,12 +115,10 @@ enum Step {
 /// The participant's negotiation task; see the module comment.
 pub struct Negotiator {
     participant: Weak<Participant>,
-    pc: Arc<dyn PeerConnection>,
-    transport: Arc<Transport>,
+    link: Link,
     work: mpsc::Receiver<Negotiation>,
     resync: Arc<Notify>,
     closed: CancellationToken,
-    gathered: watch::Receiver<bool>,
     connected: watch::Receiver<bool>,
     answered_first: bool,
     /// The tracks in our offer awaiting the client's answer.
@@ -111,7 +132,7 @@ pub struct Negotiator {
     /// Remote candidates taken in this ICE session, and its username fragment.
     candidates: usize,
     ice_ufrag: Option<String>,
-    attached: HashMap<u64, (Arc<DownTrack>, Arc<dyn RtpSender>)>,
+    attached: HashMap<u64, (Arc<DownTrack>, RTCRtpSenderId)>,
 }
 
 /// A message the client gets when its message could not be used.
@@ -125,20 +146,16 @@ impl Negotiator {
     /// The negotiator of a connection just built: nothing attached, nothing offered yet.
     pub fn new(
         participant: &Arc<Participant>,
-        pc: Arc<dyn PeerConnection>,
-        transport: Arc<Transport>,
+        link: Link,
         work: mpsc::Receiver<Negotiation>,
-        gathered: watch::Receiver<bool>,
         connected: watch::Receiver<bool>,
     ) -> Self {
         Self {
             participant: Arc::downgrade(participant),
-            pc,
-            transport,
+            link,
             work,
             resync: Arc::clone(&participant.resync),
             closed: participant.closed.clone(),
-            gathered,
             connected,
             answered_first: false,
             offering: None,
@@ -185,9 +202,7 @@ impl Negotiator {
                 tracing::debug!(code = refusal.code, error = %refusal.message, "offering after a refusal");
             }
         }
-        if let Err(err) = self.pc.close().await {
-            tracing::debug!(error = %err, "closing a media connection");
-        }
+        self.link.thread.close(self.link.id);
     }
 
     async fn send(&self, text: String) {
@@ -211,21 +226,19 @@ impl Negotiator {
         let offer = RTCSessionDescription::offer(sdp.clone()).map_err(refuse("invalid_offer"))?;
         if self.offering.take().is_some() {
             // Both sides offered at once: the client's offer wins; ours is made again after.
-            self.rollback_local().await.map_err(refuse("rollback"))?;
+            self.rollback_local().await?;
             self.dirty = true;
             self.unoffered = true;
         }
         if let Err(refusal) = self.take_offer(offer, &sdp).await {
             // An offer that parsed but could not be applied (or answered) leaves the
             // connection waiting to answer it: back to stable, so the next offer is taken.
-            if self.pc.pending_remote_description().await.is_some()
-                && let Err(err) = self.rollback_remote().await
-            {
-                tracing::warn!(error = %err, "rolling back a refused offer");
+            if let Err(err) = self.rollback_remote().await {
+                tracing::warn!(error = %err.message, "rolling back a refused offer");
             }
             return Err(refusal);
         }
-        let sdp = self.local_sdp().await;
+        let sdp = self.local_sdp().await?;
         self.send(format!("answer::{sdp}")).await;
         // Clients that expect trickled candidates get them too (they are also in the SDP).
         for candidate in candidates(&sdp) {
@@ -242,13 +255,13 @@ impl Negotiator {
 
     /// Applies the client's offer and our answer to it.
     async fn take_offer(&mut self, offer: RTCSessionDescription, sdp: &str) -> Result<(), Refusal> {
-        self.pc
-            .set_remote_description(offer)
-            .await
+        self.link
+            .run(move |pc, now| pc.set_remote_description(now, offer))
+            .await?
             .map_err(refuse("invalid_offer"))?;
         // m-lines an offer leaves out are not removed: offers of new mids each time would pile
         // transceivers up.
-        let transceivers = self.pc.get_transceivers().await.len();
+        let transceivers = self.link.run(|pc, _| pc.get_transceivers().count()).await?;
         if transceivers > MAX_MEDIA_SECTIONS + self.attached.len() {
             return Err(Refusal::new(
                 "too_many_media",
@@ -273,27 +286,39 @@ impl Negotiator {
         for candidate in std::mem::take(&mut self.early_candidates) {
             self.add_candidate(candidate).await;
         }
-        let answer = self
-            .pc
-            .create_answer(None)
-            .await
-            .map_err(refuse("negotiation_failed"))?;
-        self.pc
-            .set_local_description(answer)
-            .await
+        self.link
+            .run(|pc, now| {
+                let answer = pc.create_answer(None)?;
+                pc.set_local_description(now, answer)
+            })
+            .await?
             .map_err(refuse("negotiation_failed"))
     }
 
-    async fn rollback_local(&self) -> Result<(), webrtc::error::Error> {
-        self.pc
-            .set_local_description(RTCSessionDescription::rollback(None)?)
-            .await
+    /// Withdraws our pending offer, if there is one.
+    async fn rollback_local(&self) -> Result<(), Refusal> {
+        self.link
+            .run(|pc, now| {
+                if pc.pending_local_description().is_none() {
+                    return Ok(());
+                }
+                pc.set_local_description(now, RTCSessionDescription::rollback(None)?)
+            })
+            .await?
+            .map_err(refuse("rollback"))
     }
 
-    async fn rollback_remote(&self) -> Result<(), webrtc::error::Error> {
-        self.pc
-            .set_remote_description(RTCSessionDescription::rollback(None)?)
-            .await
+    /// Drops the client's pending description, if there is one.
+    async fn rollback_remote(&self) -> Result<(), Refusal> {
+        self.link
+            .run(|pc, now| {
+                if pc.pending_remote_description().is_none() {
+                    return Ok(());
+                }
+                pc.set_remote_description(now, RTCSessionDescription::rollback(None)?)
+            })
+            .await?
+            .map_err(refuse("rollback"))
     }
 
     async fn client_answer(&mut self, sdp: String) -> Result<(), Refusal> {
@@ -301,29 +326,38 @@ impl Negotiator {
             return Ok(());
         };
         let applied = match RTCSessionDescription::answer(sdp) {
-            Ok(answer) => self.pc.set_remote_description(answer).await,
+            Ok(answer) => {
+                self.link
+                    .run(move |pc, now| pc.set_remote_description(now, answer))
+                    .await?
+            }
             Err(err) => Err(err),
         };
         if let Err(err) = applied {
             // Our offer stays unanswered: withdraw it and offer again.
-            if self.pc.pending_local_description().await.is_some()
-                && let Err(err) = self.rollback_local().await
-            {
-                tracing::warn!(error = %err, "rolling back an offer after a refused answer");
+            if let Err(err) = self.rollback_local().await {
+                tracing::warn!(error = %err.message, "rolling back an offer after a refused answer");
             }
-            if self.pc.pending_remote_description().await.is_some()
-                && let Err(err) = self.rollback_remote().await
-            {
-                tracing::warn!(error = %err, "rolling back a refused answer");
+            if let Err(err) = self.rollback_remote().await {
+                tracing::warn!(error = %err.message, "rolling back a refused answer");
             }
             self.dirty = true;
             self.unoffered = true;
             return Err(Refusal::new("invalid_answer", err));
         }
         for down in offered {
-            if let Some((_, sender)) = self.attached.get(&down.source)
-                && let Ok(parameters) = sender.get_parameters().await
-            {
+            let Some((_, sender)) = self.attached.get(&down.source) else {
+                continue;
+            };
+            let sender = *sender;
+            let parameters = self
+                .link
+                .run(move |pc, _| {
+                    pc.rtp_sender(sender)
+                        .map(|mut sender| sender.get_parameters().clone())
+                })
+                .await?;
+            if let Some(parameters) = parameters {
                 // Packets sent before DTLS is up are dropped by the connection: forward from
                 // the moment it is connected (at once on a renegotiation).
                 if *self.connected.borrow() {
@@ -371,8 +405,17 @@ impl Negotiator {
     }
 
     async fn add_candidate(&self, candidate: RTCIceCandidateInit) {
-        if let Err(err) = self.pc.add_ice_candidate(candidate).await {
-            tracing::debug!(error = %err, "ICE candidate refused");
+        // ICE-lite learns the client's addresses from its checks; a candidate is only a hint.
+        match self
+            .link
+            .run(move |pc, _| pc.add_remote_candidate(candidate))
+            .await
+        {
+            Ok(Err(err)) => tracing::debug!(error = %err, "ICE candidate refused"),
+            Err(err) => {
+                tracing::debug!(error = %err.message, "ICE candidate for a closed connection")
+            }
+            Ok(Ok(())) => {}
         }
     }
 
@@ -399,7 +442,7 @@ impl Negotiator {
         let mut changed = !gone.is_empty() || std::mem::take(&mut self.unoffered);
         for source in gone {
             if let Some((_, sender)) = self.attached.remove(&source)
-                && let Err(err) = self.pc.remove_track(&sender).await
+                && let Err(err) = self.link.run(move |pc, _| pc.remove_track(sender)).await?
             {
                 tracing::debug!(error = %err, "removing a forwarded track");
             }
@@ -410,42 +453,39 @@ impl Negotiator {
             }
             // A send-only m-line of its own: `add_track` would put the first forwarded track on
             // the client's microphone m-line, where browsers ignore the track id it is given.
-            let transceiver = self
-                .pc
-                .add_transceiver_from_track(
-                    Arc::clone(&down.track) as Arc<dyn TrackLocal>,
-                    Some(RTCRtpTransceiverInit {
-                        direction: RTCRtpTransceiverDirection::Sendonly,
-                        streams: Vec::new(),
-                        send_encodings: Vec::new(),
-                    }),
-                )
-                .await
-                .map_err(refuse("negotiation_failed"))?;
-            let sender = transceiver
-                .sender()
-                .await
-                .map_err(refuse("negotiation_failed"))?
-                .ok_or_else(|| {
-                    Refusal::new(
-                        "negotiation_failed",
-                        webrtc::error::Error::ErrRTPTransceiverNotExisted,
+            let track = down.track.clone();
+            let sender = self
+                .link
+                .run(move |pc, _| {
+                    let transceiver = pc.add_transceiver_from_track(
+                        track,
+                        Some(RTCRtpTransceiverInit {
+                            direction: RTCRtpTransceiverDirection::Sendonly,
+                            streams: Vec::new(),
+                            send_encodings: Vec::new(),
+                        }),
+                    )?;
+                    Ok::<_, rtc::shared::error::Error>(
+                        pc.rtp_transceiver(transceiver)
+                            .and_then(|transceiver| transceiver.sender()),
                     )
-                })?;
+                })
+                .await?
+                .map_err(refuse("negotiation_failed"))?
+                .ok_or_else(|| Refusal::new("negotiation_failed", "the new track has no sender"))?;
+            down.attached(sender);
             self.attached.insert(*source, (Arc::clone(down), sender));
             changed = true;
         }
         if !changed {
             return Ok(());
         }
-        let offer = self
-            .pc
-            .create_offer(None)
-            .await
-            .map_err(refuse("negotiation_failed"))?;
-        self.pc
-            .set_local_description(offer)
-            .await
+        self.link
+            .run(|pc, now| {
+                let offer = pc.create_offer(None)?;
+                pc.set_local_description(now, offer)
+            })
+            .await?
             .map_err(refuse("negotiation_failed"))?;
         self.offering = Some(
             self.attached
@@ -453,7 +493,7 @@ impl Negotiator {
                 .map(|(down, _)| Arc::clone(down))
                 .collect(),
         );
-        let sdp = self.local_sdp().await;
+        let sdp = self.local_sdp().await?;
         self.send(format!("offer::{sdp}")).await;
         Ok(())
     }
@@ -464,20 +504,16 @@ impl Negotiator {
             .is_some_and(|(attached, _)| Arc::ptr_eq(attached, down))
     }
 
-    /// The local description once gathering is complete (at once after the first time),
-    /// with the public address in place of the bound one behind a 1:1 NAT.
-    async fn local_sdp(&mut self) -> String {
-        let _ = self.gathered.wait_for(|done| *done).await;
-        let sdp = self
-            .pc
-            .local_description()
+    /// The local description, with its one candidate (the media thread's advertised
+    /// address: the public one behind a 1:1 NAT).
+    async fn local_sdp(&mut self) -> Result<String, Refusal> {
+        self.link
+            .run(|pc, _| {
+                pc.local_description()
+                    .map(|description| description.sdp)
+                    .unwrap_or_default()
+            })
             .await
-            .map(|description| description.sdp)
-            .unwrap_or_default();
-        match self.transport.public_ip {
-            Some(public) => advertise(&sdp, self.transport.ip, public),
-            None => sdp,
-        }
     }
 }
 

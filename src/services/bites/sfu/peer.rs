@@ -1,29 +1,24 @@
-//! One client connection: the participant as the rest of the SFU sees it, and the building of
-//! its PeerConnection (handed to its [`Negotiator`] from then on).
+//! One client connection: the participant as the rest of the SFU sees it. Its media
+//! connection lives on a media thread ([`super::media::plane`]); its negotiator
+//! ([`super::negotiation`]) reaches it there.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU8;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
-use webrtc::media_stream::track_remote::TrackRemote;
-use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState,
-    RTCPeerConnectionState,
-};
 
 use super::forward::DownTrack;
-use super::negotiation::{Negotiation, Negotiator};
-use super::transport::{Transport, media_engine};
-use crate::services::bites::error::BitesError;
+use super::negotiation::Negotiation;
 
 /// Who is connected: one signalling socket of one user's client (device).
 pub struct Participant {
-    /// Unique per connection, so a reconnect of the same client is a new participant.
+    /// Unique per connection, so a reconnect of the same client is a new participant; also
+    /// its media connection's id on its thread.
     pub id: u64,
+    /// The media thread its connection lives on.
+    pub thread: usize,
     pub user: String,
     pub client: String,
     /// Frames for the client's socket.
@@ -69,6 +64,30 @@ pub struct Route {
 }
 
 impl Participant {
+    /// A participant with nothing routed yet, and the receiving end of its negotiation queue.
+    pub fn new(
+        (id, thread): (u64, usize),
+        user: String,
+        client: String,
+        outbox: mpsc::Sender<Frame>,
+    ) -> (Arc<Self>, mpsc::Receiver<Negotiation>) {
+        let (negotiate, work) = mpsc::channel(MESSAGE_QUEUE);
+        let participant = Arc::new(Self {
+            id,
+            thread,
+            user,
+            client,
+            outbox,
+            route: RwLock::default(),
+            wanted: Mutex::default(),
+            negotiate,
+            resync: Arc::new(Notify::new()),
+            closed: CancellationToken::new(),
+            level_id: AtomicU8::new(0),
+        });
+        (participant, work)
+    }
+
     pub fn route(&self) -> Arc<Route> {
         Arc::clone(&self.route.read().unwrap_or_else(PoisonError::into_inner))
     }
@@ -85,99 +104,4 @@ impl Participant {
     pub fn renegotiate(&self) {
         self.resync.notify_one();
     }
-}
-
-/// What the connection's callbacks report; it holds no reference to the connection.
-struct Events {
-    tracks: mpsc::UnboundedSender<Arc<dyn TrackRemote>>,
-    gathered: watch::Sender<bool>,
-    connected: watch::Sender<bool>,
-    participant: u64,
-}
-
-#[async_trait::async_trait]
-impl PeerConnectionEventHandler for Events {
-    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        let _closed = self.tracks.send(track);
-    }
-
-    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
-        if state == RTCIceGatheringState::Complete {
-            self.gathered.send_replace(true);
-        }
-    }
-
-    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
-        tracing::debug!(participant = self.participant, %state, "media connection");
-        self.connected
-            .send_replace(state == RTCPeerConnectionState::Connected);
-    }
-}
-
-/// A new connection's parts: the participant, its negotiator and its incoming tracks.
-pub struct Built {
-    pub participant: Arc<Participant>,
-    pub negotiator: Negotiator,
-    pub tracks: mpsc::UnboundedReceiver<Arc<dyn TrackRemote>>,
-}
-
-static NEXT_PARTICIPANT: AtomicU64 = AtomicU64::new(1);
-
-/// Builds a participant's connection. Runs on the media runtime: the connection's sockets
-/// and timers live where it is built.
-pub async fn build(
-    transport: Arc<Transport>,
-    user: String,
-    client: String,
-    outbox: mpsc::Sender<Frame>,
-) -> Result<Built, BitesError> {
-    let id = NEXT_PARTICIPANT.fetch_add(1, Ordering::Relaxed);
-    let (tracks_tx, tracks) = mpsc::unbounded_channel();
-    let (gathered_tx, gathered) = watch::channel(false);
-    let (connected_tx, connected) = watch::channel(false);
-    let (engine, registry) = media_engine()?;
-    let addr = transport
-        .ports
-        .pick(transport.ip)
-        .ok_or(BitesError::NoFreePort)?;
-    let pc = PeerConnectionBuilder::new()
-        // No STUN or TURN for the server itself: it knows its address (`public_ip` behind
-        // a NAT), and clients that need a relay get one from `/webrtc/config`.
-        .with_configuration(RTCConfigurationBuilder::new().build())
-        .with_media_engine(engine)
-        .with_interceptor_registry(registry)
-        .with_setting_engine(
-            SettingEngineBuilder::new()
-                .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
-                .build(),
-        )
-        .with_handler(Arc::new(Events {
-            tracks: tracks_tx,
-            gathered: gathered_tx,
-            connected: connected_tx,
-            participant: id,
-        }))
-        .with_udp_addrs(vec![addr.to_string()])
-        .build()
-        .await?;
-    let pc: Arc<dyn PeerConnection> = Arc::new(pc);
-    let (negotiate, work) = mpsc::channel(MESSAGE_QUEUE);
-    let participant = Arc::new(Participant {
-        id,
-        user,
-        client,
-        outbox,
-        route: RwLock::default(),
-        wanted: Mutex::default(),
-        negotiate,
-        resync: Arc::new(Notify::new()),
-        closed: CancellationToken::new(),
-        level_id: AtomicU8::new(0),
-    });
-    let negotiator = Negotiator::new(&participant, pc, transport, work, gathered, connected);
-    Ok(Built {
-        participant,
-        negotiator,
-        tracks,
-    })
 }

@@ -1,9 +1,7 @@
-//! The little SDP reading and rewriting the SFU does itself: the audio-level extension id of
-//! an offer, the candidates to trickle, and the public address behind a 1:1 NAT.
+//! The little SDP reading the SFU does itself: the audio-level extension id of an offer and
+//! the candidates to trickle.
 
-use std::net::IpAddr;
-
-use webrtc::peer_connection::RTCIceCandidateInit;
+use rtc::peer_connection::transport::RTCIceCandidateInit;
 
 /// The id an SDP gives an RTP header extension (`a=extmap:<id>[/<direction>] <uri>`), or 0.
 pub fn extmap_id(sdp: &str, uri: &str) -> u8 {
@@ -39,29 +37,6 @@ pub fn candidates(sdp: &str) -> Vec<String> {
         .collect()
 }
 
-/// Replaces the bound address by the public one in candidate and connection lines.
-pub fn advertise(sdp: &str, bound: IpAddr, public: IpAddr) -> String {
-    let (bound, public) = (bound.to_string(), public.to_string());
-    sdp.split_inclusive('\n')
-        .map(|line| {
-            if line.starts_with("a=candidate:") || line.starts_with("c=") {
-                line.split(' ')
-                    .map(|token| {
-                        if token.trim_end() == bound {
-                            token.replacen(&bound, &public, 1)
-                        } else {
-                            token.to_owned()
-                        }
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            } else {
-                line.to_owned()
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use rtc::sdp::extmap::AUDIO_LEVEL_URI;
@@ -81,24 +56,6 @@ mod tests {
             3
         );
         assert_eq!(extmap_id(SDP, "urn:nothing"), 0);
-    }
-
-    #[test]
-    fn advertises_the_public_address() {
-        let rewritten = advertise(
-            SDP,
-            "10.0.0.5".parse().unwrap(),
-            "203.0.113.7".parse().unwrap(),
-        );
-        assert!(
-            rewritten.contains("c=IN IP4 203.0.113.7\r\n"),
-            "{rewritten}"
-        );
-        assert!(
-            rewritten.contains("udp 2130706431 203.0.113.7 50000 typ host\r\n"),
-            "{rewritten}"
-        );
-        assert!(!rewritten.contains("10.0.0.5"));
     }
 
     #[test]

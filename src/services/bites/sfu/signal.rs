@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason};
+use rtc::peer_connection::transport::RTCIceCandidateInit;
 use serde_json::json;
 use tokio::sync::mpsc;
 use utoipa_actix_web::scope;
-use webrtc::peer_connection::RTCIceCandidateInit;
 
 use super::Sfu;
 use super::negotiation::Negotiation;

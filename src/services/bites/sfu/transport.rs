@@ -80,7 +80,7 @@ impl Ports {
 
 /// Opus only, with the audio-level extension; RTCP reports, but neither NACK (a late audio
 /// packet is useless) nor transport-wide congestion feedback (one small stream per leg).
-pub fn media_engine() -> Result<(MediaEngine, Registry), webrtc::error::Error> {
+pub fn media_engine() -> Result<(MediaEngine, Registry), rtc::shared::error::Error> {
     let mut engine = MediaEngine::default();
     engine.register_codec(
         RTCRtpCodecParameters {

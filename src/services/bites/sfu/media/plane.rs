@@ -19,18 +19,29 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
-use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::sansio::Protocol as _;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
+use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
+use rtc::rtp::extension::audio_level_extension::AudioLevelExtension;
+use rtc::shared::marshal::Unmarshal as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::watch;
+
+use super::super::Stats;
+use super::super::forward::Leg;
+use super::super::peer::Participant;
 use super::batch::{Inbox, Outbox};
 use super::demux::{ConnectionId, Demux};
 use super::timers::Timers;
 use crate::platform::ids::random_hex128;
+use crate::services::bites::pipeline::{SpeakerFeed, Spoken};
 use crate::services::bites::sfu::transport::media_engine;
+use crate::services::bites::utterance::Incoming;
 
 /// Batches taken off the socket before the thread looks at its timers and tasks again, so a
 /// flood cannot starve them.
@@ -44,8 +55,26 @@ pub struct Connection {
     pub pc: RTCPeerConnection,
     /// RTP packets received from this connection's client.
     pub received: u64,
-    /// Whether ICE and DTLS are up.
+    /// Whether ICE and DTLS are up (also told to `up`).
     pub connected: bool,
+    up: Option<watch::Sender<bool>>,
+    /// Whose audio this is and where it goes; none for a bare connection.
+    participant: Option<Arc<Participant>>,
+    feed: Option<SpeakerFeed>,
+}
+
+/// What the SFU attaches to a connection it opens.
+pub struct Attach {
+    pub participant: Arc<Participant>,
+    pub feed: Option<SpeakerFeed>,
+    /// Told whether ICE and DTLS are up.
+    pub up: watch::Sender<bool>,
+}
+
+/// The other media threads, for packets whose listener lives there.
+struct Peer {
+    tasks: mpsc::Sender<Task>,
+    wake: Arc<EventFd>,
 }
 
 /// What a media thread owns; reached through [`MediaThread::call`].
@@ -61,6 +90,14 @@ pub struct Plane {
     inbox: Inbox,
     outbox: Outbox,
     due: Vec<ConnectionId>,
+    /// Listeners written to since they were last driven.
+    written: Vec<ConnectionId>,
+    /// This thread's index among the media threads, and the others.
+    index: usize,
+    peers: Vec<Option<Peer>>,
+    /// Packets for listeners on other threads, sent as one task per thread.
+    elsewhere: Vec<Vec<Leg>>,
+    stats: Option<Arc<Stats>>,
 }
 
 impl Plane {
@@ -72,6 +109,11 @@ impl Plane {
     /// A new connection with server-chosen ICE credentials and the thread's one host
     /// candidate; its client reaches it once it has the answer (or offer) that carries them.
     pub fn open(&mut self, id: ConnectionId) -> anyhow::Result<()> {
+        self.open_for(id, None)
+    }
+
+    /// [`Self::open`] for a participant: its audio is forwarded and fed to its bites.
+    pub fn open_for(&mut self, id: ConnectionId, attach: Option<Attach>) -> anyhow::Result<()> {
         let (engine, registry) = media_engine()?;
         let ufrag = random_hex128()[..16].to_owned();
         let password = random_hex128();
@@ -79,6 +121,11 @@ impl Plane {
             .with_lite(true)
             .with_ice_credentials(ufrag.clone(), password)
             .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
+            // AES-GCM first (cheaper per packet), AES-CM for the clients that offer only it.
+            .with_srtp_protection_profiles(vec![
+                SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+                SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+            ])
             .build();
         let now = Instant::now();
         let mut pc = RTCPeerConnectionBuilder::new()
@@ -100,15 +147,27 @@ impl Plane {
         .new_candidate_host()?;
         pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
         self.demux.expect(id, ufrag);
+        let (participant, feed, up) = match attach {
+            Some(Attach {
+                participant,
+                feed,
+                up,
+            }) => (Some(participant), feed, Some(up)),
+            None => (None, None, None),
+        };
         self.connections.insert(
             id,
             Connection {
                 pc,
                 received: 0,
                 connected: false,
+                up,
+                participant,
+                feed,
             },
         );
         self.drive(id);
+        self.settle();
         Ok(())
     }
 
@@ -116,6 +175,7 @@ impl Plane {
     pub fn with<R>(&mut self, id: ConnectionId, f: impl FnOnce(&mut Connection) -> R) -> Option<R> {
         let result = f(self.connections.get_mut(&id)?);
         self.drive(id);
+        self.settle();
         Some(result)
     }
 
@@ -144,24 +204,115 @@ impl Plane {
         let Some(mut connection) = self.connections.remove(&id) else {
             return;
         };
+        let now = Instant::now();
         while let Some(message) = connection.pc.poll_read() {
-            if let RTCMessage::RtpPacket(_, _) = message.message {
+            if let RTCMessage::RtpPacket(_, packet) = message.message {
                 connection.received += 1;
+                self.forward(&connection, packet, now);
             }
         }
         while let Some(event) = connection.pc.poll_event() {
-            match event {
-                RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
-                    connection.connected =
-                        state == rtc::peer_connection::state::RTCPeerConnectionState::Connected;
+            if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
+                connection.connected =
+                    state == rtc::peer_connection::state::RTCPeerConnectionState::Connected;
+                tracing::debug!(connection = id, %state, "media connection");
+                if let Some(up) = &connection.up {
+                    up.send_replace(connection.connected);
                 }
-                RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(_)) => {}
-                _ => {}
             }
         }
         self.drain_writes(id, &mut connection);
         self.timers.set(id, connection.pc.poll_timeout());
         self.connections.insert(id, connection);
+    }
+
+    /// A packet the client of `from` sent: to every listener of its route (here or on their
+    /// thread) and to its bite task. Nothing here waits.
+    fn forward(&mut self, from: &Connection, packet: rtc::rtp::Packet, now: Instant) {
+        let Some(participant) = &from.participant else {
+            return;
+        };
+        if let Some(stats) = &self.stats {
+            stats.received.increment(1);
+        }
+        let level_id = participant.level_id.load(Ordering::Relaxed);
+        // The level byte as received: listeners get it as is, under their own id.
+        let level_bytes = match level_id {
+            0 => None,
+            id => packet.header.get_extension(id),
+        };
+        let route = participant.route();
+        let mut forwarded = 0;
+        for down in &route.listeners {
+            let Some(leg) = down.leg(&packet, level_bytes.as_ref()) else {
+                continue;
+            };
+            forwarded += 1;
+            if leg.thread == self.index {
+                self.write(leg, now);
+            } else if let Some(queue) = self.elsewhere.get_mut(leg.thread) {
+                queue.push(leg);
+            }
+        }
+        if let Some(stats) = &self.stats {
+            stats.forwarded.increment(forwarded);
+        }
+        if let (Some(feed), Some(room)) = (&from.feed, &route.room) {
+            let level = level_bytes
+                .clone()
+                .and_then(|mut bytes| AudioLevelExtension::unmarshal(&mut bytes).ok());
+            feed.push(Spoken {
+                conversation: Arc::clone(room),
+                packet: Incoming {
+                    timestamp: packet.header.timestamp,
+                    arrived_ms: feed.now_millis(),
+                    level: level.map(|level| level.level),
+                    payload: packet.payload,
+                },
+            });
+        }
+    }
+
+    /// Hands a leg's packet to its listener's connection on this thread; a listener gone or
+    /// refusing loses the packet, late audio being useless.
+    fn write(&mut self, leg: Leg, now: Instant) {
+        let written = self
+            .connections
+            .get_mut(&leg.listener)
+            .and_then(|listener| listener.pc.rtp_sender(leg.sender))
+            .is_some_and(|mut sender| sender.write_rtp(now, leg.packet).is_ok());
+        if written {
+            self.written.push(leg.listener);
+        } else if let Some(stats) = &self.stats {
+            stats.dropped.increment(1);
+        }
+    }
+
+    /// Drives the listeners written to and sends other threads their packets, until nothing
+    /// is left to do.
+    fn settle(&mut self) {
+        while let Some(id) = self.written.pop() {
+            self.drive(id);
+        }
+        for (thread, legs) in self.elsewhere.iter_mut().enumerate() {
+            if legs.is_empty() {
+                continue;
+            }
+            let legs = std::mem::take(legs);
+            let Some(Some(peer)) = self.peers.get(thread) else {
+                continue;
+            };
+            let task: Task = Box::new(move |plane: &mut Plane| {
+                let now = Instant::now();
+                for leg in legs {
+                    plane.write(leg, now);
+                }
+                plane.settle();
+            });
+            if peer.tasks.send(task).is_ok() {
+                let _ = peer.wake.write(1);
+            }
+        }
     }
 
     fn drain_writes(&mut self, id: ConnectionId, connection: &mut Connection) {
@@ -226,6 +377,7 @@ impl Plane {
         for id in touched {
             self.drive(id);
         }
+        self.settle();
         self.outbox.flush(&self.socket);
     }
 }
@@ -234,14 +386,62 @@ impl Plane {
 pub struct MediaThread {
     tasks: mpsc::Sender<Task>,
     wake: Arc<EventFd>,
+    /// Set to end the loop: the task channel never closes while other threads hold it.
+    stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     advertised: SocketAddr,
+}
+
+/// Starts `count` media threads, each on its own address from `pick` (port 0: any), which
+/// forward to each other's connections.
+pub fn start_threads(
+    count: usize,
+    mut pick: impl FnMut() -> Option<SocketAddr>,
+    public_ip: Option<IpAddr>,
+    stats: Option<Arc<Stats>>,
+) -> io::Result<Vec<Arc<MediaThread>>> {
+    let mut threads = Vec::with_capacity(count);
+    for index in 0..count {
+        let bind = pick().ok_or_else(|| io::Error::other("no free UDP port for media"))?;
+        threads.push(Arc::new(MediaThread::start_as(
+            (&format!("beep-media-{index}"), index, count),
+            bind,
+            public_ip,
+            stats.clone(),
+        )?));
+    }
+    // Each thread learns the others' queues.
+    for thread in &threads {
+        let peers: Vec<(mpsc::Sender<Task>, Arc<EventFd>)> = threads
+            .iter()
+            .map(|other| (other.tasks.clone(), Arc::clone(&other.wake)))
+            .collect();
+        thread.post(Box::new(move |plane: &mut Plane| {
+            plane.peers = peers
+                .into_iter()
+                .enumerate()
+                .map(|(index, (tasks, wake))| {
+                    (index != plane.index).then_some(Peer { tasks, wake })
+                })
+                .collect();
+        }));
+    }
+    Ok(threads)
 }
 
 impl MediaThread {
     /// Binds `bind` (port 0: any) and starts the thread; clients are told `public_ip` (or
     /// the bound address) and the bound port.
     pub fn start(name: &str, bind: SocketAddr, public_ip: Option<IpAddr>) -> io::Result<Self> {
+        Self::start_as((name, 0, 1), bind, public_ip, None)
+    }
+
+    fn start_as(
+        (name, index, count): (&str, usize, usize),
+        bind: SocketAddr,
+        public_ip: Option<IpAddr>,
+        stats: Option<Arc<Stats>>,
+    ) -> io::Result<Self> {
         let socket = UdpSocket::bind(bind)?;
         socket.set_nonblocking(true)?;
         let local = socket.local_addr()?;
@@ -251,8 +451,10 @@ impl MediaThread {
             EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
         )?);
         let (tasks, queue) = mpsc::channel::<Task>();
+        let stop = Arc::new(AtomicBool::new(false));
         let thread = std::thread::Builder::new().name(name.to_owned()).spawn({
             let wake = Arc::clone(&wake);
+            let stop = Arc::clone(&stop);
             move || {
                 // Built here: the batches hold the raw pointers system calls take, which
                 // never leave this thread.
@@ -266,13 +468,19 @@ impl MediaThread {
                     inbox: Inbox::default(),
                     outbox: Outbox::default(),
                     due: Vec::new(),
+                    written: Vec::new(),
+                    index,
+                    peers: Vec::new(),
+                    elsewhere: (0..count).map(|_| Vec::new()).collect(),
+                    stats,
                 };
-                run(plane, &queue, &wake);
+                run(plane, &queue, &wake, &stop);
             }
         })?;
         Ok(Self {
             tasks,
             wake,
+            stop,
             thread: Some(thread),
             advertised,
         })
@@ -280,6 +488,18 @@ impl MediaThread {
 
     pub fn advertised(&self) -> SocketAddr {
         self.advertised
+    }
+
+    /// Runs `task` on the thread, without waiting for it.
+    fn post(&self, task: Task) {
+        if self.tasks.send(task).is_ok() {
+            let _ = self.wake.write(1);
+        }
+    }
+
+    /// Closes connection `id`, without waiting.
+    pub fn close(&self, id: ConnectionId) {
+        self.post(Box::new(move |plane: &mut Plane| plane.close(id)));
     }
 
     /// Runs `f` on the thread with its plane; `None` if the thread has stopped.
@@ -299,9 +519,7 @@ impl MediaThread {
 
 impl Drop for MediaThread {
     fn drop(&mut self) {
-        // A closed channel ends the loop once it wakes.
-        let (closed, _) = mpsc::channel();
-        drop(std::mem::replace(&mut self.tasks, closed));
+        self.stop.store(true, Ordering::SeqCst);
         let _ = self.wake.write(1);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -309,7 +527,7 @@ impl Drop for MediaThread {
     }
 }
 
-fn run(mut plane: Plane, queue: &mpsc::Receiver<Task>, wake: &EventFd) {
+fn run(mut plane: Plane, queue: &mpsc::Receiver<Task>, wake: &EventFd, stop: &AtomicBool) {
     loop {
         let timeout = plane.timers.earliest().map_or(PollTimeout::NONE, |at| {
             let wait = at.saturating_duration_since(Instant::now());
@@ -333,18 +551,18 @@ fn run(mut plane: Plane, queue: &mpsc::Receiver<Task>, wake: &EventFd) {
             }
         }
         let _ = wake.read();
-        loop {
-            match queue.try_recv() {
-                Ok(task) => task(&mut plane),
-                Err(mpsc::TryRecvError::Empty) => break,
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    for id in plane.connections.keys().copied().collect::<Vec<_>>() {
-                        plane.close(id);
-                    }
-                    plane.outbox.flush(&plane.socket);
-                    return;
-                }
+        if stop.load(Ordering::SeqCst) {
+            for id in plane.connections.keys().copied().collect::<Vec<_>>() {
+                plane.close(id);
             }
+            plane.outbox.flush(&plane.socket);
+            // Other threads hold this queue: what waits in it is dropped here (its replies
+            // with it).
+            while queue.try_recv().is_ok() {}
+            return;
+        }
+        while let Ok(task) = queue.try_recv() {
+            task(&mut plane);
         }
         plane.turn();
     }
