@@ -299,7 +299,7 @@ fn relay_us_per_packet(listeners: usize, size: usize, batched: bool) -> f64 {
                         for sink in &sinks {
                             let mut datagram = outbox.buffer();
                             datagram.extend_from_slice(&buffer[..len]);
-                            outbox.push(*sink, datagram);
+                            let _queued = outbox.push(*sink, datagram);
                         }
                         let sent = outbox.flush(&relay).sent;
                         relayed.fetch_add(sent as u64, Ordering::Relaxed);

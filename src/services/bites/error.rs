@@ -27,6 +27,10 @@ pub enum BitesError {
     },
     #[error("bites.sfu.port_min is above port_max")]
     InvalidPortRange,
+    #[error(
+        "bites.sfu.ip is unspecified (0.0.0.0 or ::): set bites.sfu.public_ip to the address clients reach"
+    )]
+    UnspecifiedMediaAddress,
     #[error("{0}")]
     TranscriptionSetup(String),
 
@@ -94,6 +98,7 @@ impl BitesError {
             | Self::MediaRuntimeFailed(_)
             | Self::InvalidPublicIp { .. }
             | Self::InvalidPortRange
+            | Self::UnspecifiedMediaAddress
             | Self::TranscriptionSetup(_)
             | Self::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -124,6 +129,7 @@ impl From<BitesError> for ApiError {
             | BitesError::MediaRuntimeFailed(_)
             | BitesError::InvalidPublicIp { .. }
             | BitesError::InvalidPortRange
+            | BitesError::UnspecifiedMediaAddress
             | BitesError::TranscriptionSetup(_) => return ApiError::internal(&err),
             _ => {}
         }

@@ -160,6 +160,12 @@ impl Sfu {
             feed,
             up,
         };
+        // Closes the connection if this call is abandoned before its negotiator owns it.
+        let mut opened = Opened {
+            thread: Arc::clone(&thread),
+            id,
+            armed: true,
+        };
         thread
             .call(move |plane| plane.open_for(id, Some(attach)))
             .await
@@ -167,6 +173,7 @@ impl Sfu {
             .map_err(BitesError::Connection)?;
         let negotiator = Negotiator::new(&participant, Link { thread, id }, work, connected);
         media.spawn(negotiator.run());
+        opened.armed = false;
 
         let key = (user.to_owned(), client.to_owned());
         let mut rooms = self.rooms();
@@ -343,6 +350,22 @@ impl Sfu {
         participant.wanted().clear();
         participant.set_route(Route::default());
         participant.renegotiate();
+    }
+}
+
+/// A media connection opened for a client, until its negotiator takes it over.
+struct Opened {
+    thread: Arc<MediaThread>,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        if self.armed {
+            // Queued after the open, so it runs after it.
+            self.thread.close(self.id);
+        }
     }
 }
 

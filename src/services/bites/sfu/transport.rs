@@ -35,6 +35,10 @@ impl Transport {
         if config.port_min > config.port_max {
             return Err(BitesError::InvalidPortRange);
         }
+        // Clients are told one address; "any" is not one.
+        if config.ip.is_unspecified() && public_ip.is_none() {
+            return Err(BitesError::UnspecifiedMediaAddress);
+        }
         Ok(Self {
             ip: config.ip,
             public_ip,

@@ -13,6 +13,10 @@ use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmm
 /// Datagrams per system call, each way.
 pub const BATCH: usize = 64;
 
+/// Datagrams an [`Outbox`] holds at most while the socket's send buffer is full; past it new
+/// ones are dropped (late audio is useless).
+pub const MAX_QUEUED: usize = 16 * BATCH;
+
 /// Room for any datagram WebRTC sends over a 1500-byte MTU path; a longer one is cut and
 /// dropped (it cannot be ours: DTLS and RTP stay under the MTU).
 pub const MAX_DATAGRAM: usize = 2048;
@@ -134,8 +138,14 @@ impl Outbox {
         buffer
     }
 
-    pub fn push(&mut self, to: SocketAddr, datagram: Vec<u8>) {
+    /// Queues `datagram` for `to`; false (and dropped) when [`MAX_QUEUED`] already wait, the
+    /// socket's buffer having been full for that long.
+    pub fn push(&mut self, to: SocketAddr, datagram: Vec<u8>) -> bool {
+        if self.queued.len() >= MAX_QUEUED {
+            return false;
+        }
         self.queued.push((SockaddrStorage::from(to), datagram));
+        true
     }
 
     /// Sends what is queued, [`BATCH`] datagrams per call, until it is all sent or the socket
@@ -226,7 +236,7 @@ mod tests {
             let listener = &listeners[usize::from(n) % 3];
             let mut datagram = outbox.buffer();
             datagram.extend_from_slice(&n.to_be_bytes());
-            outbox.push(listener.local_addr().unwrap(), datagram);
+            assert!(outbox.push(listener.local_addr().unwrap(), datagram));
         }
         let flushed = outbox.flush(&sender);
         assert_eq!(flushed.sent, 150);
@@ -287,8 +297,8 @@ mod tests {
         let listener = bound();
         let mut outbox = Outbox::default();
         // An IPv6 destination from an IPv4 socket: refused by the kernel.
-        outbox.push("[::1]:9".parse().unwrap(), vec![0; 4]);
-        outbox.push(listener.local_addr().unwrap(), vec![7; 4]);
+        assert!(outbox.push("[::1]:9".parse().unwrap(), vec![0; 4]));
+        assert!(outbox.push(listener.local_addr().unwrap(), vec![7; 4]));
         let flushed = outbox.flush(&sender);
         assert_eq!((flushed.sent, flushed.failed, flushed.waiting), (1, 1, 0));
         let got = receive_all(&mut Inbox::default(), &listener, 1);

@@ -36,7 +36,7 @@ use super::super::Stats;
 use super::super::forward::Leg;
 use super::super::peer::Participant;
 use super::batch::{Inbox, Outbox};
-use super::demux::{ConnectionId, Demux};
+use super::demux::{self, ConnectionId, Demux};
 use super::timers::Timers;
 use crate::platform::ids::random_hex128;
 use crate::services::bites::pipeline::{SpeakerFeed, Spoken};
@@ -83,7 +83,6 @@ pub struct Plane {
     /// The address connections are reached at: the bound one, or its public twin behind a
     /// 1:1 NAT.
     advertised: SocketAddr,
-    local: SocketAddr,
     connections: HashMap<ConnectionId, Connection>,
     demux: Demux,
     timers: Timers,
@@ -291,8 +290,14 @@ impl Plane {
     /// Drives the listeners written to and sends other threads their packets, until nothing
     /// is left to do.
     fn settle(&mut self) {
-        while let Some(id) = self.written.pop() {
-            self.drive(id);
+        while !self.written.is_empty() {
+            // Each listener once, however many packets it was given.
+            let mut written = std::mem::take(&mut self.written);
+            written.sort_unstable();
+            written.dedup();
+            for id in written {
+                self.drive(id);
+            }
         }
         for (thread, legs) in self.elsewhere.iter_mut().enumerate() {
             if legs.is_empty() {
@@ -318,10 +323,14 @@ impl Plane {
     fn drain_writes(&mut self, id: ConnectionId, connection: &mut Connection) {
         while let Some(datagram) = connection.pc.poll_write() {
             let to = datagram.transport.peer_addr;
-            self.demux.sent(id, to);
+            self.demux.sent_datagram(id, to, &datagram.message);
             let mut buffer = self.outbox.buffer();
             buffer.extend_from_slice(&datagram.message);
-            self.outbox.push(to, buffer);
+            if !self.outbox.push(to, buffer)
+                && let Some(stats) = &self.stats
+            {
+                stats.dropped.increment(1);
+            }
         }
     }
 
@@ -339,6 +348,9 @@ impl Plane {
             }
             let now = Instant::now();
             for (from, bytes) in self.inbox.datagrams() {
+                if demux::refused(bytes) {
+                    continue;
+                }
                 let Some(id) = self.demux.route(from, bytes) else {
                     continue;
                 };
@@ -348,7 +360,9 @@ impl Plane {
                 let datagram = TaggedBytesMut {
                     now,
                     transport: TransportContext {
-                        local_addr: self.local,
+                        // The address the connection's candidate names (its public twin
+                        // behind a NAT): ICE matches checks to candidates by it.
+                        local_addr: self.advertised,
                         peer_addr: from,
                         transport_protocol: TransportProtocol::UDP,
                         ecn: None,
@@ -461,7 +475,6 @@ impl MediaThread {
                 let plane = Plane {
                     socket,
                     advertised,
-                    local,
                     connections: HashMap::new(),
                     demux: Demux::default(),
                     timers: Timers::default(),
@@ -539,8 +552,14 @@ fn run(mut plane: Plane, queue: &mpsc::Receiver<Task>, wake: &EventFd, stop: &At
             .unwrap_or(PollTimeout::MAX)
         });
         {
+            // Writable too while datagrams wait for room in the socket's buffer.
+            let socket_events = if plane.outbox.is_empty() {
+                PollFlags::POLLIN
+            } else {
+                PollFlags::POLLIN | PollFlags::POLLOUT
+            };
             let mut fds = [
-                PollFd::new(plane.socket.as_fd(), PollFlags::POLLIN),
+                PollFd::new(plane.socket.as_fd(), socket_events),
                 PollFd::new(wake.as_fd(), PollFlags::POLLIN),
             ];
             if let Err(err) = poll(&mut fds, timeout)
@@ -705,6 +724,39 @@ mod tests {
             .await
             .flatten()
             .unwrap_or(0)
+    }
+
+    /// Bound to every address, advertising another: checks arrive at the bound socket and
+    /// must still match the advertised candidate.
+    #[tokio::test]
+    async fn a_thread_bound_to_any_address_is_reached_at_its_public_one() {
+        let thread = MediaThread::start(
+            "media-test-any",
+            "0.0.0.0:0".parse().unwrap(),
+            Some("127.0.0.1".parse().unwrap()),
+        )
+        .unwrap();
+        assert_eq!(thread.advertised().ip().to_string(), "127.0.0.1");
+        let (pc, track) = connect(&thread, 7).await;
+        let packet = rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                payload_type: 111,
+                ssrc: 4242,
+                ..Default::default()
+            },
+            payload: bytes::Bytes::from_static(&[0xfc; 60]),
+        };
+        track.write_rtp(packet).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while received(&thread, 7).await == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "no media through the public address"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        pc.close().await.unwrap();
     }
 
     #[tokio::test]
