@@ -1,6 +1,8 @@
 //! bites figures, in release mode (`cargo bench --bench bites [-- forward|record|store|scan]`):
 //! - `forward`: one speaker to N listeners through the SFU, server CPU per forwarded packet
 //!   against a bare UDP relay of the same packets to N sockets, same run;
+//! - `rooms`: 100 calls of 4 at once, speaking in turn: CPU per forwarded packet and loss;
+//! - `idle`: upkeep per connected peer with nobody speaking, media threads and the rest apart;
 //! - `relay`: the bare relay's floor with one `send_to` per packet against one `sendmmsg` per
 //!   fan-out (the media plane's batching);
 //! - `record`: the same forwarding with bite storage on and off;
@@ -56,6 +58,14 @@ fn main() {
             forward(listeners);
         }
     }
+    if wanted("rooms") {
+        rooms(100, 4);
+    }
+    if wanted("idle") {
+        for listeners in [10, 30] {
+            idle(listeners);
+        }
+    }
     if wanted("relay") {
         for listeners in [10, 30] {
             relay_batching(listeners);
@@ -90,72 +100,83 @@ struct Call {
     _dir: tempfile::TempDir,
 }
 
+/// The app on a runtime of its own (one media thread), at `http://…`.
+fn serve(record: bool) -> (tokio::runtime::Runtime, String, tempfile::TempDir) {
+    let server = runtime("bench-server");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.data_dir = dir.path().to_owned();
+    config.server.workers = 1;
+    config.telemetry.log_filter = "error".into();
+    // Hundreds of logins from one address.
+    login::allow_bypass(&mut config);
+    config.bites.record = record;
+    config.bites.sfu.threads = 1;
+    let addr = server.block_on(async {
+        let running = app::start(config, beep::services::COMPILED, Hosting::default())
+            .await
+            .unwrap();
+        let addr = running.addr();
+        tokio::spawn(running.run());
+        addr
+    });
+    (server, format!("http://{addr}"), dir)
+}
+
+/// A conversation of `people` (the first creates it), each connected and joined to its call.
+async fn call_of(base: &str, people: &[(String, String)]) -> Vec<Peer> {
+    let client = reqwest::Client::new();
+    let (owner, _) = &people[0];
+    let created: Value = client
+        .post(format!("{base}/core/user/conversation"))
+        .bearer_auth(owner)
+        .json(&json!({"title": "bench"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let conversation = created["id"].as_str().unwrap().to_owned();
+    for (_, user) in &people[1..] {
+        let added = client
+            .post(format!(
+                "{base}/core/user/conversation/{conversation}/member"
+            ))
+            .bearer_auth(owner)
+            .json(&json!({"id": user}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(added.status(), 200);
+    }
+    let ws = base.replacen("http://", "ws://", 1);
+    let mut peers = Vec::new();
+    for (token, _) in people {
+        let peer = Peer::connect(&ws, token).await;
+        let joined = client
+            .post(format!("{base}/webrtc/join/{conversation}"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(joined.status(), 200);
+        peers.push(peer);
+    }
+    peers
+}
+
 impl Call {
     fn start(listeners: usize, record: bool) -> Self {
-        let server = runtime("bench-server");
+        let (server, base, dir) = serve(record);
         let clients = runtime("bench-client");
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.server.listen = "127.0.0.1:0".parse().unwrap();
-        config.server.data_dir = dir.path().to_owned();
-        config.server.workers = 1;
-        config.telemetry.log_filter = "error".into();
-        // Dozens of logins from one address.
-        login::allow_bypass(&mut config);
-        config.bites.record = record;
-        config.bites.sfu.threads = 1;
-        let addr = server.block_on(async {
-            let running = app::start(config, beep::services::COMPILED, Hosting::default())
-                .await
-                .unwrap();
-            let addr = running.addr();
-            tokio::spawn(running.run());
-            addr
-        });
-        let base = format!("http://{addr}");
         let (speaker, listeners) = clients.block_on(async {
             let mut people = Vec::new();
             for n in 0..=listeners {
                 people.push(login(&base, n as u32).await);
             }
-            let client = reqwest::Client::new();
-            let (owner, _) = &people[0];
-            let created: Value = client
-                .post(format!("{base}/core/user/conversation"))
-                .bearer_auth(owner)
-                .json(&json!({"title": "bench"}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let conversation = created["id"].as_str().unwrap().to_owned();
-            for (_, user) in &people[1..] {
-                let added = client
-                    .post(format!(
-                        "{base}/core/user/conversation/{conversation}/member"
-                    ))
-                    .bearer_auth(owner)
-                    .json(&json!({"id": user}))
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(added.status(), 200);
-            }
-            let ws = base.replacen("http://", "ws://", 1);
-            let mut peers = Vec::new();
-            for (token, _) in &people {
-                let peer = Peer::connect(&ws, token).await;
-                let joined = client
-                    .post(format!("{base}/webrtc/join/{conversation}"))
-                    .bearer_auth(token)
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(joined.status(), 200);
-                peers.push(peer);
-            }
+            let mut peers = call_of(&base, &people).await;
             let speaker = peers.remove(0);
             (speaker, peers)
         });
@@ -395,6 +416,121 @@ fn forward(listeners: usize) {
         "  SFU / relay CPU per packet: {}; net of upkeep: {}",
         spread(&ratios),
         spread(&net_ratios)
+    );
+}
+
+/// `count` calls of `size` people at once, one person speaking at a time in each (turns of
+/// 1 s, rooms out of step): server CPU per forwarded packet, and packets lost.
+fn rooms(count: usize, size: usize) {
+    println!("\n## {count} rooms of {size}, one person speaking at a time in each, turns of 1 s");
+    let (server, base, _dir) = serve(true);
+    let clients = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bench-client")
+        .enable_all()
+        .build()
+        .unwrap();
+    let setup = Instant::now();
+    let mut rooms: Vec<Vec<Peer>> = clients.block_on(async {
+        let mut rooms = Vec::new();
+        for room in 0..count {
+            let mut people = Vec::new();
+            for member in 0..size {
+                people.push(login(&base, (1000 + room * size + member) as u32).await);
+            }
+            rooms.push(call_of(&base, &people).await);
+        }
+        rooms
+    });
+    let heard = |rooms: &[Vec<Peer>]| -> u64 {
+        rooms
+            .iter()
+            .flatten()
+            .map(|peer| peer.heard_from("u-") as u64)
+            .sum()
+    };
+    // Everyone speaks once, so every leg is negotiated before measuring.
+    let speak = |rooms: &mut [Vec<Peer>], packets: u64, turn: u64| {
+        clients.block_on(async {
+            let mut tick = tokio::time::interval(Duration::from_millis(1000 / PACKETS_PER_SECOND));
+            for i in 0..packets {
+                tick.tick().await;
+                for (r, room) in rooms.iter_mut().enumerate() {
+                    let speaker = (i / turn + r as u64) as usize % room.len();
+                    room[speaker]
+                        .send(&peer::synthetic_opus(i as u8, PAYLOAD), 960, Some(20))
+                        .await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        });
+    };
+    speak(&mut rooms, size as u64 * 10, 10);
+    println!(
+        "  {} people connected in {:.1} s",
+        count * size,
+        setup.elapsed().as_secs_f64()
+    );
+    let (mut cpu_per_packet, mut lost) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let (before, cpu) = (heard(&rooms), threads_cpu_ns(SERVER_THREADS));
+        let packets = WINDOW.as_millis() as u64 * PACKETS_PER_SECOND / 1000;
+        speak(&mut rooms, packets, PACKETS_PER_SECOND);
+        let got = heard(&rooms) - before;
+        let expected = packets * count as u64 * (size as u64 - 1);
+        cpu_per_packet.push((threads_cpu_ns(SERVER_THREADS) - cpu) as f64 / 1e3 / got as f64);
+        lost.push(1.0 - got as f64 / expected as f64);
+    }
+    println!(
+        "  server CPU per forwarded packet: {:.1} us ({}); {:.0} forwarded packets/s",
+        median(cpu_per_packet.clone()),
+        spread(&cpu_per_packet),
+        (count * (size - 1)) as f64 * PACKETS_PER_SECOND as f64
+    );
+    println!(
+        "  packets lost: {:.3}% ({})",
+        median(lost.clone()) * 100.0,
+        spread(&lost)
+    );
+    clients.block_on(async {
+        for peer in rooms.into_iter().flatten() {
+            peer.close().await;
+        }
+    });
+    server.shutdown_timeout(Duration::from_secs(1));
+    clients.shutdown_timeout(Duration::from_secs(1));
+}
+
+/// Upkeep of connected peers with nobody speaking, apart: the media threads, and the rest of
+/// the server (signalling, runtime timers).
+fn idle(listeners: usize) {
+    println!(
+        "\n## upkeep of {} connected peers, nobody speaking",
+        listeners + 1
+    );
+    let call = Call::start(listeners, true);
+    // The last renegotiations and RTCP reports settle.
+    std::thread::sleep(Duration::from_secs(2));
+    let (mut media, mut rest) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let (m, all) = (
+            threads_cpu_ns(&["beep-media"]),
+            threads_cpu_ns(SERVER_THREADS),
+        );
+        std::thread::sleep(WINDOW);
+        let m = (threads_cpu_ns(&["beep-media"]) - m) as f64;
+        let all = (threads_cpu_ns(SERVER_THREADS) - all) as f64;
+        let per_peer_second = |ns: f64| ns / 1e3 / WINDOW.as_secs_f64() / (listeners + 1) as f64;
+        media.push(per_peer_second(m));
+        rest.push(per_peer_second(all - m));
+    }
+    call.stop();
+    println!(
+        "  per connected peer: media threads {:.0} us CPU per second ({}), rest of the server {:.0} us ({})",
+        median(media.clone()),
+        spread(&media),
+        median(rest.clone()),
+        spread(&rest)
     );
 }
 

@@ -138,6 +138,15 @@ async fn a_browser_hears_another_through_the_sfu() {
         assert_eq!(stream["streams"], json!([speaker.user_id]), "{stream}");
         assert!(stream["packets"].as_u64().unwrap() > 0, "{stream}");
         assert!(stream["energy"].as_f64().unwrap() > AUDIBLE, "{stream}");
+        // One the server offers. Chromium, by default, offers only AES-CM among them (its
+        // AES-GCM profiles are off unless enabled), so this is where the server's AES-GCM
+        // preference does not apply.
+        let profile = heard["srtpCipher"].as_str().unwrap_or_default();
+        assert!(
+            ["AEAD_AES_128_GCM", "SRTP_AES128_CM_HMAC_SHA1_80"].contains(&profile),
+            "page {page}'s SRTP profile: {profile}"
+        );
+        println!("page {page} protects media with {profile}");
     }
     app.stop().await;
 }

@@ -2,11 +2,12 @@
 //! (without waiting) to that speaker's task, which cuts utterances and encodes them as Ogg;
 //! one writer task stores them in batches and then announces them.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use metrics::Counter;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::events::BiteStored;
@@ -19,6 +20,11 @@ use crate::platform::clock::Clock;
 /// Packets a speaker's task may fall behind by before new ones are dropped (from the bite,
 /// never from forwarding): over two seconds of 20 ms audio.
 const SPEAKER_QUEUE: usize = 128;
+/// While a speaker talks, its task takes the packets waiting for it this often, instead of
+/// being woken by each one: waking a task on another thread for every 20 ms packet cost more
+/// than forwarding it. Far shorter than any silence that ends a bite; arrival times are taken
+/// when packets arrive, so bites are cut the same.
+const DRAIN_EVERY: Duration = Duration::from_millis(100);
 /// Finished bites waiting for the writer; a full queue makes speakers' tasks wait, not the
 /// forwarding.
 const WRITER_QUEUE: usize = 1024;
@@ -40,9 +46,29 @@ pub struct Spoken {
     pub packet: Incoming,
 }
 
+/// Packets between a speaker's feed and its task.
+#[derive(Default)]
+struct Queue {
+    packets: Mutex<Vec<Spoken>>,
+    /// Set by the task while it waits with nothing to do: the next packet wakes it.
+    idle: AtomicBool,
+    /// The feed is gone: the task finishes the bite in progress and ends.
+    closed: AtomicBool,
+    wake: Notify,
+}
+
+impl Queue {
+    fn packets(&self) -> MutexGuard<'_, Vec<Spoken>> {
+        // Holders only push or swap: a panic cannot leave the list half-changed.
+        self.packets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// The sending end of one speaker's task. Dropping it ends the speaker's bite in progress.
 pub struct SpeakerFeed {
-    packets: mpsc::Sender<Spoken>,
+    queue: Arc<Queue>,
     dropped: Counter,
     clock: Clock,
 }
@@ -55,9 +81,24 @@ impl SpeakerFeed {
 
     /// Never waits: a packet the speaker's task has no room for is left out of the bite.
     pub fn push(&self, spoken: Spoken) {
-        if self.packets.try_send(spoken).is_err() {
-            self.dropped.increment(1);
+        {
+            let mut packets = self.queue.packets();
+            if packets.len() >= SPEAKER_QUEUE {
+                self.dropped.increment(1);
+                return;
+            }
+            packets.push(spoken);
         }
+        if self.queue.idle.swap(false, Ordering::AcqRel) {
+            self.queue.wake.notify_one();
+        }
+    }
+}
+
+impl Drop for SpeakerFeed {
+    fn drop(&mut self) {
+        self.queue.closed.store(true, Ordering::Release);
+        self.queue.wake.notify_one();
     }
 }
 
@@ -80,7 +121,7 @@ impl Ingest {
 
     /// Starts the task that cuts one speaker's (`user` on `client`) packets into bites.
     pub fn speaker(&self, user: &str, client: &str) -> SpeakerFeed {
-        let (packets, received) = mpsc::channel(SPEAKER_QUEUE);
+        let queue = Arc::new(Queue::default());
         let task = SpeakerTask {
             user: user.to_owned(),
             client: client.to_owned(),
@@ -89,9 +130,9 @@ impl Ingest {
             bites: self.bites.clone(),
             clock: self.clock.clone(),
         };
-        tokio::spawn(task.run(received));
+        tokio::spawn(task.run(Arc::clone(&queue)));
         SpeakerFeed {
-            packets,
+            queue,
             dropped: self.dropped.clone(),
             clock: self.clock.clone(),
         }
@@ -108,28 +149,53 @@ struct SpeakerTask {
 }
 
 impl SpeakerTask {
-    async fn run(mut self, mut received: mpsc::Receiver<Spoken>) {
+    async fn run(mut self, queue: Arc<Queue>) {
+        let mut batch = Vec::new();
         loop {
-            let deadline = self.segmenter.deadline_ms().map(|deadline_ms| {
+            // Read before taking: whatever was pushed before the feed closed is then taken.
+            let closed = queue.closed.load(Ordering::Acquire);
+            std::mem::swap(&mut batch, &mut *queue.packets());
+            let spoke = !batch.is_empty();
+            for spoken in batch.drain(..) {
+                if self.conversation.as_ref() != Some(&spoken.conversation) {
+                    // A speaker who moves to another room ends the bite in the old one.
+                    let finished = self.segmenter.finish();
+                    self.emit(finished).await;
+                    self.conversation = Some(spoken.conversation);
+                }
+                let finished = self.segmenter.push(spoken.packet);
+                self.emit(finished).await;
+            }
+            if closed {
+                break;
+            }
+            let deadline = self.segmenter.deadline_ms();
+            if deadline.is_some_and(|deadline_ms| deadline_ms <= self.clock.now_millis()) {
+                let finished = self.segmenter.expire(self.clock.now_millis());
+                self.emit(finished).await;
+                continue;
+            }
+            let deadline = deadline.map(|deadline_ms| {
                 let wait = u64::try_from(deadline_ms - self.clock.now_millis()).unwrap_or(0);
                 tokio::time::Instant::now() + Duration::from_millis(wait)
             });
+            if spoke {
+                // Talking: look again soon (or at the silence deadline, if sooner).
+                let next = tokio::time::Instant::now() + DRAIN_EVERY;
+                tokio::time::sleep_until(deadline.map_or(next, |deadline| deadline.min(next)))
+                    .await;
+                continue;
+            }
+            // Quiet: wait for the next packet or the silence deadline. A packet pushed after
+            // the take above but before `idle` is set would wake no one: look once more.
+            queue.idle.store(true, Ordering::Release);
+            if !queue.packets().is_empty() || queue.closed.load(Ordering::Acquire) {
+                queue.idle.store(false, Ordering::Release);
+                continue;
+            }
             tokio::select! {
-                spoken = received.recv() => {
-                    let Some(spoken) = spoken else { break };
-                    if self.conversation.as_ref() != Some(&spoken.conversation) {
-                        // A speaker who moves to another room ends the bite in the old one.
-                        let finished = self.segmenter.finish();
-                        self.emit(finished).await;
-                        self.conversation = Some(spoken.conversation);
-                    }
-                    let finished = self.segmenter.push(spoken.packet);
-                    self.emit(finished).await;
-                }
-                () = sleep_until(deadline) => {
-                    let finished = self.segmenter.expire(self.clock.now_millis());
-                    self.emit(finished).await;
-                }
+                () = queue.wake.notified() => {}
+                () = sleep_until(deadline) => {}
             }
         }
         let finished = self.segmenter.finish();

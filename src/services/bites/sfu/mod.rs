@@ -142,7 +142,12 @@ impl Sfu {
     ) -> Result<(Arc<Participant>, mpsc::Receiver<Frame>), BitesError> {
         let (outbox, frames) = mpsc::channel(peer::OUTBOX);
         let id = NEXT_PARTICIPANT.fetch_add(1, Ordering::Relaxed);
-        let index = self.next_thread.fetch_add(1, Ordering::Relaxed) % self.threads.len();
+        // Round-robin over the threads still running.
+        let first = self.next_thread.fetch_add(1, Ordering::Relaxed);
+        let index = (0..self.threads.len())
+            .map(|offset| first.wrapping_add(offset) % self.threads.len())
+            .find(|&index| self.threads[index].is_alive())
+            .ok_or(BitesError::MediaThreadGone)?;
         let thread = Arc::clone(&self.threads[index]);
         let (participant, work) =
             Participant::new((id, index), user.to_owned(), client.to_owned(), outbox);

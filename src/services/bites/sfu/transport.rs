@@ -4,8 +4,9 @@
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU16, Ordering};
 
-use rtc::interceptor::Registry;
-use rtc::peer_connection::configuration::interceptor_registry::configure_rtcp_reports;
+use std::time::Duration;
+
+use rtc::interceptor::{ReceiverReportBuilder, Registry, SenderReportBuilder, Slot};
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
@@ -51,8 +52,7 @@ impl Transport {
     }
 }
 
-/// The configured UDP port range, handed out round-robin (webrtc 0.21 has no port-range
-/// setting: each connection binds the one address it is given).
+/// The configured UDP port range, handed out to the media threads (each binds one port).
 pub struct Ports {
     min: u16,
     max: u16,
@@ -82,6 +82,11 @@ impl Ports {
     }
 }
 
+/// How often each stream's RTCP report goes out: libwebrtc's interval for audio (RFC 3550's
+/// minimum), not rtc's default second, which costs every quiet connection a wakeup a second
+/// per stream.
+pub const RTCP_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Opus only, with the audio-level extension; RTCP reports, but neither NACK (a late audio
 /// packet is useless) nor transport-wide congestion feedback (one small stream per leg).
 pub fn media_engine() -> Result<(MediaEngine, Registry), rtc::shared::error::Error> {
@@ -100,7 +105,19 @@ pub fn media_engine() -> Result<(MediaEngine, Registry), rtc::shared::error::Err
         RtpCodecKind::Audio,
         None,
     )?;
-    let registry = configure_rtcp_reports(Registry::new());
+    let registry = Registry::new()
+        .with(
+            Slot::ReceiverReport,
+            ReceiverReportBuilder::new()
+                .with_interval(RTCP_REPORT_INTERVAL)
+                .build(),
+        )
+        .with(
+            Slot::SenderReport,
+            SenderReportBuilder::new()
+                .with_interval(RTCP_REPORT_INTERVAL)
+                .build(),
+        );
     Ok((engine, registry))
 }
 

@@ -8,7 +8,8 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd as _;
 
 use nix::errno::Errno;
-use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg};
+use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny, sendmmsg};
 
 /// Datagrams per system call, each way.
 pub const BATCH: usize = 64;
@@ -93,12 +94,13 @@ impl Inbox {
     }
 }
 
-/// Datagrams waiting for one `sendmmsg`, to any mix of destinations.
+/// Datagrams waiting for one `sendmmsg`, to any mix of destinations. Sent through rustix,
+/// whose `sendmmsg` returns the count sent (nix's result iterator reads address slots that
+/// only its receive side fills).
 pub struct Outbox {
-    queued: Vec<(SockaddrStorage, Vec<u8>)>,
+    queued: Vec<(SocketAddrAny, Vec<u8>)>,
     /// Spent buffers, reused so that queueing a datagram does not allocate.
     spare: Vec<Vec<u8>>,
-    headers: MultiHeaders<SockaddrStorage>,
 }
 
 impl Default for Outbox {
@@ -106,7 +108,6 @@ impl Default for Outbox {
         Self {
             queued: Vec::with_capacity(BATCH),
             spare: Vec::with_capacity(BATCH),
-            headers: MultiHeaders::preallocate(BATCH, None),
         }
     }
 }
@@ -144,7 +145,7 @@ impl Outbox {
         if self.queued.len() >= MAX_QUEUED {
             return false;
         }
-        self.queued.push((SockaddrStorage::from(to), datagram));
+        self.queued.push((SocketAddrAny::from(to), datagram));
         true
     }
 
@@ -160,24 +161,24 @@ impl Outbox {
                 .iter()
                 .map(|(_, datagram)| [IoSlice::new(datagram)])
                 .collect();
-            let addresses: Vec<Option<SockaddrStorage>> =
-                batch.iter().map(|(to, _)| Some(*to)).collect();
+            let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> = batch
+                .iter()
+                .map(|_| SendAncillaryBuffer::default())
+                .collect();
+            let mut headers: Vec<MMsgHdr<'_>> = batch
+                .iter()
+                .zip(&slices)
+                .zip(controls.iter_mut())
+                .map(|(((to, _), slice), control)| MMsgHdr::new_with_addr(to, slice, control))
+                .collect();
             flushed.calls += 1;
-            match sendmmsg(
-                socket.as_raw_fd(),
-                &mut self.headers,
-                slices.iter(),
-                &addresses,
-                [],
-                MsgFlags::MSG_DONTWAIT,
-            ) {
-                Ok(results) => {
-                    let sent = results.count();
+            match sendmmsg(socket, &mut headers, SendFlags::DONTWAIT) {
+                Ok(sent) => {
                     flushed.sent += sent;
                     start += sent;
                 }
-                Err(Errno::EAGAIN | Errno::ENOBUFS) => break,
-                Err(Errno::EINTR) => {}
+                Err(rustix::io::Errno::AGAIN | rustix::io::Errno::NOBUFS) => break,
+                Err(rustix::io::Errno::INTR) => {}
                 // The first datagram of the batch cannot go (the others may): it is dropped.
                 Err(_) => {
                     flushed.failed += 1;

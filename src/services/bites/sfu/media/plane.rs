@@ -9,10 +9,11 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsFd as _;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -26,7 +27,9 @@ use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::sansio::Protocol as _;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
+use rtc::crypto::{RTCCryptoProvider, SignatureScheme};
 use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
+use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::rtp::extension::audio_level_extension::AudioLevelExtension;
 use rtc::shared::marshal::Unmarshal as _;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,6 +50,20 @@ use crate::services::bites::utterance::Incoming;
 /// flood cannot starve them.
 const BATCHES_PER_TURN: usize = 16;
 
+/// The least time between two runs of a connected connection's timers. rtc-ice 0.21.1 asks for
+/// one every 200 ms whatever its keep-alive setting (its interval starts from the check
+/// interval and is only ever lowered; pion's starts from zero), and that was most of an idle
+/// peer's cost. Once a connection is up nothing needs a finer tick: the lite agent only notices
+/// silence (5 s to "disconnected") and RTCP reports go out every second.
+const UPKEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// How often the server asks a connected client for consent (a binding request).
+const CONSENT_EVERY: Duration = Duration::from_secs(5);
+
+/// Upkeep deadlines are rounded up to this grid, so one wakeup serves every connection due in
+/// the same slot.
+const UPKEEP_GRID: Duration = Duration::from_millis(50);
+
 /// Work for the thread, run with its [`Plane`].
 type Task = Box<dyn FnOnce(&mut Plane) + Send>;
 
@@ -57,6 +74,8 @@ pub struct Connection {
     pub received: u64,
     /// Whether ICE and DTLS are up (also told to `up`).
     pub connected: bool,
+    /// When its timers last ran.
+    upkept: Instant,
     up: Option<watch::Sender<bool>>,
     /// Whose audio this is and where it goes; none for a bare connection.
     participant: Option<Arc<Participant>>,
@@ -69,6 +88,45 @@ pub struct Attach {
     pub feed: Option<SpeakerFeed>,
     /// Told whether ICE and DTLS are up.
     pub up: watch::Sender<bool>,
+}
+
+/// The thread's DTLS identity, shared by its connections: made once (a key pair and a signed
+/// certificate cost milliseconds, which rtc would otherwise spend on every connection) and
+/// remade a day before it expires.
+struct Identity {
+    crypto: Arc<dyn RTCCryptoProvider>,
+    certificate: Option<RTCCertificate>,
+}
+
+impl Identity {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            crypto: rtc::crypto::default_provider()?,
+            certificate: None,
+        })
+    }
+
+    fn current(&mut self) -> anyhow::Result<(Arc<dyn RTCCryptoProvider>, RTCCertificate)> {
+        let fresh = self.certificate.as_ref().filter(|certificate| {
+            certificate
+                .expires
+                .duration_since(SystemTime::now())
+                .is_ok_and(|left| left > Duration::from_secs(24 * 3600))
+        });
+        let certificate = match fresh {
+            Some(certificate) => certificate.clone(),
+            None => {
+                let certificate = RTCCertificate::generate(
+                    self.crypto.crypto(),
+                    SignatureScheme::EcdsaP256Sha256,
+                    CertificateParams::new(vec![random_hex128()])?,
+                )?;
+                self.certificate = Some(certificate.clone());
+                certificate
+            }
+        };
+        Ok((Arc::clone(&self.crypto), certificate))
+    }
 }
 
 /// The other media threads, for packets whose listener lives there.
@@ -98,6 +156,11 @@ pub struct Plane {
     /// Packets for listeners on other threads, sent as one task per thread.
     elsewhere: Vec<Vec<Leg>>,
     stats: Option<Arc<Stats>>,
+    /// The origin of the upkeep grid.
+    started: Instant,
+    identity: Identity,
+    /// The connection being worked on, to be dropped if rtc panics inside it.
+    busy: Option<ConnectionId>,
 }
 
 impl Plane {
@@ -114,22 +177,33 @@ impl Plane {
 
     /// [`Self::open`] for a participant: its audio is forwarded and fed to its bites.
     pub fn open_for(&mut self, id: ConnectionId, attach: Option<Attach>) -> anyhow::Result<()> {
+        self.busy = Some(id);
         let (engine, registry) = media_engine()?;
+        let (crypto, certificate) = self.identity.current()?;
         let ufrag = random_hex128()[..16].to_owned();
         let password = random_hex128();
         let settings = SettingEngineBuilder::new()
             .with_lite(true)
             .with_ice_credentials(ufrag.clone(), password)
             .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
-            // AES-GCM first (cheaper per packet), AES-CM for the clients that offer only it.
+            // Consent checks every 5 s (RFC 7675's interval) rather than rtc's 2 s: clients
+            // check on their own, which keeps their NAT open.
+            .with_ice_timeouts(None, None, Some(CONSENT_EVERY))
+            // AES-GCM first (cheaper per packet), AES-CM for the clients that offer only it
+            // (Chromium, by default, whichever side of DTLS it is on).
             .with_srtp_protection_profiles(vec![
                 SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
                 SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
             ])
+            .with_crypto_provider(crypto)
             .build();
         let now = Instant::now();
         let mut pc = RTCPeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_configuration(
+                RTCConfigurationBuilder::new()
+                    .with_certificates(vec![certificate])
+                    .build(),
+            )
             .with_setting_engine(settings)
             .with_media_engine(engine)
             .with_interceptor_registry(registry)
@@ -161,6 +235,7 @@ impl Plane {
                 pc,
                 received: 0,
                 connected: false,
+                upkept: now,
                 up,
                 participant,
                 feed,
@@ -173,6 +248,7 @@ impl Plane {
 
     /// Runs `f` on connection `id` (none: `None`), then lets it send what it has to.
     pub fn with<R>(&mut self, id: ConnectionId, f: impl FnOnce(&mut Connection) -> R) -> Option<R> {
+        self.busy = Some(id);
         let result = f(self.connections.get_mut(&id)?);
         self.drive(id);
         self.settle();
@@ -204,6 +280,7 @@ impl Plane {
         let Some(mut connection) = self.connections.remove(&id) else {
             return;
         };
+        self.busy = Some(id);
         let now = Instant::now();
         while let Some(message) = connection.pc.poll_read() {
             if let RTCMessage::RtpPacket(_, packet) = message.message {
@@ -211,6 +288,8 @@ impl Plane {
                 self.forward(&connection, packet, now);
             }
         }
+        // Forwarding worked on the listeners.
+        self.busy = Some(id);
         while let Some(event) = connection.pc.poll_event() {
             if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
                 connection.connected =
@@ -222,8 +301,23 @@ impl Plane {
             }
         }
         self.drain_writes(id, &mut connection);
-        self.timers.set(id, connection.pc.poll_timeout());
+        let next = connection.pc.poll_timeout();
+        self.timers
+            .set(id, next.map(|at| self.upkeep_deadline(&connection, at)));
         self.connections.insert(id, connection);
+    }
+
+    /// When a connection asking for its timers at `at` gets them: as asked while it connects,
+    /// at most once per [`UPKEEP_EVERY`] and on the grid once it is up.
+    fn upkeep_deadline(&self, connection: &Connection, at: Instant) -> Instant {
+        if !connection.connected {
+            return at;
+        }
+        let at = at.max(connection.upkept + UPKEEP_EVERY);
+        let since = at.saturating_duration_since(self.started).as_nanos();
+        let grid = UPKEEP_GRID.as_nanos();
+        let slots = u64::try_from(since.div_ceil(grid)).unwrap_or(u64::MAX);
+        self.started + UPKEEP_GRID.saturating_mul(u32::try_from(slots).unwrap_or(u32::MAX))
     }
 
     /// A packet the client of `from` sent: to every listener of its route (here or on their
@@ -276,6 +370,7 @@ impl Plane {
     /// Hands a leg's packet to its listener's connection on this thread; a listener gone or
     /// refusing loses the packet, late audio being useless.
     fn write(&mut self, leg: Leg, now: Instant) {
+        self.busy = Some(leg.listener);
         let written = self
             .connections
             .get_mut(&leg.listener)
@@ -288,18 +383,27 @@ impl Plane {
         }
     }
 
-    /// Drives the listeners written to and sends other threads their packets, until nothing
-    /// is left to do.
+    /// Sends what the listeners were given, and other threads their packets.
     fn settle(&mut self) {
-        while !self.written.is_empty() {
-            // Each listener once, however many packets it was given.
-            let mut written = std::mem::take(&mut self.written);
-            written.sort_unstable();
-            written.dedup();
-            for id in written {
-                self.drive(id);
+        // Each listener once, however many packets it was given. Only its writes: giving it
+        // packets changes nothing else (no media in, no events, no new deadline), and each of
+        // rtc's polls sweeps its whole pipeline.
+        let mut written = std::mem::take(&mut self.written);
+        written.sort_unstable();
+        written.dedup();
+        for &id in &written {
+            if let Some(listener) = self.connections.get_mut(&id) {
+                self.busy = Some(id);
+                send_from(
+                    &mut listener.pc,
+                    id,
+                    (&mut self.demux, &mut self.outbox),
+                    self.stats.as_deref(),
+                );
             }
         }
+        written.clear();
+        self.written = written;
         for (thread, legs) in self.elsewhere.iter_mut().enumerate() {
             if legs.is_empty() {
                 continue;
@@ -322,17 +426,42 @@ impl Plane {
     }
 
     fn drain_writes(&mut self, id: ConnectionId, connection: &mut Connection) {
-        while let Some(datagram) = connection.pc.poll_write() {
-            let to = datagram.transport.peer_addr;
-            self.demux.sent_datagram(id, to, &datagram.message);
-            let mut buffer = self.outbox.buffer();
-            buffer.extend_from_slice(&datagram.message);
-            if !self.outbox.push(to, buffer)
-                && let Some(stats) = &self.stats
-            {
-                stats.dropped.increment(1);
+        send_from(
+            &mut connection.pc,
+            id,
+            (&mut self.demux, &mut self.outbox),
+            self.stats.as_deref(),
+        );
+    }
+
+    /// Runs `work`; if rtc panics inside a connection, that connection is dropped and the
+    /// thread goes on serving the others.
+    fn guarded(&mut self, work: impl FnOnce(&mut Plane)) {
+        self.busy = None;
+        if panic::catch_unwind(AssertUnwindSafe(|| work(self))).is_ok() {
+            return;
+        }
+        let broken = self.busy.take();
+        tracing::error!(
+            connection = broken,
+            "a media connection panicked; it is dropped"
+        );
+        if let Some(id) = broken {
+            self.demux.remove(id);
+            self.timers.set(id, None);
+            if let Some(connection) = self.connections.remove(&id) {
+                if let Some(up) = &connection.up {
+                    up.send_replace(false);
+                }
+                // Its state is unknown: dropping it could panic again.
+                if panic::catch_unwind(AssertUnwindSafe(|| drop(connection))).is_err() {
+                    tracing::error!(connection = id, "dropping a broken media connection");
+                }
             }
         }
+        // What the interrupted turn had gathered still goes.
+        self.written.clear();
+        self.outbox.flush(&self.socket);
     }
 
     /// One turn of the thread: datagrams in, due timers, datagrams out.
@@ -360,6 +489,7 @@ impl Plane {
                 let Some(connection) = self.connections.get_mut(&id) else {
                     continue;
                 };
+                self.busy = Some(id);
                 let datagram = TaggedBytesMut {
                     now,
                     transport: TransportContext {
@@ -382,9 +512,12 @@ impl Plane {
         let first_due = touched.len();
         self.timers.take_due(now, &mut touched);
         for id in &touched[first_due..] {
-            if let Some(connection) = self.connections.get_mut(id)
-                && let Err(err) = connection.pc.handle_timeout(now)
-            {
+            let Some(connection) = self.connections.get_mut(id) else {
+                continue;
+            };
+            self.busy = Some(*id);
+            connection.upkept = now;
+            if let Err(err) = connection.pc.handle_timeout(now) {
                 tracing::debug!(error = %err, connection = id, "a media timer failed");
             }
         }
@@ -396,6 +529,26 @@ impl Plane {
         self.touched = touched;
         self.settle();
         self.outbox.flush(&self.socket);
+    }
+}
+
+/// Moves what connection `id` has to send into the outbox, learning where it answered checks.
+fn send_from(
+    pc: &mut RTCPeerConnection,
+    id: ConnectionId,
+    (demux, outbox): (&mut Demux, &mut Outbox),
+    stats: Option<&Stats>,
+) {
+    while let Some(datagram) = pc.poll_write() {
+        let to = datagram.transport.peer_addr;
+        demux.sent_datagram(id, to, &datagram.message);
+        let mut buffer = outbox.buffer();
+        buffer.extend_from_slice(&datagram.message);
+        if !outbox.push(to, buffer)
+            && let Some(stats) = stats
+        {
+            stats.dropped.increment(1);
+        }
     }
 }
 
@@ -469,6 +622,7 @@ impl MediaThread {
         )?);
         let (tasks, queue) = mpsc::channel::<Task>();
         let stop = Arc::new(AtomicBool::new(false));
+        let identity = Identity::new().map_err(io::Error::other)?;
         let thread = std::thread::Builder::new().name(name.to_owned()).spawn({
             let wake = Arc::clone(&wake);
             let stop = Arc::clone(&stop);
@@ -489,6 +643,9 @@ impl MediaThread {
                     peers: Vec::new(),
                     elsewhere: (0..count).map(|_| Vec::new()).collect(),
                     stats,
+                    started: Instant::now(),
+                    identity,
+                    busy: None,
                 };
                 run(plane, &queue, &wake, &stop);
             }
@@ -504,6 +661,13 @@ impl MediaThread {
 
     pub fn advertised(&self) -> SocketAddr {
         self.advertised
+    }
+
+    /// Whether the thread still runs (it ends only if it cannot wait on its socket).
+    pub fn is_alive(&self) -> bool {
+        self.thread
+            .as_ref()
+            .is_some_and(|thread| !thread.is_finished())
     }
 
     /// Runs `task` on the thread, without waiting for it.
@@ -584,9 +748,9 @@ fn run(mut plane: Plane, queue: &mpsc::Receiver<Task>, wake: &EventFd, stop: &At
             return;
         }
         while let Ok(task) = queue.try_recv() {
-            task(&mut plane);
+            plane.guarded(task);
         }
-        plane.turn();
+        plane.guarded(Plane::turn);
     }
 }
 
@@ -631,12 +795,19 @@ mod tests {
 
     /// A client built with the `webrtc` crate (another stack than the plane's own use of
     /// `rtc`): full ICE, offering a microphone.
-    async fn client() -> (
+    async fn client(
+        profiles: Option<Vec<SrtpProtectionProfile>>,
+    ) -> (
         Arc<dyn PeerConnection>,
         Arc<TrackLocalStaticRTP>,
         watch::Receiver<bool>,
         watch::Receiver<bool>,
     ) {
+        let mut settings = SettingEngineBuilder::new()
+            .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled);
+        if let Some(profiles) = profiles {
+            settings = settings.with_srtp_protection_profiles(profiles);
+        }
         let (gathered_tx, gathered) = watch::channel(false);
         let (connected_tx, connected) = watch::channel(false);
         let (engine, registry) = media_engine().unwrap();
@@ -645,11 +816,7 @@ mod tests {
                 .with_configuration(RTCConfigurationBuilder::new().build())
                 .with_media_engine(engine)
                 .with_interceptor_registry(registry)
-                .with_setting_engine(
-                    SettingEngineBuilder::new()
-                        .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
-                        .build(),
-                )
+                .with_setting_engine(settings.build())
                 .with_handler(Arc::new(Events {
                     gathered: gathered_tx,
                     connected: connected_tx,
@@ -698,7 +865,16 @@ mod tests {
         thread: &MediaThread,
         id: ConnectionId,
     ) -> (Arc<dyn PeerConnection>, Arc<TrackLocalStaticRTP>) {
-        let (pc, track, mut gathered, mut connected) = client().await;
+        connect_offering(thread, id, None).await
+    }
+
+    /// [`connect`] with a client offering only `profiles` for SRTP.
+    async fn connect_offering(
+        thread: &MediaThread,
+        id: ConnectionId,
+        profiles: Option<Vec<SrtpProtectionProfile>>,
+    ) -> (Arc<dyn PeerConnection>, Arc<TrackLocalStaticRTP>) {
+        let (pc, track, mut gathered, mut connected) = client(profiles).await;
         let offer = pc.create_offer(None).await.unwrap();
         pc.set_local_description(offer).await.unwrap();
         let _ = gathered.wait_for(|done| *done).await;
@@ -729,6 +905,49 @@ mod tests {
             .unwrap_or(0)
     }
 
+    /// One RTP packet from the test client's microphone.
+    fn mic_packet(sequence_number: u16) -> rtc::rtp::Packet {
+        rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                payload_type: 111,
+                sequence_number,
+                timestamp: u32::from(sequence_number) * 960,
+                ssrc: 4242,
+                ..Default::default()
+            },
+            payload: bytes::Bytes::from_static(&[0xfc; 60]),
+        }
+    }
+
+    /// Waits until connection `id` has received `count` packets.
+    async fn until_received(thread: &MediaThread, id: ConnectionId, count: u64, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while received(thread, id).await < count {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A client that knows only AES-CM (SRTP_AES128_CM_HMAC_SHA1_80, as older stacks) still
+    /// gets media through, the server offering AES-GCM first.
+    #[tokio::test]
+    async fn a_client_offering_only_aes_cm_is_served() {
+        let thread =
+            MediaThread::start("media-test-cm", "127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let (pc, track) = connect_offering(
+            &thread,
+            3,
+            Some(vec![SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80]),
+        )
+        .await;
+        for n in 0..5 {
+            track.write_rtp(mic_packet(n)).await.unwrap();
+        }
+        until_received(&thread, 3, 5, "no media from an AES-CM client").await;
+        pc.close().await.unwrap();
+    }
+
     /// Bound to every address, advertising another: checks arrive at the bound socket and
     /// must still match the advertised candidate.
     #[tokio::test]
@@ -741,25 +960,34 @@ mod tests {
         .unwrap();
         assert_eq!(thread.advertised().ip().to_string(), "127.0.0.1");
         let (pc, track) = connect(&thread, 7).await;
-        let packet = rtc::rtp::Packet {
-            header: rtc::rtp::header::Header {
-                version: 2,
-                payload_type: 111,
-                ssrc: 4242,
-                ..Default::default()
-            },
-            payload: bytes::Bytes::from_static(&[0xfc; 60]),
-        };
-        track.write_rtp(packet).await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while received(&thread, 7).await == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "no media through the public address"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        track.write_rtp(mic_packet(0)).await.unwrap();
+        until_received(&thread, 7, 1, "no media through the public address").await;
         pc.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_panic_inside_a_connection_drops_it_and_the_thread_goes_on() {
+        let thread =
+            MediaThread::start("media-test-panic", "127.0.0.1:0".parse().unwrap(), None).unwrap();
+        let opened = thread
+            .call(|plane| {
+                plane.open(1).unwrap();
+                plane.open(2).unwrap();
+                plane.len()
+            })
+            .await;
+        assert_eq!(opened, Some(2));
+        let answered = thread
+            .call(|plane| plane.with(1, |_| panic!("as if rtc panicked")))
+            .await;
+        assert!(answered.is_none(), "the panicking call gets no answer");
+        assert!(thread.is_alive());
+        assert_eq!(thread.call(|plane| plane.len()).await, Some(1));
+        assert_eq!(
+            thread.call(|plane| plane.with(2, |_| ())).await,
+            Some(Some(())),
+            "the other connection is still served"
+        );
     }
 
     #[tokio::test]
@@ -770,18 +998,7 @@ mod tests {
         let (second_pc, second) = connect(&thread, 2).await;
         for (track, count) in [(&first, 20u16), (&second, 30)] {
             for n in 0..count {
-                let packet = rtc::rtp::Packet {
-                    header: rtc::rtp::header::Header {
-                        version: 2,
-                        payload_type: 111,
-                        sequence_number: n,
-                        timestamp: u32::from(n) * 960,
-                        ssrc: 4242,
-                        ..Default::default()
-                    },
-                    payload: bytes::Bytes::from_static(&[0xfc; 60]),
-                };
-                track.write_rtp(packet).await.unwrap();
+                track.write_rtp(mic_packet(n)).await.unwrap();
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }
