@@ -84,13 +84,29 @@ impl Inbox {
         Ok(self.received.len())
     }
 
+    /// How many datagrams the last [`Self::receive`] took, skipped ones included.
+    pub fn len(&self) -> usize {
+        self.received.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.received.is_empty()
+    }
+
+    /// Datagram `index` of the last [`Self::receive`] and where it came from; `None` for one
+    /// that was skipped (truncated, or not from an IP address).
+    pub fn datagram(&self, index: usize) -> Option<(SocketAddr, &[u8])> {
+        let (peer, len) = *self.received.get(index)?;
+        if len == usize::MAX {
+            return None;
+        }
+        let start = index * MAX_DATAGRAM;
+        Some((peer, self.buffers.get(start..start + len)?))
+    }
+
     /// The datagrams of the last [`Self::receive`], with the address each came from.
     pub fn datagrams(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
-        self.received
-            .iter()
-            .zip(self.buffers.chunks_exact(MAX_DATAGRAM))
-            .filter(|((_, len), _)| *len != usize::MAX)
-            .map(|((peer, len), buffer)| (*peer, &buffer[..*len]))
+        (0..self.len()).filter_map(|index| self.datagram(index))
     }
 }
 
@@ -173,6 +189,8 @@ impl Outbox {
                 .collect();
             flushed.calls += 1;
             match sendmmsg(socket, &mut headers, SendFlags::DONTWAIT) {
+                // Linux sends at least one of a non-empty batch or fails.
+                Ok(0) => break,
                 Ok(sent) => {
                     flushed.sent += sent;
                     start += sent;

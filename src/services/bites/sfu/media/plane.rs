@@ -54,7 +54,8 @@ const BATCHES_PER_TURN: usize = 16;
 /// one every 200 ms whatever its keep-alive setting (its interval starts from the check
 /// interval and is only ever lowered; pion's starts from zero), and that was most of an idle
 /// peer's cost. Once a connection is up nothing needs a finer tick: the lite agent only notices
-/// silence (5 s to "disconnected") and RTCP reports go out every second.
+/// silence (5 s to "disconnected"), RTCP reports go out every 5 s, and a check asked for by a
+/// renegotiation waits a second at most.
 const UPKEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// How often the server asks a connected client for consent (a binding request).
@@ -256,6 +257,7 @@ impl Plane {
     }
 
     pub fn close(&mut self, id: ConnectionId) {
+        self.busy = Some(id);
         if let Some(mut connection) = self.connections.remove(&id) {
             if let Err(err) = connection.pc.close() {
                 tracing::debug!(error = %err, connection = id, "closing a media connection");
@@ -277,18 +279,33 @@ impl Plane {
     /// Takes everything connection `id` has for us: datagrams (queued), media, events, and
     /// its next deadline.
     fn drive(&mut self, id: ConnectionId) {
+        // Out of the map while it forwards to the others (which are in it).
         let Some(mut connection) = self.connections.remove(&id) else {
             return;
         };
-        self.busy = Some(id);
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+            self.drive_taken(id, &mut connection);
+        }));
+        // Back even after a panic, so that `guarded` finds the connection to drop.
+        self.connections.insert(id, connection);
+        if let Err(panic) = outcome {
+            panic::resume_unwind(panic);
+        }
+    }
+
+    fn drive_taken(&mut self, id: ConnectionId, connection: &mut Connection) {
         let now = Instant::now();
-        while let Some(message) = connection.pc.poll_read() {
+        loop {
+            // Forwarding works on the listeners; reading is this connection's work again.
+            self.busy = Some(id);
+            let Some(message) = connection.pc.poll_read() else {
+                break;
+            };
             if let RTCMessage::RtpPacket(_, packet) = message.message {
                 connection.received += 1;
-                self.forward(&connection, packet, now);
+                self.forward(connection, packet, now);
             }
         }
-        // Forwarding worked on the listeners.
         self.busy = Some(id);
         while let Some(event) = connection.pc.poll_event() {
             if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
@@ -300,11 +317,10 @@ impl Plane {
                 }
             }
         }
-        self.drain_writes(id, &mut connection);
+        self.drain_writes(id, connection);
         let next = connection.pc.poll_timeout();
         self.timers
-            .set(id, next.map(|at| self.upkeep_deadline(&connection, at)));
-        self.connections.insert(id, connection);
+            .set(id, next.map(|at| self.upkeep_deadline(connection, at)));
     }
 
     /// When a connection asking for its timers at `at` gets them: as asked while it connects,
@@ -314,10 +330,11 @@ impl Plane {
             return at;
         }
         let at = at.max(connection.upkept + UPKEEP_EVERY);
-        let since = at.saturating_duration_since(self.started).as_nanos();
         let grid = UPKEEP_GRID.as_nanos();
-        let slots = u64::try_from(since.div_ceil(grid)).unwrap_or(u64::MAX);
-        self.started + UPKEEP_GRID.saturating_mul(u32::try_from(slots).unwrap_or(u32::MAX))
+        let since = at.saturating_duration_since(self.started).as_nanos();
+        let rounded = since.div_ceil(grid) * grid;
+        // u64 nanoseconds last 584 years.
+        self.started + Duration::from_nanos(u64::try_from(rounded).unwrap_or(u64::MAX))
     }
 
     /// A packet the client of `from` sent: to every listener of its route (here or on their
@@ -459,8 +476,20 @@ impl Plane {
                 }
             }
         }
-        // What the interrupted turn had gathered still goes.
-        self.written.clear();
+        // The interrupted turn took some connections' deadlines and did not give them back:
+        // every connection without one is looked at again at once.
+        let now = Instant::now();
+        for &id in self.connections.keys() {
+            if !self.timers.contains(id) {
+                self.timers.set(id, Some(now));
+            }
+        }
+        // What it had gathered for the listeners still goes, unless that panics too.
+        self.written.retain(|&id| Some(id) != broken);
+        if panic::catch_unwind(AssertUnwindSafe(|| self.settle())).is_err() {
+            tracing::error!("sending a broken turn's packets");
+            self.written.clear();
+        }
         self.outbox.flush(&self.socket);
     }
 
@@ -479,7 +508,12 @@ impl Plane {
                 }
             }
             let now = Instant::now();
-            for (from, bytes) in self.inbox.datagrams() {
+            for index in 0..self.inbox.len() {
+                let Some((from, bytes)) = self.inbox.datagram(index) else {
+                    continue;
+                };
+                // Routing is no connection's work.
+                self.busy = None;
                 if demux::refused(bytes) {
                     continue;
                 }
@@ -505,7 +539,15 @@ impl Plane {
                 if let Err(err) = connection.pc.handle_read(datagram) {
                     tracing::debug!(error = %err, connection = id, "a datagram was refused");
                 }
-                touched.push(id);
+                let connected = connection.connected;
+                if connected {
+                    touched.push(id);
+                } else {
+                    // Until it is up, each datagram is followed through at once: the DTLS
+                    // handshake's last flight installs the SRTP keys only when its event is
+                    // taken, and the client's first media may be next in the same batch.
+                    self.drive(id);
+                }
             }
         }
         let now = Instant::now();

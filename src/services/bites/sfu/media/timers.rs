@@ -39,6 +39,11 @@ impl Timers {
         }
     }
 
+    /// Whether `connection` has a deadline.
+    pub fn contains(&self, connection: ConnectionId) -> bool {
+        self.current.contains_key(&connection)
+    }
+
     /// The earliest deadline.
     pub fn earliest(&mut self) -> Option<Instant> {
         while let Some(Reverse((at, connection))) = self.heap.peek().copied() {
