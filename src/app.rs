@@ -384,6 +384,8 @@ pub async fn start(
         move |cfg: &mut Routes<'_>| {
             health::routes(cfg, metrics);
             openapi::routes(cfg);
+            #[cfg(feature = "web")]
+            crate::web::routes(cfg);
             services.iter().for_each(|service| service.routes(cfg));
         }
     };

@@ -8,3 +8,5 @@ pub mod cli;
 pub mod config;
 pub mod platform;
 pub mod services;
+#[cfg(feature = "web")]
+pub mod web;

@@ -39,3 +39,5 @@ mod speech;
 mod split;
 #[cfg(feature = "bites")]
 mod transcription;
+#[cfg(feature = "web")]
+mod web;

@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod caller;
+pub mod conditional;
 pub mod cors;
 pub mod error;
 pub mod openapi;

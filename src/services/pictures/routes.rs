@@ -18,6 +18,7 @@ use super::service::{Body, PicturesService};
 use super::store::Size;
 use crate::config::PictureServing;
 use crate::platform::http::body::timed_out;
+use crate::platform::http::conditional::not_modified;
 use crate::platform::http::error::ErrorBody;
 use crate::platform::http::range::{ByteRange, byte_range};
 use crate::platform::http::{ApiError, Caller};
@@ -326,16 +327,6 @@ fn etag(name: &str, size: Size) -> String {
     }
     etag.push('"');
     etag
-}
-
-/// `If-None-Match` names `etag` (or is `*`); weak comparison, as RFC 9110 asks for it.
-fn not_modified(req: &HttpRequest, etag: &str) -> bool {
-    req.headers()
-        .get_all(header::IF_NONE_MATCH)
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(|tag| tag.trim())
-        .any(|tag| tag == "*" || tag.trim_start_matches("W/") == etag)
 }
 
 /// The one range asked for, `None` for the whole picture (no `Range`, one this server does

@@ -1,0 +1,747 @@
+// Beep web: the whole client, one ES module, no dependencies. It speaks the same API as any
+// other client (README "The API"), with the tokens kept in localStorage.
+
+const $ = (selector) => document.querySelector(selector);
+const STORE = "beep.session";
+/** Pings while the page is open, as the Flutter client does. */
+const PING_EVERY_MS = 20_000;
+
+// ---- errors in words --------------------------------------------------------------------
+
+const WORDS = {
+  invalid_phone_number: "That phone number does not look right. Start it with + and the country code.",
+  invalid_email: "That email address does not look right.",
+  invalid_code: "That code is not right. Check it and try again.",
+  code_expired: "That code has expired. Ask for a new one.",
+  too_many_attempts: "Too many wrong codes. Ask for a new one.",
+  rate_limited: "Too many tries. Wait a little and try again.",
+  username_taken: "Someone already has that username.",
+  invalid_profile: "Some profile fields are not valid.",
+  already_a_contact: "They are already in your contacts.",
+  already_a_member: "They are already in this conversation.",
+  user_not_found: "Nobody with that phone number.",
+  not_a_member: "You are not in this conversation any more.",
+  conversation_not_found: "This conversation no longer exists.",
+  room_full: "The voice room is full.",
+  payload_too_large: "That file is too large.",
+  unsupported_picture: "That is not a picture Beep can use (JPEG, PNG, WebP or GIF).",
+  invalid_picture: "That picture could not be read.",
+  picture_too_large: "That picture is too large.",
+  session_ended: "You were signed out.",
+  token_revoked: "You were signed out.",
+  transcript_pending: "The transcript is not ready yet.",
+  transcript_not_found: "This bite has no transcript.",
+  transcript_failed: "This bite could not be transcribed.",
+  too_many_streams: "Too many open pages. Close some and reload.",
+  service_unavailable: "The server is busy or restarting. Try again soon.",
+};
+
+class Problem extends Error {
+  constructor(code, message) {
+    super(WORDS[code] || message || "Something went wrong. Try again.");
+    this.code = code;
+  }
+}
+
+function say(text) {
+  $("#status").textContent = text || "";
+}
+
+function complain(err) {
+  const box = $("#problem");
+  box.textContent = err instanceof Problem ? err.message : "Something went wrong. Try again.";
+  box.hidden = false;
+  if (!(err instanceof Problem)) console.info("beep:", err);
+}
+
+function clearProblem() {
+  $("#problem").hidden = true;
+}
+
+// ---- session ------------------------------------------------------------------------------
+
+let session = JSON.parse(localStorage.getItem(STORE) || "null");
+let refreshing = null;
+
+function keep(pair) {
+  session = {
+    access: pair.access_token,
+    refresh: pair.refresh_token,
+    user: pair.user_id,
+    // Refreshed a minute early.
+    until: Date.now() + (pair.expires_in - 60) * 1000,
+  };
+  localStorage.setItem(STORE, JSON.stringify(session));
+}
+
+function forget() {
+  session = null;
+  localStorage.removeItem(STORE);
+}
+
+function clientId() {
+  let id = localStorage.getItem("beep.client");
+  if (!id) {
+    id = `web-${crypto.randomUUID()}`;
+    localStorage.setItem("beep.client", id);
+  }
+  return id;
+}
+
+async function refresh() {
+  refreshing ||= (async () => {
+    const answer = await fetch("/login/refresh", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      body: JSON.stringify({ refresh_token: session.refresh }),
+    });
+    if (!answer.ok) {
+      forget();
+      throw await problemOf(answer);
+    }
+    keep(await answer.json());
+  })().finally(() => {
+    refreshing = null;
+  });
+  return refreshing;
+}
+
+async function token() {
+  if (!session) throw new Problem("session_ended");
+  if (Date.now() > session.until) await refresh();
+  return session.access;
+}
+
+async function problemOf(answer) {
+  try {
+    const body = await answer.json();
+    return new Problem(body.error?.code, body.error?.message);
+  } catch {
+    return new Problem(answer.status >= 500 ? "service_unavailable" : undefined);
+  }
+}
+
+/** Calls the API as the signed-in user; JSON in and out, or the raw response with `raw`. */
+async function api(path, { method = "GET", body, form, raw } = {}) {
+  for (let attempt = 0; ; attempt += 1) {
+    const headers = { Authorization: `Bearer ${await token()}`, Accept: "application/json" };
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    const answer = await fetch(path, {
+      method,
+      headers,
+      body: form ?? (body === undefined ? undefined : JSON.stringify(body)),
+    });
+    if (answer.status === 401 && attempt === 0 && session) {
+      await refresh();
+      continue;
+    }
+    if (answer.status === 401) {
+      signedOut();
+      throw await problemOf(answer);
+    }
+    if (!answer.ok) throw await problemOf(answer);
+    if (raw) return answer;
+    const text = await answer.text();
+    return text ? JSON.parse(text) : null;
+  }
+}
+
+/** A server-sent event stream that reconnects with a fresh token. */
+function stream(path, onData, event = "message") {
+  let source = null;
+  let closed = false;
+  const open = async () => {
+    if (closed || !session) return;
+    const separator = path.includes("?") ? "&" : "?";
+    source = new EventSource(`${path}${separator}token=${encodeURIComponent(await token())}`);
+    source.addEventListener(event, (message) => {
+      try {
+        onData(JSON.parse(message.data));
+      } catch (err) {
+        console.info("beep: unreadable event", err);
+      }
+    });
+    source.onerror = () => {
+      source.close();
+      setTimeout(open, 3000);
+    };
+  };
+  open().catch(complain);
+  return { close: () => { closed = true; source?.close(); } };
+}
+
+// ---- views --------------------------------------------------------------------------------
+
+const VIEWS = ["sign-in", "profile", "contacts", "sessions", "talk"];
+
+function show(view) {
+  for (const name of VIEWS) $(`#${name}`).hidden = name !== view;
+  $("#nav").hidden = view === "sign-in";
+  clearProblem();
+  ({ profile: loadProfile, contacts: loadContacts, sessions: loadSessions, talk: loadConversations })[view]?.()
+    .catch(complain);
+}
+
+function element(tag, text, attributes = {}) {
+  const node = document.createElement(tag);
+  if (text !== undefined) node.textContent = text;
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
+  return node;
+}
+
+function button(text, onClick, attributes = {}) {
+  const node = element("button", text, { type: "button", ...attributes });
+  node.addEventListener("click", () => onClick().catch(complain));
+  return node;
+}
+
+function nameOf(user) {
+  const name = [user.first_name, user.last_name].filter(Boolean).join(" ");
+  return name || (user.username ? `@${user.username}` : user.phone_number || "Someone");
+}
+
+const pictures = new Map();
+/** A picture the API serves, as an object URL (the API needs the token; `<img>` cannot send it). */
+async function pictureUrl(name) {
+  if (!pictures.has(name)) {
+    pictures.set(name, api(`/pictures/picture/${name}?size=thumb`, { raw: true })
+      .then(async (answer) => URL.createObjectURL(await answer.blob())));
+  }
+  return pictures.get(name);
+}
+
+async function upload(file) {
+  const form = new FormData();
+  form.append("file", file);
+  const stored = await api("/pictures/upload", { method: "POST", form });
+  return stored.name;
+}
+
+function ago(seconds) {
+  const minutes = Math.round((Date.now() / 1000 - seconds) / 60);
+  if (minutes < 1) return "just now";
+  if (minutes < 60) return `${minutes} min ago`;
+  const hours = Math.round(minutes / 60);
+  return hours < 24 ? `${hours} h ago` : `${Math.round(hours / 24)} d ago`;
+}
+
+// ---- sign in ------------------------------------------------------------------------------
+
+let nonce = null;
+
+function byEmail() {
+  return document.querySelector('input[name="by"]:checked').value === "email";
+}
+
+for (const radio of document.querySelectorAll('input[name="by"]')) {
+  radio.addEventListener("change", () => {
+    $("#phone-field").hidden = byEmail();
+    $("#email-field").hidden = !byEmail();
+  });
+}
+
+$("#ask-code").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  clearProblem();
+  const [path, body] = byEmail()
+    ? ["/login/init/email", { email: $("#email").value.trim() }]
+    : ["/login/init", { phone_number: $("#phone").value.trim() }];
+  try {
+    const answer = await fetch(path, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      body: JSON.stringify(body),
+    });
+    if (!answer.ok) throw await problemOf(answer);
+    nonce = (await answer.json()).nonce;
+    $("#enter-code").hidden = false;
+    $("#code").focus();
+    say("A code is on its way.");
+  } catch (err) {
+    complain(err);
+  }
+});
+
+$("#enter-code").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  clearProblem();
+  try {
+    const answer = await fetch("/login/verify", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      body: JSON.stringify({ code: $("#code").value.trim(), nonce, clientid: clientId() }),
+    });
+    if (!answer.ok) throw await problemOf(answer);
+    const pair = await answer.json();
+    keep(pair);
+    $("#code").value = "";
+    $("#enter-code").hidden = true;
+    signedIn(pair.new_user ? "profile" : "talk");
+  } catch (err) {
+    complain(err);
+  }
+});
+
+let pinger = null;
+let events = null;
+
+function signedIn(view) {
+  say("");
+  show(view);
+  const ping = () => api("/heartbeat/ping", { method: "POST", body: { status: "0" } }).catch(() => {});
+  ping();
+  pinger = setInterval(ping, PING_EVERY_MS);
+  events = stream("/core/user/subscribe/conversation", (event) => {
+    if (!$("#talk").hidden) loadConversations().catch(complain);
+    if (event.type === "delete" && current && JSON.parse(event.data).id === current.id) closeConversation();
+  });
+}
+
+function signedOut() {
+  clearInterval(pinger);
+  events?.close();
+  for (const watch of presence.values()) watch.close();
+  presence.clear();
+  leaveRoom();
+  closeConversation();
+  forget();
+  show("sign-in");
+}
+
+$("#sign-out").addEventListener("click", async () => {
+  await api("/login/logout", { method: "POST" }).catch(() => {});
+  signedOut();
+  say("Signed out.");
+});
+
+for (const item of document.querySelectorAll("#nav [data-view]")) {
+  item.addEventListener("click", () => show(item.dataset.view));
+}
+
+// ---- profile, sessions ----------------------------------------------------------------------
+
+async function loadProfile() {
+  const me = await api(`/core/user/id/${session.user}`);
+  const form = $("#profile-form");
+  for (const field of ["first_name", "last_name", "username", "bio"]) {
+    form.elements[field].value = me[field] ?? "";
+  }
+  const picture = $("#profile-picture");
+  picture.hidden = !me.profile_pic;
+  if (me.profile_pic) picture.src = await pictureUrl(me.profile_pic);
+}
+
+$("#profile-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  clearProblem();
+  const form = event.target;
+  const changes = {};
+  for (const field of ["first_name", "last_name", "bio"]) changes[field] = form.elements[field].value.trim();
+  changes.username = form.elements.username.value.trim() || null;
+  try {
+    const file = $("#profile-file").files[0];
+    if (file) changes.profile_pic = await upload(file);
+    await api("/core/user", { method: "PATCH", body: changes });
+    $("#profile-file").value = "";
+    await loadProfile();
+    say("Profile saved.");
+  } catch (err) {
+    complain(err);
+  }
+});
+
+async function loadSessions() {
+  const list = $("#session-list");
+  list.replaceChildren();
+  for (const device of await api("/login/sessions")) {
+    const item = element("li");
+    item.append(element("span", device.client_id));
+    item.append(element("span", `last used ${ago(device.last_used_at / 1000)}`, { class: "muted" }));
+    if (device.current) {
+      item.append(element("span", "(this browser)", { class: "muted" }));
+    } else {
+      item.append(button("Revoke", async () => {
+        await api(`/login/sessions/${device.sid}`, { method: "DELETE" });
+        await loadSessions();
+      }, { "aria-label": `Revoke ${device.client_id}` }));
+    }
+    list.append(item);
+  }
+}
+
+// ---- contacts and presence --------------------------------------------------------------------
+
+const presence = new Map();
+
+function watchPresence(user, dot, label) {
+  presence.get(user)?.close();
+  presence.set(user, stream(`/heartbeat/subscribe/${user}`, (seen) => {
+    const online = Date.now() / 1000 - seen.time < 60 && seen.status !== "3";
+    dot.classList.toggle("online", online);
+    dot.setAttribute("aria-label", online ? "online" : "offline");
+    label.textContent = online ? "online" : `last seen ${ago(seen.time)}`;
+  }));
+}
+
+async function contacts() {
+  return api("/core/user/contact?limit=1000");
+}
+
+async function loadContacts() {
+  const list = $("#contact-list");
+  list.replaceChildren();
+  for (const user of await contacts()) {
+    const item = element("li");
+    const dot = element("span", undefined, { class: "dot", role: "img", "aria-label": "offline" });
+    const seen = element("span", "never seen", { class: "muted" });
+    if (user.profile_pic) {
+      const picture = element("img", undefined, { class: "avatar", alt: "" });
+      pictureUrl(user.profile_pic).then((url) => { picture.src = url; }).catch(() => {});
+      item.append(picture);
+    }
+    item.append(dot, element("span", nameOf(user)), seen);
+    watchPresence(user.id, dot, seen);
+    list.append(item);
+  }
+}
+
+$("#add-contact").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  clearProblem();
+  try {
+    await api("/core/user/contact", {
+      method: "POST",
+      body: { phone_number: event.target.elements.phone_number.value.trim() },
+    });
+    event.target.reset();
+    await loadContacts();
+  } catch (err) {
+    complain(err);
+  }
+});
+
+// ---- conversations ----------------------------------------------------------------------------
+
+let current = null;
+let biteEvents = null;
+
+async function loadConversations() {
+  const all = await api("/core/user/conversation?limit=1000");
+  all.sort((a, b) => Number(b.pinned) - Number(a.pinned) || (a.title || "").localeCompare(b.title || ""));
+  const list = $("#conversation-list");
+  list.replaceChildren();
+  for (const conversation of all) {
+    const item = element("li", undefined, conversation.id === current?.id ? { class: "selected" } : {});
+    item.append(button(conversation.title || "Untitled", () => openConversation(conversation)));
+    item.append(button(conversation.pinned ? "Unpin" : "Pin", async () => {
+      await api(`/core/user/conversation/${conversation.id}/pin`, { method: conversation.pinned ? "DELETE" : "POST" });
+      await loadConversations();
+    }, { "aria-label": `${conversation.pinned ? "Unpin" : "Pin"} ${conversation.title || "Untitled"}` }));
+    list.append(item);
+  }
+}
+
+$("#new-conversation").addEventListener("click", () => {
+  $("#create-conversation").hidden = false;
+  $("#title").focus();
+});
+
+$("#create-conversation").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  clearProblem();
+  try {
+    const title = $("#title").value.trim();
+    const created = await api("/core/user/conversation", { method: "POST", body: title ? { title } : {} });
+    event.target.reset();
+    event.target.hidden = true;
+    await loadConversations();
+    await openConversation(created);
+  } catch (err) {
+    complain(err);
+  }
+});
+
+async function openConversation(conversation) {
+  if (current?.id !== conversation.id) leaveRoom();
+  current = conversation;
+  $("#conversation").hidden = false;
+  $("#conversation-title").textContent = conversation.title || "Untitled";
+  $("#search-results").replaceChildren();
+  $("#transcript").textContent = "";
+  await Promise.all([loadMembers(), loadBites(), loadConversations()]);
+  biteEvents?.close();
+  biteEvents = stream(`/store/bite/${conversation.id}/subscribe`, (bite) => addBite(bite, true), "bite");
+}
+
+function closeConversation() {
+  biteEvents?.close();
+  biteEvents = null;
+  current = null;
+  $("#conversation").hidden = true;
+}
+
+async function loadMembers() {
+  const members = await api(`/core/user/conversation/${current.id}/member?limit=1000`);
+  const list = $("#member-list");
+  list.replaceChildren(element("li", "You"));
+  const inside = new Set(members.map((user) => user.id));
+  for (const user of members) {
+    const item = element("li", nameOf(user));
+    item.append(button("Remove", async () => {
+      await api(`/core/user/conversation/${current.id}/member/${user.id}`, { method: "DELETE" });
+      await loadMembers();
+    }, { "aria-label": `Remove ${nameOf(user)}` }));
+    list.append(item);
+  }
+  const choice = $("#member-choice");
+  choice.replaceChildren();
+  for (const user of await contacts()) {
+    if (!inside.has(user.id)) choice.append(element("option", nameOf(user), { value: user.id }));
+  }
+}
+
+$("#rename-conversation").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  clearProblem();
+  try {
+    const title = event.target.elements.title.value.trim();
+    current = await api(`/core/user/conversation/${current.id}`, { method: "PATCH", body: { title } });
+    $("#conversation-title").textContent = current.title || "Untitled";
+    event.target.reset();
+    await loadConversations();
+  } catch (err) {
+    complain(err);
+  }
+});
+
+$("#conversation-file").addEventListener("change", async (event) => {
+  clearProblem();
+  try {
+    const picture = await upload(event.target.files[0]);
+    current = await api(`/core/user/conversation/${current.id}`, { method: "PATCH", body: { picture } });
+    event.target.value = "";
+    say("Conversation picture set.");
+  } catch (err) {
+    complain(err);
+  }
+});
+
+$("#add-member").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  clearProblem();
+  try {
+    const id = $("#member-choice").value;
+    if (!id) throw new Problem(undefined, "Add them as a contact first.");
+    await api(`/core/user/conversation/${current.id}/member`, { method: "POST", body: { id } });
+    await loadMembers();
+  } catch (err) {
+    complain(err);
+  }
+});
+
+$("#leave").addEventListener("click", async () => {
+  try {
+    await api(`/core/user/conversation/${current.id}/member/${session.user}`, { method: "DELETE" });
+    leaveRoom();
+    closeConversation();
+    await loadConversations();
+  } catch (err) {
+    complain(err);
+  }
+});
+
+// ---- bites, transcripts, search -------------------------------------------------------------
+
+async function loadBites() {
+  $("#bite-list").replaceChildren();
+  const bites = await api(`/store/bite/${current.id}?limit=200`);
+  for (const bite of bites) addBite(bite, false);
+}
+
+function addBite(bite, fresh) {
+  const when = new Date(bite.start).toLocaleTimeString();
+  const item = element("li");
+  item.append(element("span", `${when} · ${(bite.duration / 1000).toFixed(1)} s`));
+  item.append(element("span", bite.user === session.user ? "you" : bite.user.slice(0, 10), { class: "muted" }));
+  item.append(button("Play", () => play(bite, 0), { "aria-label": `Play bite of ${when}` }));
+  $("#bite-list").prepend(item);
+  if (fresh) say(`New bite at ${when}.`);
+}
+
+async function play(bite, fromMs) {
+  const who = `user=${encodeURIComponent(bite.user)}&client=${encodeURIComponent(bite.client)}`;
+  const answer = await api(`/store/bite/${current.id}/start/${bite.start}?${who}`, { raw: true });
+  const player = $("#player");
+  if (player.src) URL.revokeObjectURL(player.src);
+  player.src = URL.createObjectURL(await answer.blob());
+  player.hidden = false;
+  player.currentTime = fromMs / 1000;
+  await player.play().catch(() => {});
+  $("#transcript").textContent = "";
+  try {
+    const transcript = await api(`/store/transcription/${current.id}/start/${bite.start}?${who}`);
+    $("#transcript").textContent = transcript.text;
+  } catch (err) {
+    $("#transcript").textContent = err.message;
+  }
+}
+
+/** The server's snippet (escaped, with `<mark>`) as nodes, without parsing it as HTML. */
+function snippet(text) {
+  const node = element("span");
+  const unescape = (part) => part.replace(/&lt;/g, "<").replace(/&gt;/g, ">").replace(/&quot;/g, '"')
+    .replace(/&#39;/g, "'").replace(/&amp;/g, "&");
+  text.split(/(<mark>.*?<\/mark>)/).forEach((part) => {
+    const marked = part.match(/^<mark>(.*)<\/mark>$/);
+    node.append(marked ? element("mark", unescape(marked[1])) : document.createTextNode(unescape(part)));
+  });
+  return node;
+}
+
+$("#search-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  clearProblem();
+  const results = $("#search-results");
+  results.replaceChildren();
+  try {
+    const q = $("#search").value.trim();
+    const found = await api(`/store/transcription/${current.id}/search?q=${encodeURIComponent(q)}`);
+    if (found.length === 0) results.append(element("li", "Nothing found."));
+    for (const hit of found) {
+      const item = element("li");
+      item.append(snippet(hit.snippet));
+      item.append(button("Play from here", () => play(hit, hit.offset_ms)));
+      results.append(item);
+    }
+  } catch (err) {
+    complain(err);
+  }
+});
+
+// ---- the voice room -------------------------------------------------------------------------
+
+let room = null;
+
+async function joinRoom() {
+  clearProblem();
+  const config = await api("/webrtc/config");
+  const microphone = await navigator.mediaDevices.getUserMedia({ audio: true });
+  const mic = microphone.getAudioTracks()[0];
+  mic.enabled = false;
+  const pc = new RTCPeerConnection({ iceServers: config.iceServers || [] });
+  pc.addTrack(mic, microphone);
+  const socket = new WebSocket(`${location.origin.replace(/^http/, "ws")}/webrtc/connect?token=${encodeURIComponent(await token())}`);
+  const speakers = new Map();
+  room = { pc, socket, mic, microphone, speakers, meter: null };
+  pc.ontrack = (event) => {
+    const audio = new Audio();
+    audio.srcObject = event.streams[0] || new MediaStream([event.track]);
+    audio.play().catch(() => {});
+    const [user] = event.track.id.split(":");
+    speakers.set(event.track.id, { user, audio });
+    showSpeakers();
+  };
+  socket.onmessage = async ({ data }) => {
+    const split = data.indexOf("::");
+    const [tag, payload] = [data.slice(0, split), data.slice(split + 2)];
+    try {
+      if (tag === "answer") await pc.setRemoteDescription({ type: "answer", sdp: payload });
+      if (tag === "offer") {
+        await pc.setRemoteDescription({ type: "offer", sdp: payload });
+        await pc.setLocalDescription(await pc.createAnswer());
+        socket.send(`answer::${pc.localDescription.sdp}`);
+      }
+      if (tag === "ice" && pc.remoteDescription) await pc.addIceCandidate(JSON.parse(payload)).catch(() => {});
+      if (tag === "error") complain(new Problem(JSON.parse(payload).code, JSON.parse(payload).message));
+    } catch (err) {
+      complain(err);
+    }
+  };
+  socket.onclose = () => {
+    if (room?.socket === socket) leaveRoom();
+  };
+  await new Promise((resolve, reject) => {
+    socket.onopen = resolve;
+    socket.onerror = () => reject(new Problem("service_unavailable"));
+  });
+  await api(`/webrtc/join/${current.id}`, { method: "POST" });
+  await pc.setLocalDescription(await pc.createOffer());
+  socket.send(`offer::${pc.localDescription.sdp}`);
+  room.meter = setInterval(showLevels, 300);
+  for (const control of ["#talk-button", "#open-mic", "#leave-room"]) $(control).disabled = false;
+  $("#join").disabled = true;
+  say("In the voice room. Hold Talk (or the space bar) to speak.");
+}
+
+function leaveRoom() {
+  if (!room) return;
+  clearInterval(room.meter);
+  room.socket.close();
+  room.pc.close();
+  for (const track of room.microphone.getTracks()) track.stop();
+  for (const { audio } of room.speakers.values()) audio.srcObject = null;
+  room = null;
+  for (const control of ["#talk-button", "#open-mic", "#leave-room"]) $(control).disabled = true;
+  $("#open-mic").checked = false;
+  $("#join").disabled = false;
+  $("#speakers").replaceChildren();
+}
+
+function showSpeakers() {
+  const list = $("#speakers");
+  list.replaceChildren();
+  for (const [id, { user }] of room.speakers) {
+    list.append(element("li", user === session.user ? "you (another device)" : user.slice(0, 10), { "data-track": id }));
+  }
+}
+
+async function showLevels() {
+  if (!room) return;
+  (await room.pc.getStats()).forEach((report) => {
+    if (report.type !== "inbound-rtp" || report.kind !== "audio") return;
+    const item = document.querySelector(`[data-track="${CSS.escape(report.trackIdentifier || "")}"]`);
+    item?.classList.toggle("speaking", (report.audioLevel || 0) > 0.02);
+  });
+}
+
+function talking(on) {
+  if (!room || $("#open-mic").checked) return;
+  room.mic.enabled = on;
+  $("#talk-button").setAttribute("aria-pressed", String(on));
+}
+
+$("#join").addEventListener("click", () => joinRoom().catch((err) => { leaveRoom(); complain(err); }));
+$("#leave-room").addEventListener("click", leaveRoom);
+$("#open-mic").addEventListener("change", (event) => {
+  if (!room) return;
+  room.mic.enabled = event.target.checked;
+  $("#talk-button").setAttribute("aria-pressed", String(event.target.checked));
+});
+const talkButton = $("#talk-button");
+talkButton.addEventListener("pointerdown", () => talking(true));
+for (const end of ["pointerup", "pointerleave", "pointercancel"]) talkButton.addEventListener(end, () => talking(false));
+talkButton.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.repeat) talking(true);
+});
+talkButton.addEventListener("keyup", (event) => {
+  if (event.key === "Enter") talking(false);
+});
+// The space bar talks anywhere but in a text field.
+const typing = (target) => target.closest("input, textarea, select");
+document.addEventListener("keydown", (event) => {
+  if (event.code === "Space" && !event.repeat && room && !typing(event.target)) {
+    event.preventDefault();
+    talking(true);
+  }
+});
+document.addEventListener("keyup", (event) => {
+  if (event.code === "Space" && room && !typing(event.target)) talking(false);
+});
+
+// ---- start ------------------------------------------------------------------------------------
+
+if (session) {
+  signedIn("talk");
+} else {
+  show("sign-in");
+}

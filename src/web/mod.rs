@@ -1,0 +1,127 @@
+//! Beep web: the browser client, served at `/` from files embedded in the binary (nothing is
+//! fetched at run time, no build step: plain HTML, CSS and one ES module). Compiled out with
+//! the `web` feature for API-only deployments.
+
+use std::sync::LazyLock;
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, get, web};
+use sha2::{Digest as _, Sha256};
+
+use crate::platform::http::conditional::not_modified;
+use crate::platform::http::error::{ErrorBody, error_response};
+use crate::platform::ids::hex;
+use crate::platform::service::Routes;
+
+/// Only this origin's own files, no inline script or style, no framing; `blob:` for recorded
+/// audio and picked pictures, `data:` for nothing but images.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+     style-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; connect-src 'self'; \
+     base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// One embedded file, with its validator.
+struct Asset {
+    content_type: &'static str,
+    bytes: &'static [u8],
+    etag: String,
+}
+
+impl Asset {
+    fn new(content_type: &'static str, bytes: &'static [u8]) -> Self {
+        let digest = Sha256::digest(bytes);
+        let etag = format!("\"{}\"", hex(&digest[..16]));
+        Self {
+            content_type,
+            bytes,
+            etag,
+        }
+    }
+
+    /// The file, or 304 when the client's copy is this one. Revalidated on every use (no
+    /// `max-age`), so a new binary's files are picked up at once.
+    fn serve(&self, req: &HttpRequest) -> HttpResponse {
+        let unchanged = not_modified(req, &self.etag);
+        let mut response = if unchanged {
+            HttpResponse::NotModified()
+        } else {
+            HttpResponse::Ok()
+        };
+        response
+            .insert_header((header::ETAG, self.etag.as_str()))
+            .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-cache")))
+            .insert_header((
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+            ));
+        if unchanged {
+            return response.finish();
+        }
+        response
+            .content_type(HeaderValue::from_static(self.content_type))
+            .body(self.bytes)
+    }
+}
+
+static INDEX: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::new(
+        "text/html; charset=utf-8",
+        include_bytes!("assets/index.html"),
+    )
+});
+static SCRIPT: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::new(
+        "text/javascript; charset=utf-8",
+        include_bytes!("assets/app.js"),
+    )
+});
+static STYLE: LazyLock<Asset> =
+    LazyLock::new(|| Asset::new("text/css; charset=utf-8", include_bytes!("assets/app.css")));
+
+pub fn routes(cfg: &mut Routes<'_>) {
+    cfg.service(index).service(file);
+}
+
+/// The web client's page.
+#[utoipa::path(
+    tag = "web",
+    security(),
+    params(("If-None-Match" = Option<String>, Header, description = "An `ETag` seen before")),
+    responses(
+        (status = 200, description = "The page", content_type = "text/html"),
+        (status = 304, description = "Unchanged since the `ETag` sent"),
+    ),
+)]
+#[get("/")]
+async fn index(req: HttpRequest) -> HttpResponse {
+    INDEX.serve(&req)
+}
+
+/// The web client's script (`app.js`) and style sheet (`app.css`).
+#[utoipa::path(
+    tag = "web",
+    security(),
+    params(
+        ("file" = String, Path, description = "`app.js` or `app.css`"),
+        ("If-None-Match" = Option<String>, Header, description = "An `ETag` seen before"),
+    ),
+    responses(
+        (status = 200, description = "The file", content(
+            (String = "text/javascript"),
+            (String = "text/css"),
+        )),
+        (status = 304, description = "Unchanged since the `ETag` sent"),
+        (status = 404, description = "No such file: `not_found`", body = ErrorBody),
+    ),
+)]
+#[get("/web/{file}")]
+async fn file(req: HttpRequest, file: web::Path<String>) -> HttpResponse {
+    match file.as_str() {
+        "app.js" => SCRIPT.serve(&req),
+        "app.css" => STYLE.serve(&req),
+        _ => error_response(
+            actix_web::http::StatusCode::NOT_FOUND,
+            "not_found",
+            "no such file",
+        ),
+    }
+}
