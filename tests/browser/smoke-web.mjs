@@ -42,6 +42,7 @@ await page.getByRole("textbox", { name: "Title" }).fill("Tea");
 await page.getByRole("button", { name: "Create" }).click();
 await page.getByRole("heading", { name: "Tea" }).waitFor();
 await page.reload();
+await page.getByRole("button", { name: "Conversations" }).click();
 await page.getByRole("button", { name: "Tea", exact: true }).waitFor();
 await page.screenshot({ path: `${out}/3-conversation.png`, fullPage: true });
 const overflow = await page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth);

@@ -68,8 +68,8 @@ function keep(pair) {
     access: pair.access_token,
     refresh: pair.refresh_token,
     user: pair.user_id,
-    // Refreshed a minute early.
-    until: Date.now() + (pair.expires_in - 60) * 1000,
+    // Refreshed early: background tabs run timers about once a minute.
+    until: Date.now() + (pair.expires_in - 180) * 1000,
   };
   localStorage.setItem(STORE, JSON.stringify(session));
 }
@@ -82,27 +82,51 @@ function forget() {
 function clientId() {
   let id = localStorage.getItem("beep.client");
   if (!id) {
-    id = `web-${crypto.randomUUID()}`;
+    // Not crypto.randomUUID: it exists only on secure pages, and Beep may be tried over plain HTTP.
+    const bytes = crypto.getRandomValues(new Uint8Array(16));
+    id = `web-${Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("")}`;
     localStorage.setItem("beep.client", id);
   }
   return id;
 }
 
+/** Another tab of this browser signed in, out, or refreshed: use what it stored. */
+function adoptStored() {
+  session = JSON.parse(localStorage.getItem(STORE) || "null");
+}
+
+window.addEventListener("storage", (event) => {
+  if (event.key !== STORE) return;
+  const wasSignedIn = Boolean(session);
+  adoptStored();
+  if (wasSignedIn && !session) signedOut();
+});
+
+/** A new token pair. A refresh token works once, and presenting a used one ends the session,
+ * so tabs take turns (a lock) and a tab first looks whether another has just refreshed. */
 async function refresh() {
-  refreshing ||= (async () => {
+  const stale = session?.refresh;
+  const exchange = async () => {
+    adoptStored();
+    if (!session) throw new Problem("session_ended");
+    if (session.refresh !== stale && Date.now() < session.until) return;
     const answer = await fetch("/login/refresh", {
       method: "POST",
       headers: { "Content-Type": "application/json", Accept: "application/json" },
       body: JSON.stringify({ refresh_token: session.refresh }),
     });
-    if (!answer.ok) {
-      forget();
+    if (answer.status === 401 || answer.status === 403) {
+      signedOut();
       throw await problemOf(answer);
     }
+    // Busy or rate limited: the refresh token is still good, try again later.
+    if (!answer.ok) throw await problemOf(answer);
     keep(await answer.json());
-  })().finally(() => {
-    refreshing = null;
-  });
+  };
+  refreshing ||= (navigator.locks ? navigator.locks.request("beep.refresh", exchange) : exchange())
+    .finally(() => {
+      refreshing = null;
+    });
   return refreshing;
 }
 
@@ -146,27 +170,43 @@ async function api(path, { method = "GET", body, form, raw } = {}) {
   }
 }
 
-/** A server-sent event stream that reconnects with a fresh token. */
-function stream(path, onData, event = "message") {
+/** A server-sent event stream (`handlers`: event name to function of its JSON) that
+ * reconnects with a fresh token, backing off, and gives up when the server refuses it. */
+function stream(path, handlers) {
   let source = null;
   let closed = false;
+  let wait = 1000;
   const open = async () => {
     if (closed || !session) return;
+    const key = await token();
+    if (closed) return;
     const separator = path.includes("?") ? "&" : "?";
-    source = new EventSource(`${path}${separator}token=${encodeURIComponent(await token())}`);
-    source.addEventListener(event, (message) => {
-      try {
-        onData(JSON.parse(message.data));
-      } catch (err) {
-        console.info("beep: unreadable event", err);
-      }
-    });
+    source = new EventSource(`${path}${separator}token=${encodeURIComponent(key)}`);
+    source.onopen = () => {
+      wait = 1000;
+    };
+    for (const [name, handle] of Object.entries(handlers)) {
+      source.addEventListener(name, (message) => {
+        try {
+          handle(JSON.parse(message.data));
+        } catch (err) {
+          console.info("beep: unreadable event", err);
+        }
+      });
+    }
     source.onerror = () => {
       source.close();
-      setTimeout(open, 3000);
+      if (closed) return;
+      // An EventSource does not say why it failed: a cheap call does (a refused token
+      // refreshes or signs out). Then again, later each time.
+      setTimeout(async () => {
+        await api("/login/sessions").catch(() => {});
+        wait = Math.min(wait * 2, 30_000);
+        open().catch(() => {});
+      }, wait);
     };
   };
-  open().catch(complain);
+  open().catch(() => {});
   return { close: () => { closed = true; source?.close(); } };
 }
 
@@ -176,6 +216,12 @@ const VIEWS = ["sign-in", "profile", "contacts", "sessions", "talk"];
 
 function show(view) {
   for (const name of VIEWS) $(`#${name}`).hidden = name !== view;
+  // Each stream holds one of the browser's six HTTP/1.1 connections to the server: only the
+  // shown view's are open.
+  if (view !== "contacts") closePresence();
+  // The voice room stays up meanwhile; the bites stream reopens with the view.
+  if (view !== "talk") biteEvents?.close();
+  if (view === "talk" && current) openConversation(current).catch(complain);
   $("#nav").hidden = view === "sign-in";
   clearProblem();
   ({ profile: loadProfile, contacts: loadContacts, sessions: loadSessions, talk: loadConversations })[view]?.()
@@ -291,20 +337,31 @@ function signedIn(view) {
   const ping = () => api("/heartbeat/ping", { method: "POST", body: { status: "0" } }).catch(() => {});
   ping();
   pinger = setInterval(ping, PING_EVERY_MS);
-  events = stream("/core/user/subscribe/conversation", (event) => {
-    if (!$("#talk").hidden) loadConversations().catch(complain);
-    if (event.type === "delete" && current && JSON.parse(event.data).id === current.id) closeConversation();
+  events = stream("/core/user/subscribe/conversation", {
+    message: (event) => {
+      const changed = JSON.parse(event.data);
+      if (current && changed.id === current.id) {
+        if (event.type === "delete") {
+          leaveRoom();
+          closeConversation();
+        } else if (event.type === "update") {
+          current = { ...current, ...changed };
+          $("#conversation-title").textContent = current.title || "Untitled";
+        }
+      }
+      if (!$("#talk").hidden) loadConversations().catch(complain);
+    },
   });
 }
 
 function signedOut() {
   clearInterval(pinger);
   events?.close();
-  for (const watch of presence.values()) watch.close();
-  presence.clear();
   leaveRoom();
   closeConversation();
   forget();
+  for (const url of pictures.values()) url.then((href) => URL.revokeObjectURL(href)).catch(() => {});
+  pictures.clear();
   show("sign-in");
 }
 
@@ -371,16 +428,44 @@ async function loadSessions() {
 
 // ---- contacts and presence --------------------------------------------------------------------
 
+/** Presence streams of the contacts shown, and the timer that ages what they said. */
 const presence = new Map();
+let presenceClock = null;
+/** A contact counts as online this long after their last ping (they ping every 20 s). */
+const ONLINE_FOR_S = 60;
+/** Streams open at once: the browser has six connections to the server, and the rest of the
+ * page needs some. Contacts past these show no presence. */
+const MAX_PRESENCE = 3;
+
+function closePresence() {
+  for (const watch of presence.values()) watch.stream.close();
+  presence.clear();
+  clearInterval(presenceClock);
+  presenceClock = null;
+}
+
+function showPresence({ dot, label, seen }) {
+  const online = seen !== null && Date.now() / 1000 - seen.time < ONLINE_FOR_S;
+  dot.classList.toggle("online", online);
+  dot.setAttribute("aria-label", online ? "online" : "offline");
+  label.textContent = online ? "online" : seen ? `last seen ${ago(seen.time)}` : "not seen yet";
+}
 
 function watchPresence(user, dot, label) {
-  presence.get(user)?.close();
-  presence.set(user, stream(`/heartbeat/subscribe/${user}`, (seen) => {
-    const online = Date.now() / 1000 - seen.time < 60 && seen.status !== "3";
-    dot.classList.toggle("online", online);
-    dot.setAttribute("aria-label", online ? "online" : "offline");
-    label.textContent = online ? "online" : `last seen ${ago(seen.time)}`;
-  }));
+  if (presence.size >= MAX_PRESENCE) {
+    label.textContent = "";
+    return;
+  }
+  const watch = { dot, label, seen: null };
+  watch.stream = stream(`/heartbeat/subscribe/${user}`, {
+    message: (seen) => {
+      watch.seen = seen;
+      showPresence(watch);
+    },
+  });
+  presence.set(user, watch);
+  // Silence is news too: a contact who stopped pinging goes offline.
+  presenceClock ||= setInterval(() => presence.forEach(showPresence), 30_000);
 }
 
 async function contacts() {
@@ -388,12 +473,13 @@ async function contacts() {
 }
 
 async function loadContacts() {
+  closePresence();
   const list = $("#contact-list");
   list.replaceChildren();
   for (const user of await contacts()) {
     const item = element("li");
     const dot = element("span", undefined, { class: "dot", role: "img", "aria-label": "offline" });
-    const seen = element("span", "never seen", { class: "muted" });
+    const seen = element("span", "not seen yet", { class: "muted" });
     if (user.profile_pic) {
       const picture = element("img", undefined, { class: "avatar", alt: "" });
       pictureUrl(user.profile_pic).then((url) => { picture.src = url; }).catch(() => {});
@@ -463,14 +549,23 @@ $("#create-conversation").addEventListener("submit", async (event) => {
 
 async function openConversation(conversation) {
   if (current?.id !== conversation.id) leaveRoom();
+  biteEvents?.close();
   current = conversation;
   $("#conversation").hidden = false;
   $("#conversation-title").textContent = conversation.title || "Untitled";
   $("#search-results").replaceChildren();
   $("#transcript").textContent = "";
-  await Promise.all([loadMembers(), loadBites(), loadConversations()]);
-  biteEvents?.close();
-  biteEvents = stream(`/store/bite/${conversation.id}/subscribe`, (bite) => addBite(bite, true), "bite");
+  $("#bite-list").replaceChildren();
+  // Streamed first, so a bite stored while the list loads is not missed (one shown twice is
+  // recognised by its key).
+  biteEvents = stream(`/store/bite/${conversation.id}/subscribe`, {
+    bite: (bite) => addBite(bite, true),
+    transcript: (said) => {
+      const bite = bites.get(biteKey(said));
+      if (bite) bite.transcript = said.transcript ?? said.text;
+    },
+  });
+  await Promise.all([loadMembers(conversation.id), loadBites(conversation.id), loadConversations()]);
 }
 
 function closeConversation() {
@@ -480,8 +575,14 @@ function closeConversation() {
   $("#conversation").hidden = true;
 }
 
-async function loadMembers() {
-  const members = await api(`/core/user/conversation/${current.id}/member?limit=1000`);
+/** Names of the open conversation's members, by user id. */
+const names = new Map();
+
+async function loadMembers(conversation = current.id) {
+  const members = await api(`/core/user/conversation/${conversation}/member?limit=1000`);
+  if (current?.id !== conversation) return;
+  names.clear();
+  for (const user of members) names.set(user.id, nameOf(user));
   const list = $("#member-list");
   list.replaceChildren(element("li", "You"));
   const inside = new Set(members.map((user) => user.id));
@@ -552,17 +653,34 @@ $("#leave").addEventListener("click", async () => {
 
 // ---- bites, transcripts, search -------------------------------------------------------------
 
-async function loadBites() {
-  $("#bite-list").replaceChildren();
-  const bites = await api(`/store/bite/${current.id}?limit=200`);
-  for (const bite of bites) addBite(bite, false);
+/** The open conversation's bites shown, by key. */
+const bites = new Map();
+/** The newest bites shown. */
+const SHOWN_BITES = 200;
+const biteKey = (bite) => `${bite.start}/${bite.user}/${bite.client}`;
+
+/** The newest bites: pages follow `Link: rel="next"` (oldest first) from a week back. */
+async function loadBites(conversation = current.id) {
+  bites.clear();
+  let next = `/store/bite/${conversation}?from=${Date.now() - 7 * 24 * 3600 * 1000}&limit=${SHOWN_BITES}`;
+  const found = [];
+  for (let page = 0; next && page < 50; page += 1) {
+    const answer = await api(next, { raw: true });
+    found.push(...(await answer.json()));
+    next = answer.headers.get("Link")?.match(/<([^>]+)>;\s*rel="next"/)?.[1];
+  }
+  if (current?.id !== conversation) return;
+  for (const bite of found.slice(-SHOWN_BITES)) addBite(bite, false);
 }
 
 function addBite(bite, fresh) {
+  if (bites.has(biteKey(bite)) || bite.conversation !== current?.id) return;
+  bites.set(biteKey(bite), bite);
   const when = new Date(bite.start).toLocaleTimeString();
   const item = element("li");
   item.append(element("span", `${when} · ${(bite.duration / 1000).toFixed(1)} s`));
-  item.append(element("span", bite.user === session.user ? "you" : bite.user.slice(0, 10), { class: "muted" }));
+  const speaker = bite.user === session.user ? "you" : names.get(bite.user) || "someone who left";
+  item.append(element("span", speaker, { class: "muted" }));
   item.append(button("Play", () => play(bite, 0), { "aria-label": `Play bite of ${when}` }));
   $("#bite-list").prepend(item);
   if (fresh) say(`New bite at ${when}.`);
@@ -577,13 +695,9 @@ async function play(bite, fromMs) {
   player.hidden = false;
   player.currentTime = fromMs / 1000;
   await player.play().catch(() => {});
-  $("#transcript").textContent = "";
-  try {
-    const transcript = await api(`/store/transcription/${current.id}/start/${bite.start}?${who}`);
-    $("#transcript").textContent = transcript.text;
-  } catch (err) {
-    $("#transcript").textContent = err.message;
-  }
+  // The list carries each transcript once there is one, and the stream fills it in.
+  const known = bites.get(biteKey(bite))?.transcript ?? bite.transcript;
+  $("#transcript").textContent = known || "No transcript yet.";
 }
 
 /** The server's snippet (escaped, with `<mark>`) as nodes, without parsing it as HTML. */
@@ -591,8 +705,8 @@ function snippet(text) {
   const node = element("span");
   const unescape = (part) => part.replace(/&lt;/g, "<").replace(/&gt;/g, ">").replace(/&quot;/g, '"')
     .replace(/&#39;/g, "'").replace(/&amp;/g, "&");
-  text.split(/(<mark>.*?<\/mark>)/).forEach((part) => {
-    const marked = part.match(/^<mark>(.*)<\/mark>$/);
+  text.split(/(<mark>[\s\S]*?<\/mark>)/).forEach((part) => {
+    const marked = part.match(/^<mark>([\s\S]*)<\/mark>$/);
     node.append(marked ? element("mark", unescape(marked[1])) : document.createTextNode(unescape(part)));
   });
   return node;
@@ -610,7 +724,10 @@ $("#search-form").addEventListener("submit", async (event) => {
     for (const hit of found) {
       const item = element("li");
       item.append(snippet(hit.snippet));
-      item.append(button("Play from here", () => play(hit, hit.offset_ms)));
+      const when = new Date(hit.start).toLocaleTimeString();
+      item.append(button("Play from here", () => play({ ...hit, transcript: snippet(hit.snippet).textContent }, hit.offset_ms), {
+        "aria-label": `Play the bite of ${when} from the match`,
+      }));
       results.append(item);
     }
   } catch (err) {
@@ -624,6 +741,9 @@ let room = null;
 
 async function joinRoom() {
   clearProblem();
+  if (!navigator.mediaDevices) {
+    throw new Problem(undefined, "Talking needs the page over HTTPS (or on localhost): the browser keeps the microphone from other pages.");
+  }
   const config = await api("/webrtc/config");
   const microphone = await navigator.mediaDevices.getUserMedia({ audio: true });
   const mic = microphone.getAudioTracks()[0];
@@ -634,11 +754,23 @@ async function joinRoom() {
   const speakers = new Map();
   room = { pc, socket, mic, microphone, speakers, meter: null };
   pc.ontrack = (event) => {
+    // One element per track: two devices of one user share a stream.
     const audio = new Audio();
-    audio.srcObject = event.streams[0] || new MediaStream([event.track]);
+    audio.srcObject = new MediaStream([event.track]);
     audio.play().catch(() => {});
-    const [user] = event.track.id.split(":");
-    speakers.set(event.track.id, { user, audio });
+    // The stream id is the speaker's user id in every browser (track ids are Chromium's only).
+    const user = event.streams[0]?.id || "";
+    const id = event.track.id;
+    speakers.set(id, { user, audio, mid: event.transceiver?.mid });
+    const gone = () => {
+      audio.srcObject = null;
+      speakers.delete(id);
+      showSpeakers();
+    };
+    event.streams[0]?.addEventListener("removetrack", (removed) => {
+      if (removed.track.id === id) gone();
+    });
+    event.track.addEventListener("ended", gone);
     showSpeakers();
   };
   socket.onmessage = async ({ data }) => {
@@ -652,7 +784,11 @@ async function joinRoom() {
         socket.send(`answer::${pc.localDescription.sdp}`);
       }
       if (tag === "ice" && pc.remoteDescription) await pc.addIceCandidate(JSON.parse(payload)).catch(() => {});
-      if (tag === "error") complain(new Problem(JSON.parse(payload).code, JSON.parse(payload).message));
+      if (tag === "error") {
+        const refused = JSON.parse(payload);
+        if (refused.code === "session_ended") signedOut();
+        complain(new Problem(refused.code, refused.message));
+      }
     } catch (err) {
       complain(err);
     }
@@ -688,19 +824,26 @@ function leaveRoom() {
 }
 
 function showSpeakers() {
+  if (!room) return;
   const list = $("#speakers");
   list.replaceChildren();
   for (const [id, { user }] of room.speakers) {
-    list.append(element("li", user === session.user ? "you (another device)" : user.slice(0, 10), { "data-track": id }));
+    const name = user === session.user ? "you (another device)" : names.get(user) || "someone";
+    list.append(element("li", name, { "data-track": id }));
   }
 }
 
+/** Who is speaking, from each incoming track's audio level. */
 async function showLevels() {
   if (!room) return;
   (await room.pc.getStats()).forEach((report) => {
     if (report.type !== "inbound-rtp" || report.kind !== "audio") return;
     const item = document.querySelector(`[data-track="${CSS.escape(report.trackIdentifier || "")}"]`);
-    item?.classList.toggle("speaking", (report.audioLevel || 0) > 0.02);
+    const speaking = (report.audioLevel || 0) > 0.02;
+    item?.classList.toggle("speaking", speaking);
+    if (item) item.dataset.speaking = String(speaking);
+    const label = item?.querySelector(".muted") || item?.appendChild(element("span", "", { class: "muted" }));
+    if (label) label.textContent = speaking ? "speaking" : "";
   });
 }
 
@@ -710,7 +853,16 @@ function talking(on) {
   $("#talk-button").setAttribute("aria-pressed", String(on));
 }
 
-$("#join").addEventListener("click", () => joinRoom().catch((err) => { leaveRoom(); complain(err); }));
+$("#join").addEventListener("click", () => {
+  // Once: a second click while joining would build a second call.
+  $("#join").disabled = true;
+  joinRoom().catch((err) => {
+    leaveRoom();
+    $("#join").disabled = false;
+    complain(err);
+  });
+});
+$("#talk-button").addEventListener("contextmenu", (event) => event.preventDefault());
 $("#leave-room").addEventListener("click", leaveRoom);
 $("#open-mic").addEventListener("change", (event) => {
   if (!room) return;
