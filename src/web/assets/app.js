@@ -378,8 +378,16 @@ for (const item of document.querySelectorAll("#nav [data-view]")) {
 // ---- profile, sessions ----------------------------------------------------------------------
 
 async function loadProfile() {
-  const me = await api(`/core/user/id/${session.user}`);
   const form = $("#profile-form");
+  // Nothing typed before the stored values arrive is overwritten by them.
+  const fields = [...form.elements];
+  for (const field of fields) field.disabled = true;
+  let me;
+  try {
+    me = await api(`/core/user/id/${session.user}`);
+  } finally {
+    for (const field of fields) field.disabled = false;
+  }
   for (const field of ["first_name", "last_name", "username", "bio"]) {
     form.elements[field].value = me[field] ?? "";
   }
