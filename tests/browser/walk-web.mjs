@@ -1,7 +1,8 @@
 // Two people through Beep web in two Chromium contexts with fake microphones: sign-in with the
 // codes from the server's log, a profile picture, a contact seen online, a conversation, a
-// push-to-talk exchange the other hears, the bite in the timeline, playing. Screenshots of
-// each step; prints {"problems":[…],"steps":{…}} and exits 1 on a failed step.
+// push-to-talk exchange the other hears, the bite in the timeline, playing, and a reload still
+// signed in. Screenshots of each step; prints {"problems":[…],"steps":{…},"interactiveMs",
+// "overflow"} (overflow: the 390 px page scrolls sideways) and exits 1 on a failed step.
 //
 //   BEEP_TEST_CHROMIUM=… node tests/browser/walk-web.mjs <base> <server log> <wav> <picture> <out dir>
 
@@ -20,6 +21,7 @@ const browser = await chromium.launch({
   ],
 });
 const problems = [];
+let interactiveMs = null;
 const steps = {};
 const started = Date.now();
 const step = (name) => { steps[name] = Date.now() - started; };
@@ -42,7 +44,10 @@ async function person(name, phone, mobile) {
   const page = await context.newPage();
   page.on("console", (m) => { if (m.type() === "error" || m.type() === "warning") problems.push(`[${name}] ${m.type()}: ${m.text()}`); });
   page.on("pageerror", (e) => problems.push(`[${name}] page error: ${e.message}`));
+  const opened = Date.now();
   await page.goto(base);
+  await page.getByRole("button", { name: "Send code" }).waitFor();
+  interactiveMs ??= Date.now() - opened;
   await page.getByRole("textbox", { name: "Phone number" }).fill(phone);
   await page.getByRole("button", { name: "Send code" }).click();
   await page.getByRole("textbox", { name: "Code" }).fill(await codeFor(phone));
@@ -115,5 +120,9 @@ await b.locator("#player:not([hidden])").waitFor();
 step("bite played");
 await b.screenshot({ path: `${out}/walk-4-bite.png`, fullPage: true });
 
-console.log(JSON.stringify({ problems, steps, level }));
+await b.reload();
+await b.getByRole("button", { name: "Walk", exact: true }).waitFor();
+step("still signed in after a reload");
+const overflow = await b.evaluate(() => document.documentElement.scrollWidth > window.innerWidth);
+console.log(JSON.stringify({ problems, steps, level, interactiveMs, overflow }));
 await browser.close();

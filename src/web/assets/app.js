@@ -110,11 +110,7 @@ async function refresh() {
     adoptStored();
     if (!session) throw new Problem("session_ended");
     if (session.refresh !== stale && Date.now() < session.until) return;
-    const answer = await fetch("/login/refresh", {
-      method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "application/json" },
-      body: JSON.stringify({ refresh_token: session.refresh }),
-    });
+    const answer = await postAnonymous("/login/refresh", { refresh_token: session.refresh });
     if (answer.status === 401 || answer.status === 403) {
       signedOut();
       throw await problemOf(answer);
@@ -134,6 +130,15 @@ async function token() {
   if (!session) throw new Problem("session_ended");
   if (Date.now() > session.until) await refresh();
   return session.access;
+}
+
+/** A JSON post made before there is a token (sign-in, refresh). */
+function postAnonymous(path, body) {
+  return fetch(path, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Accept: "application/json" },
+    body: JSON.stringify(body),
+  });
 }
 
 async function problemOf(answer) {
@@ -228,6 +233,16 @@ function show(view) {
     .catch(complain);
 }
 
+/** Runs `work` on each `kind` event of `selector` (a form's submit is not sent anywhere);
+ * a failure is told in words. */
+function handle(selector, kind, work) {
+  $(selector).addEventListener(kind, (event) => {
+    if (kind === "submit") event.preventDefault();
+    clearProblem();
+    work(event).catch(complain);
+  });
+}
+
 function element(tag, text, attributes = {}) {
   const node = document.createElement(tag);
   if (text !== undefined) node.textContent = text;
@@ -286,46 +301,30 @@ for (const radio of document.querySelectorAll('input[name="by"]')) {
   });
 }
 
-$("#ask-code").addEventListener("submit", async (event) => {
-  event.preventDefault();
-  clearProblem();
+handle("#ask-code", "submit", async () => {
   const [path, body] = byEmail()
     ? ["/login/init/email", { email: $("#email").value.trim() }]
     : ["/login/init", { phone_number: $("#phone").value.trim() }];
-  try {
-    const answer = await fetch(path, {
-      method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "application/json" },
-      body: JSON.stringify(body),
-    });
-    if (!answer.ok) throw await problemOf(answer);
-    nonce = (await answer.json()).nonce;
-    $("#enter-code").hidden = false;
-    $("#code").focus();
-    say("A code is on its way.");
-  } catch (err) {
-    complain(err);
-  }
+  const answer = await postAnonymous(path, body);
+  if (!answer.ok) throw await problemOf(answer);
+  nonce = (await answer.json()).nonce;
+  $("#enter-code").hidden = false;
+  $("#code").focus();
+  say("A code is on its way.");
 });
 
-$("#enter-code").addEventListener("submit", async (event) => {
-  event.preventDefault();
-  clearProblem();
-  try {
-    const answer = await fetch("/login/verify", {
-      method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "application/json" },
-      body: JSON.stringify({ code: $("#code").value.trim(), nonce, clientid: clientId() }),
-    });
-    if (!answer.ok) throw await problemOf(answer);
-    const pair = await answer.json();
-    keep(pair);
-    $("#code").value = "";
-    $("#enter-code").hidden = true;
-    signedIn(pair.new_user ? "profile" : "talk");
-  } catch (err) {
-    complain(err);
-  }
+handle("#enter-code", "submit", async (event) => {
+  const answer = await postAnonymous("/login/verify", {
+    code: $("#code").value.trim(),
+    nonce,
+    clientid: clientId(),
+  });
+  if (!answer.ok) throw await problemOf(answer);
+  const pair = await answer.json();
+  keep(pair);
+  $("#code").value = "";
+  $("#enter-code").hidden = true;
+  signedIn(pair.new_user ? "profile" : "talk");
 });
 
 let pinger = null;
@@ -396,23 +395,17 @@ async function loadProfile() {
   if (me.profile_pic) picture.src = await pictureUrl(me.profile_pic);
 }
 
-$("#profile-form").addEventListener("submit", async (event) => {
-  event.preventDefault();
-  clearProblem();
+handle("#profile-form", "submit", async (event) => {
   const form = event.target;
   const changes = {};
   for (const field of ["first_name", "last_name", "bio"]) changes[field] = form.elements[field].value.trim();
   changes.username = form.elements.username.value.trim() || null;
-  try {
-    const file = $("#profile-file").files[0];
-    if (file) changes.profile_pic = await upload(file);
-    await api("/core/user", { method: "PATCH", body: changes });
-    $("#profile-file").value = "";
-    await loadProfile();
-    say("Profile saved.");
-  } catch (err) {
-    complain(err);
-  }
+  const file = $("#profile-file").files[0];
+  if (file) changes.profile_pic = await upload(file);
+  await api("/core/user", { method: "PATCH", body: changes });
+  $("#profile-file").value = "";
+  await loadProfile();
+  say("Profile saved.");
 });
 
 async function loadSessions() {
@@ -499,19 +492,13 @@ async function loadContacts() {
   }
 }
 
-$("#add-contact").addEventListener("submit", async (event) => {
-  event.preventDefault();
-  clearProblem();
-  try {
-    await api("/core/user/contact", {
-      method: "POST",
-      body: { phone_number: event.target.elements.phone_number.value.trim() },
-    });
-    event.target.reset();
-    await loadContacts();
-  } catch (err) {
-    complain(err);
-  }
+handle("#add-contact", "submit", async (event) => {
+  await api("/core/user/contact", {
+    method: "POST",
+    body: { phone_number: event.target.elements.phone_number.value.trim() },
+  });
+  event.target.reset();
+  await loadContacts();
 });
 
 // ---- conversations ----------------------------------------------------------------------------
@@ -540,19 +527,13 @@ $("#new-conversation").addEventListener("click", () => {
   $("#title").focus();
 });
 
-$("#create-conversation").addEventListener("submit", async (event) => {
-  event.preventDefault();
-  clearProblem();
-  try {
-    const title = $("#title").value.trim();
-    const created = await api("/core/user/conversation", { method: "POST", body: title ? { title } : {} });
-    event.target.reset();
-    event.target.hidden = true;
-    await loadConversations();
-    await openConversation(created);
-  } catch (err) {
-    complain(err);
-  }
+handle("#create-conversation", "submit", async (event) => {
+  const title = $("#title").value.trim();
+  const created = await api("/core/user/conversation", { method: "POST", body: title ? { title } : {} });
+  event.target.reset();
+  event.target.hidden = true;
+  await loadConversations();
+  await openConversation(created);
 });
 
 async function openConversation(conversation) {
@@ -609,54 +590,33 @@ async function loadMembers(conversation = current.id) {
   }
 }
 
-$("#rename-conversation").addEventListener("submit", async (event) => {
-  event.preventDefault();
-  clearProblem();
-  try {
-    const title = event.target.elements.title.value.trim();
-    current = await api(`/core/user/conversation/${current.id}`, { method: "PATCH", body: { title } });
-    $("#conversation-title").textContent = current.title || "Untitled";
-    event.target.reset();
-    await loadConversations();
-  } catch (err) {
-    complain(err);
-  }
+handle("#rename-conversation", "submit", async (event) => {
+  const title = event.target.elements.title.value.trim();
+  current = await api(`/core/user/conversation/${current.id}`, { method: "PATCH", body: { title } });
+  $("#conversation-title").textContent = current.title || "Untitled";
+  event.target.reset();
+  await loadConversations();
 });
 
-$("#conversation-file").addEventListener("change", async (event) => {
-  clearProblem();
-  try {
-    const picture = await upload(event.target.files[0]);
-    current = await api(`/core/user/conversation/${current.id}`, { method: "PATCH", body: { picture } });
-    event.target.value = "";
-    say("Conversation picture set.");
-  } catch (err) {
-    complain(err);
-  }
+handle("#conversation-file", "change", async (event) => {
+  const picture = await upload(event.target.files[0]);
+  current = await api(`/core/user/conversation/${current.id}`, { method: "PATCH", body: { picture } });
+  event.target.value = "";
+  say("Conversation picture set.");
 });
 
-$("#add-member").addEventListener("submit", async (event) => {
-  event.preventDefault();
-  clearProblem();
-  try {
-    const id = $("#member-choice").value;
-    if (!id) throw new Problem(undefined, "Add them as a contact first.");
-    await api(`/core/user/conversation/${current.id}/member`, { method: "POST", body: { id } });
-    await loadMembers();
-  } catch (err) {
-    complain(err);
-  }
+handle("#add-member", "submit", async (event) => {
+  const id = $("#member-choice").value;
+  if (!id) throw new Problem(undefined, "Add them as a contact first.");
+  await api(`/core/user/conversation/${current.id}/member`, { method: "POST", body: { id } });
+  await loadMembers();
 });
 
-$("#leave").addEventListener("click", async () => {
-  try {
-    await api(`/core/user/conversation/${current.id}/member/${session.user}`, { method: "DELETE" });
-    leaveRoom();
-    closeConversation();
-    await loadConversations();
-  } catch (err) {
-    complain(err);
-  }
+handle("#leave", "click", async () => {
+  await api(`/core/user/conversation/${current.id}/member/${session.user}`, { method: "DELETE" });
+  leaveRoom();
+  closeConversation();
+  await loadConversations();
 });
 
 // ---- bites, transcripts, search -------------------------------------------------------------
@@ -720,26 +680,20 @@ function snippet(text) {
   return node;
 }
 
-$("#search-form").addEventListener("submit", async (event) => {
-  event.preventDefault();
-  clearProblem();
+handle("#search-form", "submit", async () => {
   const results = $("#search-results");
   results.replaceChildren();
-  try {
-    const q = $("#search").value.trim();
-    const found = await api(`/store/transcription/${current.id}/search?q=${encodeURIComponent(q)}`);
-    if (found.length === 0) results.append(element("li", "Nothing found."));
-    for (const hit of found) {
-      const item = element("li");
-      item.append(snippet(hit.snippet));
-      const when = new Date(hit.start).toLocaleTimeString();
-      item.append(button("Play from here", () => play({ ...hit, transcript: snippet(hit.snippet).textContent }, hit.offset_ms), {
-        "aria-label": `Play the bite of ${when} from the match`,
-      }));
-      results.append(item);
-    }
-  } catch (err) {
-    complain(err);
+  const q = $("#search").value.trim();
+  const found = await api(`/store/transcription/${current.id}/search?q=${encodeURIComponent(q)}`);
+  if (found.length === 0) results.append(element("li", "Nothing found."));
+  for (const hit of found) {
+    const item = element("li");
+    const said = snippet(hit.snippet);
+    const when = new Date(hit.start).toLocaleTimeString();
+    item.append(said, button("Play from here", () => play({ ...hit, transcript: said.textContent }, hit.offset_ms), {
+      "aria-label": `Play the bite of ${when} from the match`,
+    }));
+    results.append(item);
   }
 });
 
