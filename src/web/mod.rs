@@ -2,10 +2,14 @@
 //! fetched at run time, no build step: plain HTML, CSS and one ES module). Compiled out with
 //! the `web` feature for API-only deployments.
 
+use std::io::Write as _;
 use std::sync::LazyLock;
 
-use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::header::{self, AcceptEncoding, Encoding, Header as _, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, get, web};
+use bytes::Bytes;
+use flate2::Compression;
+use flate2::write::GzEncoder;
 use sha2::{Digest as _, Sha256};
 
 use crate::platform::http::conditional::not_modified;
@@ -19,35 +23,64 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
      style-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; connect-src 'self'; \
      base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-/// One embedded file, with its validator.
+/// One embedded file in the two forms served: as written, and gzipped (a quarter of the bytes).
 struct Asset {
     content_type: &'static str,
-    bytes: &'static [u8],
+    plain: Representation,
+    gzipped: Representation,
+}
+
+/// The bytes of one form of a file, with its validator: a strong `ETag` names one
+/// representation, so each form has its own.
+struct Representation {
+    bytes: Bytes,
     etag: String,
 }
 
-impl Asset {
-    fn new(content_type: &'static str, bytes: &'static [u8]) -> Self {
-        let digest = Sha256::digest(bytes);
+impl Representation {
+    fn new(bytes: Vec<u8>) -> Self {
+        let digest = Sha256::digest(&bytes);
         let etag = format!("\"{}\"", hex(&digest[..16]));
         Self {
-            content_type,
-            bytes,
+            bytes: bytes.into(),
             etag,
         }
     }
+}
 
-    /// The file, or 304 when the client's copy is this one. Revalidated on every use (no
-    /// `max-age`), so a new binary's files are picked up at once.
+impl Asset {
+    /// Gzipped once, at the first request, at the best level: the files are fixed.
+    fn new(content_type: &'static str, bytes: &'static [u8]) -> Self {
+        let mut gzip = GzEncoder::new(Vec::new(), Compression::best());
+        // Writing to a Vec cannot fail.
+        let gzipped = gzip
+            .write_all(bytes)
+            .and_then(|()| gzip.finish())
+            .unwrap_or_default();
+        Self {
+            content_type,
+            plain: Representation::new(bytes.to_vec()),
+            gzipped: Representation::new(gzipped),
+        }
+    }
+
+    /// The file, gzipped when the client takes it, or 304 when the client's copy is this one.
+    /// Revalidated on every use (no `max-age`), so a new binary's files are picked up at once.
     fn serve(&self, req: &HttpRequest) -> HttpResponse {
-        let unchanged = not_modified(req, &self.etag);
+        let gzip = AcceptEncoding::parse(req).is_ok_and(|accepted| {
+            accepted.negotiate([Encoding::identity(), Encoding::gzip()].iter())
+                == Some(Encoding::gzip())
+        });
+        let form = if gzip { &self.gzipped } else { &self.plain };
+        let unchanged = not_modified(req, &form.etag);
         let mut response = if unchanged {
             HttpResponse::NotModified()
         } else {
             HttpResponse::Ok()
         };
         response
-            .insert_header((header::ETAG, self.etag.as_str()))
+            .insert_header((header::ETAG, form.etag.as_str()))
+            .insert_header((header::VARY, HeaderValue::from_static("Accept-Encoding")))
             .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-cache")))
             .insert_header((
                 header::CONTENT_SECURITY_POLICY,
@@ -56,9 +89,12 @@ impl Asset {
         if unchanged {
             return response.finish();
         }
+        if gzip {
+            response.insert_header((header::CONTENT_ENCODING, HeaderValue::from_static("gzip")));
+        }
         response
             .content_type(HeaderValue::from_static(self.content_type))
-            .body(self.bytes)
+            .body(form.bytes.clone())
     }
 }
 

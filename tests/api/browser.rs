@@ -8,7 +8,7 @@
 //! Runs when `BEEP_TEST_CHROMIUM` names a Chromium binary and `npm ci --prefix tests/browser`
 //! has installed the driver's `playwright-core`; otherwise it says it is skipped and passes.
 
-use std::io::Read;
+use std::io::{BufRead as _, BufReader, Read, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,12 +18,12 @@ use serde_json::{Value, json};
 use crate::auth::{Tokens, login_as};
 use crate::helpers::{Column, TestApp, conversation_of, env, unique_phone};
 
-/// The driver gives up after 30 s; this bounds a driver that hangs anyway.
+/// The call driver gives up after 30 s; this bounds a driver that hangs anyway.
 const DRIVER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The driver's folder, when Chromium and the driver's dependencies are both there.
 /// With `BEEP_TEST_CHROMIUM` set, a missing driver is a failure, not a skip: CI sets it.
-fn browser_setup() -> Option<(String, PathBuf)> {
+pub fn browser_setup() -> Option<(String, PathBuf)> {
     let chromium = env("BEEP_TEST_CHROMIUM")?;
     let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     assert!(
@@ -33,21 +33,58 @@ fn browser_setup() -> Option<(String, PathBuf)> {
     Some((chromium, folder))
 }
 
-/// Runs `node call.mjs args…`; returns whether it succeeded, its stdout and its stderr.
-fn run_driver(chromium: &str, folder: &Path, args: &[String]) -> (bool, String, String) {
+/// What a driver run left: whether it succeeded, its stdout and its stderr.
+pub struct DriverRun {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl DriverRun {
+    /// The JSON report a driver prints as its last line.
+    pub fn report(&self) -> Value {
+        serde_json::from_str(self.stdout.lines().last().unwrap_or_default())
+            .unwrap_or_else(|err| panic!("driver output is not JSON ({err}): {}", self.stdout))
+    }
+}
+
+/// Runs `node <folder>/<script> args…` for at most `timeout`. Each line the driver prints is
+/// offered to `answer`; what it returns is written back as a line on the driver's stdin (how a
+/// driver asks the test for what only the test knows, such as a sign-in code).
+pub fn run_driver(
+    chromium: &str,
+    folder: &Path,
+    script: &str,
+    args: &[String],
+    timeout: Duration,
+    answer: impl Fn(&str) -> Option<String> + Send + 'static,
+) -> DriverRun {
     let mut child = Command::new("node")
-        .arg(folder.join("call.mjs"))
+        .arg(folder.join(script))
         .args(args)
         .env("BEEP_TEST_CHROMIUM", chromium)
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("node runs (is Node.js installed?)");
     // Both pipes are drained while the driver runs, so neither can fill up and stall it.
-    let stdout = drain(child.stdout.take().unwrap());
+    let mut replies = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let stdout = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(reply) = answer(&line) {
+                let _ = writeln!(replies, "{reply}");
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
     let stderr = drain(child.stderr.take().unwrap());
-    let deadline = Instant::now() + DRIVER_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break Some(status);
@@ -63,7 +100,11 @@ fn run_driver(chromium: &str, folder: &Path, args: &[String]) -> (bool, String, 
     if status.is_none() {
         stderr.push_str("\n(killed: the driver ran past its deadline)");
     }
-    (status.is_some_and(|s| s.success()), stdout, stderr)
+    DriverRun {
+        success: status.is_some_and(|s| s.success()),
+        stdout,
+        stderr,
+    }
 }
 
 /// Reads a pipe to its end on a thread of its own.
@@ -108,21 +149,29 @@ async fn a_browser_hears_another_through_the_sfu() {
     ];
     let started = Instant::now();
     // The driver blocks; the app keeps serving on the runtime's other workers.
-    let (success, stdout, stderr) =
-        tokio::task::spawn_blocking(move || run_driver(&chromium, &folder, &args))
-            .await
-            .unwrap();
-    println!("browser call in {:?}: {stdout}", started.elapsed());
-    if !stderr.is_empty() {
-        eprintln!("driver stderr:\n{stderr}");
+    let run = tokio::task::spawn_blocking(move || {
+        run_driver(
+            &chromium,
+            &folder,
+            "call.mjs",
+            &args,
+            DRIVER_TIMEOUT,
+            |_| None,
+        )
+    })
+    .await
+    .unwrap();
+    println!("browser call in {:?}: {}", started.elapsed(), run.stdout);
+    if !run.stderr.is_empty() {
+        eprintln!("driver stderr:\n{}", run.stderr);
     }
     assert!(
-        success,
-        "the browsers did not hear each other: {stdout}\n{stderr}"
+        run.success,
+        "the browsers did not hear each other: {}\n{}",
+        run.stdout, run.stderr
     );
 
-    let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|err| panic!("driver output is not JSON ({err}): {stdout}"));
+    let report = run.report();
     for (page, speaker, client) in [("a", &b, "browser-b"), ("b", &a, "browser-a")] {
         let heard = &report[page];
         assert_eq!(

@@ -142,19 +142,27 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for OtpCapture {
 }
 
 /// The last code the `log` sender wrote for `destination` (E.164 phone or lowercased email):
-/// captured in this process, or read from `BEEP_TEST_OTP_LOG` when testing a deployment.
+/// captured in this process (waiting up to 5 s for it), or read from `BEEP_TEST_OTP_LOG` when
+/// testing a deployment.
 pub fn sent_code(destination: &str) -> String {
-    let captured = SENT_CODES
-        .lock()
-        .unwrap()
-        .iter()
-        .rev()
-        .find(|(to, _)| to == destination)
-        .map(|(_, code)| code.clone());
-    match (captured, env(OTP_LOG)) {
-        (Some(code), _) => code,
-        (None, Some(path)) => logged_code(Path::new(&path), destination),
-        (None, None) => panic!("no code was logged for {destination}"),
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let captured = SENT_CODES
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|(to, _)| to == destination)
+            .map(|(_, code)| code.clone());
+        match (captured, env(OTP_LOG)) {
+            (Some(code), _) => return code,
+            (None, Some(path)) => return logged_code(Path::new(&path), destination),
+            (None, None) => assert!(
+                std::time::Instant::now() < deadline,
+                "no code was logged for {destination}"
+            ),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 

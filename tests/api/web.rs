@@ -1,7 +1,7 @@
 //! The web client: served at `/` from files inside the binary, with their types, validators
 //! and a policy that allows only the page's own files.
 
-use crate::helpers::{TestApp, columns, error_code};
+use crate::helpers::{TestApp, error_code, target};
 
 /// The accessible names the issue gives every control (and the browser test uses).
 const CONTROLS: [&str; 12] = [
@@ -21,9 +21,9 @@ const CONTROLS: [&str; 12] = [
 
 #[tokio::test]
 async fn the_web_client_is_served_with_its_types_validators_and_policy() {
-    // Files inside the binary: one column is enough.
-    for column in columns().into_iter().take(1) {
-        let app = TestApp::spawn(column).await;
+    // Files inside the binary: one column is enough (or the deployment, behind its proxy).
+    {
+        let app = TestApp::spawn(target()).await;
         let page = app.get("/").await;
         assert_eq!(page.status(), 200);
         let headers = page.headers().clone();
@@ -66,6 +66,48 @@ async fn the_web_client_is_served_with_its_types_validators_and_policy() {
             assert_ne!(file.headers()["etag"], etag.as_str(), "{path}");
             assert!(!file.bytes().await.unwrap().is_empty(), "{path}");
         }
+        // Gzipped for a client that takes it: a representation of its own, with its own ETag.
+        let script = app.get("/web/app.js").await.bytes().await.unwrap();
+        let gzipped = client
+            .get(app.url("/web/app.js"))
+            .header("Accept-Encoding", "gzip, deflate, br")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(gzipped.status(), 200);
+        assert_eq!(gzipped.headers()["content-encoding"], "gzip");
+        assert_eq!(gzipped.headers()["vary"], "Accept-Encoding");
+        let gzip_etag = gzipped.headers()["etag"].to_str().unwrap().to_owned();
+        let compressed = gzipped.bytes().await.unwrap();
+        assert!(
+            compressed.len() * 2 < script.len(),
+            "{} of {}",
+            compressed.len(),
+            script.len()
+        );
+        let mut unzipped = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::GzDecoder::new(&compressed[..]),
+            &mut unzipped,
+        )
+        .unwrap();
+        assert_eq!(unzipped, script, "the same file");
+        let again = client
+            .get(app.url("/web/app.js"))
+            .header("Accept-Encoding", "gzip")
+            .header("If-None-Match", &gzip_etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), 304);
+        let refused = client
+            .get(app.url("/web/app.js"))
+            .header("Accept-Encoding", "gzip;q=0, identity")
+            .send()
+            .await
+            .unwrap();
+        assert!(refused.headers().get("content-encoding").is_none());
+
         assert_eq!(
             error_code(app.get("/web/nope.js").await, 404).await,
             "not_found"
@@ -76,4 +118,125 @@ async fn the_web_client_is_served_with_its_types_validators_and_policy() {
         );
         app.stop().await;
     }
+}
+
+/// Two people through the whole client in a real browser (`tests/browser/walk-web.mjs`): sign-in
+/// with codes from the server, a profile picture, a contact online, a conversation, a
+/// push-to-talk exchange the other hears, the bite in the timeline and playing, and, where the
+/// offline engine runs (`--features whisper` and `BEEP_TEST_WHISPER_MODEL`, as in CI), its
+/// transcript found by search and played from the match. Screenshots go to
+/// `target/tmp/web-walk/`. Runs when `BEEP_TEST_CHROMIUM` is set, as the call test does.
+#[cfg(all(feature = "bites", feature = "pictures"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_people_walk_through_beep_web() {
+    use std::time::{Duration, Instant};
+
+    use crate::browser::{browser_setup, run_driver};
+    use crate::helpers::{sent_code, unique_phone};
+
+    const SAID: &str = "Please call me back when you land at the airport tonight.";
+    let Some((chromium, folder)) = browser_setup() else {
+        println!("skipped: set BEEP_TEST_CHROMIUM (and run `npm ci --prefix tests/browser`)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("said.wav");
+    let spoken = std::process::Command::new("espeak-ng")
+        .args(["-v", "en-us", "-s", "150", "-w"])
+        .arg(&wav)
+        .arg(SAID)
+        .status();
+    assert!(
+        spoken.is_ok_and(|status| status.success()),
+        "espeak-ng makes the microphone's speech (apt-get install espeak-ng)"
+    );
+    let picture = dir.path().join("picture.png");
+    std::fs::write(&picture, crate::pictures::png(96, 96, 7)).unwrap();
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-walk");
+    std::fs::create_dir_all(&shots).unwrap();
+
+    // The engine, where this build has it and a model is named: then search is walked too.
+    let model = std::env::var("BEEP_TEST_WHISPER_MODEL")
+        .ok()
+        .filter(|_| cfg!(feature = "whisper"));
+    let searched = model.as_ref().map(|_| "airport");
+    let app = TestApp::spawn_with(
+        target(),
+        |config| {
+            if let Some(model) = &model {
+                config.transcription.engine = beep::config::TranscriptionEngine::Whisper;
+                config.transcription.whisper.model_path = Some(model.into());
+            }
+        },
+        Vec::new(),
+    )
+    .await;
+    let mut args = vec![
+        app.url(""),
+        unique_phone(),
+        unique_phone(),
+        wav.display().to_string(),
+        picture.display().to_string(),
+        shots.display().to_string(),
+    ];
+    args.extend(searched.map(str::to_owned));
+
+    let started = Instant::now();
+    let run = tokio::task::spawn_blocking(move || {
+        run_driver(
+            &chromium,
+            &folder,
+            "walk-web.mjs",
+            &args,
+            Duration::from_secs(240),
+            |line| {
+                let asked: serde_json::Value = serde_json::from_str(line).ok()?;
+                Some(sent_code(asked["codeFor"].as_str()?))
+            },
+        )
+    })
+    .await
+    .unwrap();
+    println!("the walk took {:?}: {}", started.elapsed(), run.stdout);
+    if !run.stderr.is_empty() {
+        eprintln!("driver stderr:\n{}", run.stderr);
+    }
+    assert!(
+        run.success,
+        "the walk failed:\n{}\n{}",
+        run.stdout, run.stderr
+    );
+    let report = run.report();
+    assert_eq!(report["problems"], serde_json::json!([]), "console errors");
+    assert_eq!(
+        report["overflow"], false,
+        "the 390 px page scrolls sideways"
+    );
+    assert!(report["interactiveMs"].as_u64().is_some(), "{report}");
+    let mut walked = vec![
+        "signed in",
+        "picture",
+        "contact online",
+        "conversation",
+        "talked",
+        "bite played",
+        "still signed in after a reload",
+    ];
+    walked.extend(searched.map(|_| "found by search"));
+    for step in walked {
+        assert!(
+            report["steps"][step].is_u64(),
+            "step {step:?} not reached: {report}"
+        );
+    }
+    println!(
+        "screenshots in {}; search {}",
+        shots.display(),
+        if searched.is_some() {
+            "walked"
+        } else {
+            "skipped: no transcription engine"
+        }
+    );
+    app.stop().await;
 }

@@ -1,15 +1,18 @@
-// Two people through Beep web in two Chromium contexts with fake microphones: sign-in with the
-// codes from the server's log, a profile picture, a contact seen online, a conversation, a
-// push-to-talk exchange the other hears, the bite in the timeline, playing, and a reload still
-// signed in. Screenshots of each step; prints {"problems":[…],"steps":{…},"interactiveMs",
-// "overflow"} (overflow: the 390 px page scrolls sideways) and exits 1 on a failed step.
+// Two people through Beep web in two Chromium contexts with fake microphones: sign-in with
+// codes the test reads from the server, a profile picture, a contact seen online, a
+// conversation, a push-to-talk exchange the other hears, the bite in the timeline, playing,
+// (given a word) its transcript found by search and played from the match, and a reload still
+// signed in. Screenshots of each step. Asks for each code by printing {"codeFor": phone} and
+// reading the code as a line on stdin. Ends by printing {"problems":[…],"steps":{…},
+// "interactiveMs","overflow"} (overflow: the 390 px page scrolls sideways); exits 1 on a
+// failed step. Run by tests/api/web.rs:
 //
-//   BEEP_TEST_CHROMIUM=… node tests/browser/walk-web.mjs <base> <server log> <wav> <picture> <out dir>
+//   node walk-web.mjs <base> <phone A> <phone B> <wav> <picture> <out dir> [<spoken word>]
 
-import { readFile } from "node:fs/promises";
+import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
 
-const [base, logPath, wav, picture, out] = process.argv.slice(2);
+const [base, phoneA, phoneB, wav, picture, out, word] = process.argv.slice(2);
 const browser = await chromium.launch({
   executablePath: process.env.BEEP_TEST_CHROMIUM,
   args: [
@@ -26,14 +29,12 @@ const steps = {};
 const started = Date.now();
 const step = (name) => { steps[name] = Date.now() - started; };
 
+const replies = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
 async function codeFor(phone) {
-  for (let i = 0; i < 100; i++) {
-    const log = await readFile(logPath, "utf8");
-    const code = log.split("\n").reverse().find((l) => l.includes(`destination=${phone}`))?.match(/code="(\d{6})"/)?.[1];
-    if (code) return code;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`no code for ${phone}`);
+  console.log(JSON.stringify({ codeFor: phone }));
+  const { value, done } = await replies.next();
+  if (done) throw new Error(`no code for ${phone}`);
+  return value.trim();
 }
 
 async function person(name, phone, mobile) {
@@ -50,7 +51,9 @@ async function person(name, phone, mobile) {
   interactiveMs ??= Date.now() - opened;
   await page.getByRole("textbox", { name: "Phone number" }).fill(phone);
   await page.getByRole("button", { name: "Send code" }).click();
-  await page.getByRole("textbox", { name: "Code" }).fill(await codeFor(phone));
+  const code = page.getByRole("textbox", { name: "Code" });
+  await code.waitFor();
+  await code.fill(await codeFor(phone));
   await page.getByRole("button", { name: "Sign in" }).click();
   await page.getByLabel("First name").fill(name);
   await page.getByLabel("Last name").fill("Tester");
@@ -59,8 +62,6 @@ async function person(name, phone, mobile) {
   return page;
 }
 
-const stamp = String(Date.now()).slice(-6);
-const [phoneA, phoneB] = [`+6591${stamp}`, `+6592${stamp}`];
 const a = await person("Ada", phoneA, false);
 const b = await person("Bob", phoneB, true);
 step("signed in");
@@ -107,7 +108,9 @@ for (let i = 0; i < 30 && level !== "true"; i++) {
   await a.waitForTimeout(200);
   level = await b.locator("[data-track]").first().getAttribute("data-speaking").catch(() => "never");
 }
-await a.waitForTimeout(1000);
+// The fake microphone loops the WAV from when the room was joined; to be searched, the bite
+// must hold the whole sentence once, so Ada talks through two of its loops.
+await a.waitForTimeout(word ? 8000 : 1000);
 await a.mouse.up();
 if (level !== "true") throw new Error("Bob never heard Ada speak");
 step("talked");
@@ -120,9 +123,28 @@ await b.locator("#player:not([hidden])").waitFor();
 step("bite played");
 await b.screenshot({ path: `${out}/walk-4-bite.png`, fullPage: true });
 
+if (word) {
+  // Transcribed after it is stored: Bob searches until the engine has indexed it.
+  const match = b.getByRole("button", { name: /^Play the bite of .* from the match$/ });
+  await b.getByRole("textbox", { name: "Search" }).fill(word);
+  for (let i = 0; i < 120 && !(await match.count()); i++) {
+    await b.getByRole("textbox", { name: "Search" }).press("Enter");
+    await b.waitForTimeout(500);
+  }
+  await match.first().click();
+  await b.locator("#search-results mark").first().waitFor();
+  const marked = await b.locator("#search-results mark").first().textContent();
+  if (!marked.toLowerCase().includes(word)) throw new Error(`the match marks ${marked}, not ${word}`);
+  // Played from the matched word, not from the start.
+  await b.waitForFunction(() => document.querySelector("#player").currentTime > 0.5);
+  step("found by search");
+  await b.screenshot({ path: `${out}/walk-5-search.png`, fullPage: true });
+}
+
 await b.reload();
 await b.getByRole("button", { name: "Walk", exact: true }).waitFor();
 step("still signed in after a reload");
 const overflow = await b.evaluate(() => document.documentElement.scrollWidth > window.innerWidth);
 console.log(JSON.stringify({ problems, steps, level, interactiveMs, overflow }));
 await browser.close();
+process.exit(0);

@@ -176,10 +176,12 @@ async function api(path, { method = "GET", body, form, raw } = {}) {
 }
 
 /** A server-sent event stream (`handlers`: event name to function of its JSON) that
- * reconnects with a fresh token, backing off, and gives up when the server refuses it. */
-function stream(path, handlers) {
+ * reconnects with a fresh token, backing off, and gives up when the server refuses it.
+ * `reopened` runs after a reconnection, to fetch what was missed while it was down. */
+function stream(path, handlers, reopened = null) {
   let source = null;
   let closed = false;
+  let failed = false;
   let wait = 1000;
   const open = async () => {
     if (closed || !session) return;
@@ -189,6 +191,8 @@ function stream(path, handlers) {
     source = new EventSource(`${path}${separator}token=${encodeURIComponent(key)}`);
     source.onopen = () => {
       wait = 1000;
+      if (failed) reopened?.()?.catch(complain);
+      failed = false;
     };
     for (const [name, handle] of Object.entries(handlers)) {
       source.addEventListener(name, (message) => {
@@ -202,6 +206,7 @@ function stream(path, handlers) {
     source.onerror = () => {
       source.close();
       if (closed) return;
+      failed = true;
       // An EventSource does not say why it failed: a cheap call does (a refused token
       // refreshes or signs out). Then again, later each time.
       setTimeout(async () => {
@@ -225,7 +230,7 @@ function show(view) {
   // shown view's are open.
   if (view !== "contacts") closePresence();
   // The voice room stays up meanwhile; the bites stream reopens with the view.
-  if (view !== "talk") biteEvents?.close();
+  if (view !== "talk") closeConversationStreams();
   if (view === "talk" && current) openConversation(current).catch(complain);
   $("#nav").hidden = view === "sign-in";
   clearProblem();
@@ -350,7 +355,7 @@ function signedIn(view) {
       }
       if (!$("#talk").hidden) loadConversations().catch(complain);
     },
-  });
+  }, () => (!$("#talk").hidden ? loadConversations() : null));
 }
 
 function signedOut() {
@@ -504,7 +509,15 @@ handle("#add-contact", "submit", async (event) => {
 // ---- conversations ----------------------------------------------------------------------------
 
 let current = null;
+/** The open conversation's streams: its bites, and its members. */
 let biteEvents = null;
+let memberEvents = null;
+
+function closeConversationStreams() {
+  biteEvents?.close();
+  memberEvents?.close();
+  biteEvents = memberEvents = null;
+}
 
 async function loadConversations() {
   const all = await api("/core/user/conversation?limit=1000");
@@ -538,7 +551,7 @@ handle("#create-conversation", "submit", async (event) => {
 
 async function openConversation(conversation) {
   if (current?.id !== conversation.id) leaveRoom();
-  biteEvents?.close();
+  closeConversationStreams();
   current = conversation;
   $("#conversation").hidden = false;
   $("#conversation-title").textContent = conversation.title || "Untitled";
@@ -553,13 +566,17 @@ async function openConversation(conversation) {
       const bite = bites.get(biteKey(said));
       if (bite) bite.transcript = said.transcript ?? said.text;
     },
-  });
+  }, () => loadBites(conversation.id, newestBite()));
+  // Members added or removed by others, while the conversation is open.
+  const members = () => loadMembers(conversation.id);
+  memberEvents = stream(`/core/user/subscribe/conversation/${conversation.id}/member`, {
+    message: () => members().catch(complain),
+  }, members);
   await Promise.all([loadMembers(conversation.id), loadBites(conversation.id), loadConversations()]);
 }
 
 function closeConversation() {
-  biteEvents?.close();
-  biteEvents = null;
+  closeConversationStreams();
   current = null;
   $("#conversation").hidden = true;
 }
@@ -627,10 +644,14 @@ const bites = new Map();
 const SHOWN_BITES = 200;
 const biteKey = (bite) => `${bite.start}/${bite.user}/${bite.client}`;
 
-/** The newest bites: pages follow `Link: rel="next"` (oldest first) from a week back. */
-async function loadBites(conversation = current.id) {
-  bites.clear();
-  let next = `/store/bite/${conversation}?from=${Date.now() - 7 * 24 * 3600 * 1000}&limit=${SHOWN_BITES}`;
+const WEEK_MS = 7 * 24 * 3600 * 1000;
+const newestBite = () => Math.max(Date.now() - WEEK_MS, ...[...bites.values()].map((bite) => bite.start));
+
+/** The newest bites: pages follow `Link: rel="next"` (oldest first) from a week back, or
+ * (`since`, after a reconnection) those from then on, added to the ones shown. */
+async function loadBites(conversation = current.id, since = null) {
+  if (since === null) bites.clear();
+  let next = `/store/bite/${conversation}?from=${since ?? Date.now() - WEEK_MS}&limit=${SHOWN_BITES}`;
   const found = [];
   for (let page = 0; next && page < 50; page += 1) {
     const answer = await api(next, { raw: true });
@@ -638,7 +659,7 @@ async function loadBites(conversation = current.id) {
     next = answer.headers.get("Link")?.match(/<([^>]+)>;\s*rel="next"/)?.[1];
   }
   if (current?.id !== conversation) return;
-  for (const bite of found.slice(-SHOWN_BITES)) addBite(bite, false);
+  for (const bite of found.slice(-SHOWN_BITES)) addBite(bite, since !== null);
 }
 
 function addBite(bite, fresh) {
