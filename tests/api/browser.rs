@@ -33,34 +33,44 @@ pub fn browser_setup() -> Option<(String, PathBuf)> {
     Some((chromium, folder))
 }
 
-/// What a driver run left: whether it succeeded, its stdout and its stderr.
-pub struct DriverRun {
-    pub success: bool,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl DriverRun {
-    /// The JSON report a driver prints as its last line.
-    pub fn report(&self) -> Value {
-        serde_json::from_str(self.stdout.lines().last().unwrap_or_default())
-            .unwrap_or_else(|err| panic!("driver output is not JSON ({err}): {}", self.stdout))
+/// Runs `node <folder>/<script> args…` for at most `timeout`, on a blocking thread while the
+/// app keeps serving, and returns the JSON report it prints as its last line; fails the test
+/// (saying it could not `what`) when the driver fails. Each line the driver prints is offered to
+/// `answer`, and what that returns is written back as a line on the driver's stdin: how a
+/// driver asks the test for what only the test knows, such as a sign-in code.
+pub async fn run_driver(
+    (chromium, folder): (String, PathBuf),
+    script: &'static str,
+    args: Vec<String>,
+    timeout: Duration,
+    answer: impl Fn(&str) -> Option<String> + Send + 'static,
+    what: &str,
+) -> Value {
+    let started = Instant::now();
+    let (success, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        drive(&chromium, &folder.join(script), &args, timeout, answer)
+    })
+    .await
+    .unwrap();
+    println!("{script} ran for {:?}: {stdout}", started.elapsed());
+    if !stderr.is_empty() {
+        eprintln!("driver stderr:\n{stderr}");
     }
+    assert!(success, "could not {what}:\n{stdout}\n{stderr}");
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|err| panic!("driver output is not JSON ({err}): {stdout}"))
 }
 
-/// Runs `node <folder>/<script> args…` for at most `timeout`. Each line the driver prints is
-/// offered to `answer`; what it returns is written back as a line on the driver's stdin (how a
-/// driver asks the test for what only the test knows, such as a sign-in code).
-pub fn run_driver(
+/// The driver's run: whether it succeeded, its stdout and its stderr.
+fn drive(
     chromium: &str,
-    folder: &Path,
-    script: &str,
+    script: &Path,
     args: &[String],
     timeout: Duration,
     answer: impl Fn(&str) -> Option<String> + Send + 'static,
-) -> DriverRun {
+) -> (bool, String, String) {
     let mut child = Command::new("node")
-        .arg(folder.join(script))
+        .arg(script)
         .args(args)
         .env("BEEP_TEST_CHROMIUM", chromium)
         .stdin(Stdio::piped())
@@ -100,11 +110,7 @@ pub fn run_driver(
     if status.is_none() {
         stderr.push_str("\n(killed: the driver ran past its deadline)");
     }
-    DriverRun {
-        success: status.is_some_and(|s| s.success()),
-        stdout,
-        stderr,
-    }
+    (status.is_some_and(|s| s.success()), stdout, stderr)
 }
 
 /// Reads a pipe to its end on a thread of its own.
@@ -130,7 +136,7 @@ fn stream_from<'a>(page: &'a Value, speaker: &Tokens, client: &str) -> Option<&'
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_hears_another_through_the_sfu() {
-    let Some((chromium, folder)) = browser_setup() else {
+    let Some(browser) = browser_setup() else {
         println!(
             "skipped: set BEEP_TEST_CHROMIUM (and run `npm ci --prefix tests/browser`) to run it"
         );
@@ -147,31 +153,15 @@ async fn a_browser_hears_another_through_the_sfu() {
         b.access.clone(),
         conversation,
     ];
-    let started = Instant::now();
-    // The driver blocks; the app keeps serving on the runtime's other workers.
-    let run = tokio::task::spawn_blocking(move || {
-        run_driver(
-            &chromium,
-            &folder,
-            "call.mjs",
-            &args,
-            DRIVER_TIMEOUT,
-            |_| None,
-        )
-    })
-    .await
-    .unwrap();
-    println!("browser call in {:?}: {}", started.elapsed(), run.stdout);
-    if !run.stderr.is_empty() {
-        eprintln!("driver stderr:\n{}", run.stderr);
-    }
-    assert!(
-        run.success,
-        "the browsers did not hear each other: {}\n{}",
-        run.stdout, run.stderr
-    );
-
-    let report = run.report();
+    let report = run_driver(
+        browser,
+        "call.mjs",
+        args,
+        DRIVER_TIMEOUT,
+        |_| None,
+        "have the browsers hear each other",
+    )
+    .await;
     for (page, speaker, client) in [("a", &b, "browser-b"), ("b", &a, "browser-a")] {
         let heard = &report[page];
         assert_eq!(

@@ -19,6 +19,15 @@ const CONTROLS: [&str; 12] = [
     "Search",
 ];
 
+/// `GET path` with these request headers.
+async fn get_with(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut request = reqwest::Client::new().get(app.url(path));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
 #[tokio::test]
 async fn the_web_client_is_served_with_its_types_validators_and_policy() {
     // Files inside the binary: one column is enough (or the deployment, behind its proxy).
@@ -46,13 +55,7 @@ async fn the_web_client_is_served_with_its_types_validators_and_policy() {
         // What the policy would block: inline script and style.
         assert!(!html.contains("<script>") && !html.contains(" style="));
 
-        let client = reqwest::Client::new();
-        let again = client
-            .get(app.url("/"))
-            .header("If-None-Match", &etag)
-            .send()
-            .await
-            .unwrap();
+        let again = get_with(&app, "/", &[("If-None-Match", &etag)]).await;
         assert_eq!(again.status(), 304, "an unchanged page is not sent again");
         assert_eq!(again.headers()["etag"], etag.as_str());
 
@@ -68,12 +71,12 @@ async fn the_web_client_is_served_with_its_types_validators_and_policy() {
         }
         // Gzipped for a client that takes it: a representation of its own, with its own ETag.
         let script = app.get("/web/app.js").await.bytes().await.unwrap();
-        let gzipped = client
-            .get(app.url("/web/app.js"))
-            .header("Accept-Encoding", "gzip, deflate, br")
-            .send()
-            .await
-            .unwrap();
+        let gzipped = get_with(
+            &app,
+            "/web/app.js",
+            &[("Accept-Encoding", "gzip, deflate, br")],
+        )
+        .await;
         assert_eq!(gzipped.status(), 200);
         assert_eq!(gzipped.headers()["content-encoding"], "gzip");
         assert_eq!(gzipped.headers()["vary"], "Accept-Encoding");
@@ -92,20 +95,19 @@ async fn the_web_client_is_served_with_its_types_validators_and_policy() {
         )
         .unwrap();
         assert_eq!(unzipped, script, "the same file");
-        let again = client
-            .get(app.url("/web/app.js"))
-            .header("Accept-Encoding", "gzip")
-            .header("If-None-Match", &gzip_etag)
-            .send()
-            .await
-            .unwrap();
+        let again = get_with(
+            &app,
+            "/web/app.js",
+            &[("Accept-Encoding", "gzip"), ("If-None-Match", &gzip_etag)],
+        )
+        .await;
         assert_eq!(again.status(), 304);
-        let refused = client
-            .get(app.url("/web/app.js"))
-            .header("Accept-Encoding", "gzip;q=0, identity")
-            .send()
-            .await
-            .unwrap();
+        let refused = get_with(
+            &app,
+            "/web/app.js",
+            &[("Accept-Encoding", "gzip;q=0, identity")],
+        )
+        .await;
         assert!(refused.headers().get("content-encoding").is_none());
 
         assert_eq!(
@@ -129,13 +131,13 @@ async fn the_web_client_is_served_with_its_types_validators_and_policy() {
 #[cfg(all(feature = "bites", feature = "pictures"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_people_walk_through_beep_web() {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use crate::browser::{browser_setup, run_driver};
     use crate::helpers::{sent_code, unique_phone};
 
     const SAID: &str = "Please call me back when you land at the airport tonight.";
-    let Some((chromium, folder)) = browser_setup() else {
+    let Some(browser) = browser_setup() else {
         println!("skipped: set BEEP_TEST_CHROMIUM (and run `npm ci --prefix tests/browser`)");
         return;
     };
@@ -181,32 +183,18 @@ async fn two_people_walk_through_beep_web() {
     ];
     args.extend(searched.map(str::to_owned));
 
-    let started = Instant::now();
-    let run = tokio::task::spawn_blocking(move || {
-        run_driver(
-            &chromium,
-            &folder,
-            "walk-web.mjs",
-            &args,
-            Duration::from_secs(240),
-            |line| {
-                let asked: serde_json::Value = serde_json::from_str(line).ok()?;
-                Some(sent_code(asked["codeFor"].as_str()?))
-            },
-        )
-    })
-    .await
-    .unwrap();
-    println!("the walk took {:?}: {}", started.elapsed(), run.stdout);
-    if !run.stderr.is_empty() {
-        eprintln!("driver stderr:\n{}", run.stderr);
-    }
-    assert!(
-        run.success,
-        "the walk failed:\n{}\n{}",
-        run.stdout, run.stderr
-    );
-    let report = run.report();
+    let report = run_driver(
+        browser,
+        "walk-web.mjs",
+        args,
+        Duration::from_secs(240),
+        |line| {
+            let asked: serde_json::Value = serde_json::from_str(line).ok()?;
+            Some(sent_code(asked["codeFor"].as_str()?))
+        },
+        "walk through Beep web",
+    )
+    .await;
     assert_eq!(report["problems"], serde_json::json!([]), "console errors");
     assert_eq!(
         report["overflow"], false,

@@ -42,6 +42,17 @@ async function person(name, phone, mobile) {
     viewport: mobile ? { width: 390, height: 844 } : { width: 1100, height: 800 },
     permissions: ["microphone"],
   });
+  // The page's peer connections, kept where the walk can read their statistics.
+  await context.addInitScript(() => {
+    const Original = window.RTCPeerConnection;
+    window.walkConnections = [];
+    window.RTCPeerConnection = class extends Original {
+      constructor(...args) {
+        super(...args);
+        window.walkConnections.push(this);
+      }
+    };
+  });
   const page = await context.newPage();
   page.on("console", (m) => { if (m.type() === "error" || m.type() === "warning") problems.push(`[${name}] ${m.type()}: ${m.text()}`); });
   page.on("pageerror", (e) => problems.push(`[${name}] page error: ${e.message}`));
@@ -89,7 +100,7 @@ await a.getByRole("textbox", { name: "Title", exact: true }).fill("Walk");
 await a.getByRole("button", { name: "Create" }).click();
 await a.getByRole("heading", { name: "Walk" }).waitFor();
 await a.getByRole("button", { name: "Add member" }).click();
-await a.getByRole("listitem").filter({ hasText: "Bob Tester" }).waitFor();
+await a.locator("#member-list").getByText("Bob Tester").waitFor();
 await b.getByRole("button", { name: "Conversations" }).click();
 await b.getByRole("button", { name: "Walk", exact: true }).click();
 await b.getByRole("heading", { name: "Walk" }).waitFor();
@@ -97,8 +108,9 @@ step("conversation");
 
 await a.getByRole("button", { name: "Join voice room" }).click();
 await b.getByRole("button", { name: "Join voice room" }).click();
-await a.getByRole("button", { name: "Talk" }).waitFor();
-await b.getByRole("listitem").filter({ hasText: "Ada Tester" }).waitFor({ timeout: 15_000 });
+// Enabled once Ada is in the room (and the page has said so, above the button).
+await a.locator("#talk-button:not([disabled])").waitFor();
+await b.getByRole("list", { name: "In the room" }).getByText("Ada Tester").waitFor({ timeout: 15_000 });
 // Ada holds Talk; Bob's page must show her speaking (a level from the sound it receives).
 const talk = a.getByRole("button", { name: "Talk" });
 await talk.hover();
@@ -112,7 +124,21 @@ for (let i = 0; i < 30 && level !== "true"; i++) {
 // must hold the whole sentence once, so Ada talks through two of its loops.
 await a.waitForTimeout(word ? 8000 : 1000);
 await a.mouse.up();
-if (level !== "true") throw new Error("Bob never heard Ada speak");
+if (level !== "true") {
+  // What each side's connection saw, to tell a silent sender from a lost path.
+  const rtp = (page) => page.evaluate(async () => {
+    const pc = window.walkConnections.at(-1);
+    if (!pc) return "no connection";
+    const seen = [];
+    (await pc.getStats()).forEach((r) => {
+      if (["inbound-rtp", "outbound-rtp", "candidate-pair"].includes(r.type)) {
+        seen.push({ type: r.type, state: r.state, packets: r.packetsReceived ?? r.packetsSent, level: r.audioLevel });
+      }
+    });
+    return seen;
+  });
+  throw new Error(`Bob never heard Ada speak: Ada ${JSON.stringify(await rtp(a))}, Bob ${JSON.stringify(await rtp(b))}`);
+}
 step("talked");
 await b.screenshot({ path: `${out}/walk-3-room.png` });
 
