@@ -111,21 +111,19 @@ await b.getByRole("button", { name: "Join voice room" }).click();
 // Enabled once Ada is in the room (and the page has said so, above the button).
 await a.locator("#talk-button:not([disabled])").waitFor();
 await b.getByRole("list", { name: "In the room" }).getByText("Ada Tester").waitFor({ timeout: 15_000 });
-// Ada holds Talk; Bob's page must show her speaking (a level from the sound it receives).
-const talk = a.getByRole("button", { name: "Talk" });
-await talk.hover();
-await a.mouse.down();
-let level = "never";
-for (let i = 0; i < 30 && level !== "true"; i++) {
-  await a.waitForTimeout(200);
-  level = await b.locator("[data-track]").first().getAttribute("data-speaking").catch(() => "never");
+/** Polls `listener`'s page until it shows the other speaking (a level from the sound it
+ * receives), for up to 6 s: "true", or what it last showed. */
+async function hears(listener) {
+  let level = "never";
+  for (let i = 0; i < 30 && level !== "true"; i++) {
+    await listener.waitForTimeout(200);
+    level = await listener.locator("[data-track]").first().getAttribute("data-speaking").catch(() => "never");
+  }
+  return level;
 }
-// The fake microphone loops the WAV from when the room was joined; to be searched, the bite
-// must hold the whole sentence once, so Ada talks through two of its loops.
-await a.waitForTimeout(word ? 8000 : 1000);
-await a.mouse.up();
-if (level !== "true") {
-  // What each side's connection saw, to tell a silent sender from a lost path.
+
+/** What each side's connection saw, to tell a silent sender from a lost path. */
+async function silentCall(who) {
   const rtp = (page) => page.evaluate(async () => {
     const pc = window.walkConnections.at(-1);
     if (!pc) return "no connection";
@@ -137,8 +135,24 @@ if (level !== "true") {
     });
     return seen;
   });
-  throw new Error(`Bob never heard Ada speak: Ada ${JSON.stringify(await rtp(a))}, Bob ${JSON.stringify(await rtp(b))}`);
+  return new Error(`${who}: Ada ${JSON.stringify(await rtp(a))}, Bob ${JSON.stringify(await rtp(b))}`);
 }
+
+// Ada holds Talk with the mouse; Bob's page must show her speaking.
+const talk = a.getByRole("button", { name: "Talk" });
+await talk.hover();
+await a.mouse.down();
+const level = await hears(b);
+// The fake microphone loops the WAV from when the room was joined; to be searched, the bite
+// must hold the whole sentence once, so Ada talks through two of its loops.
+await a.waitForTimeout(word ? 8000 : 1000);
+await a.mouse.up();
+if (level !== "true") throw await silentCall("Bob never heard Ada speak");
+// Bob holds the space bar (the keyboard's push-to-talk); Ada's page shows him speaking.
+await b.keyboard.down("Space");
+const keyed = await hears(a);
+await b.keyboard.up("Space");
+if (keyed !== "true") throw await silentCall("Ada never heard Bob speak");
 step("talked");
 await b.screenshot({ path: `${out}/walk-3-room.png` });
 
