@@ -9,6 +9,7 @@
 //! has installed the driver's `playwright-core`; otherwise it says it is skipped and passes.
 
 use std::io::{BufRead as _, BufReader, Read, Write as _};
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -79,17 +80,31 @@ fn drive(
         .spawn()
         .expect("node runs (is Node.js installed?)");
     // Both pipes are drained while the driver runs, so neither can fill up and stall it.
-    let mut replies = child.stdin.take().unwrap();
+    let mut replies = child.stdin.take();
     let stdout = child.stdout.take().unwrap();
     let stdout = std::thread::spawn(move || {
         let mut text = String::new();
-        for line in BufReader::new(stdout).lines() {
+        for line in BufReader::new(stdout).split(b'\n') {
             let Ok(line) = line else { break };
-            if let Some(reply) = answer(&line) {
-                let _ = writeln!(replies, "{reply}");
-            }
+            let line = String::from_utf8_lossy(&line);
             text.push_str(&line);
             text.push('\n');
+            let Some(stdin) = replies.as_mut() else {
+                continue;
+            };
+            // An answer that panics (no code sent, say) is reported and closes the driver's
+            // stdin, so the driver fails rather than waits.
+            match std::panic::catch_unwind(AssertUnwindSafe(|| answer(&line))) {
+                Ok(Some(reply)) => {
+                    let _ = writeln!(stdin, "{reply}");
+                }
+                Ok(None) => {}
+                Err(panic) => {
+                    let why = panic.downcast_ref::<String>().map_or("?", String::as_str);
+                    text.push_str(&format!("(the test could not answer that: {why})\n"));
+                    replies = None;
+                }
+            }
         }
         text
     });
@@ -106,7 +121,8 @@ fn drive(
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let (stdout, mut stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    let stdout = stdout.join().unwrap_or_default();
+    let mut stderr = stderr.join().unwrap_or_default();
     if status.is_none() {
         stderr.push_str("\n(killed: the driver ran past its deadline)");
     }

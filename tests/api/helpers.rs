@@ -141,66 +141,64 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for OtpCapture {
     }
 }
 
-/// The last code the `log` sender wrote for `destination` (E.164 phone or lowercased email):
-/// captured in this process (waiting up to 5 s for it), or read from `BEEP_TEST_OTP_LOG` when
+/// The last code the `log` sender wrote for `destination` (E.164 phone or lowercased email),
+/// waiting up to 5 s for it: captured in this process, or read from `BEEP_TEST_OTP_LOG` when
 /// testing a deployment.
 pub fn sent_code(destination: &str) -> String {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let log = env(OTP_LOG);
     loop {
-        let captured = SENT_CODES
-            .lock()
-            .unwrap()
-            .iter()
-            .rev()
-            .find(|(to, _)| to == destination)
-            .map(|(_, code)| code.clone());
-        match (captured, env(OTP_LOG)) {
-            (Some(code), _) => return code,
-            (None, Some(path)) => return logged_code(Path::new(&path), destination),
-            (None, None) => assert!(
-                std::time::Instant::now() < deadline,
-                "no code was logged for {destination}"
-            ),
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
-/// The last code for `destination` in a deployment's log, waiting up to 5 s for it to be
-/// written. Reads both of beep's log formats (`telemetry.log_format`): JSON
-/// (`"destination":"…","code":"…"`) and the plain one (`destination=… code="…"`).
-fn logged_code(path: &Path, destination: &str) -> String {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let log = std::fs::read_to_string(path)
-            .unwrap_or_else(|err| panic!("{OTP_LOG}={}: {err}", path.display()));
-        let found = log.lines().rev().find_map(|line| {
-            if !line.contains(beep::services::auth::senders::LOG_TARGET) {
-                return None;
+        let found = match &log {
+            None => captured_code(destination),
+            Some(path) => {
+                captured_code(destination).or_else(|| logged_code(Path::new(path), destination))
             }
-            let (to, code) = match serde_json::from_str::<serde_json::Value>(line) {
-                // beep's JSON format flattens an event's fields to the top level.
-                Ok(json) => (
-                    json["destination"].as_str()?.to_owned(),
-                    json["code"].as_str()?.to_owned(),
-                ),
-                Err(_) => (
-                    plain_field(line, "destination")?,
-                    plain_field(line, "code")?,
-                ),
-            };
-            (to == destination).then_some(code)
-        });
+        };
         if let Some(code) = found {
             return code;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "no code for {destination} in {}",
-            path.display()
+            "no code was sent to {destination} (log: {log:?})"
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// The last code this process's `log` sender wrote for `destination`.
+fn captured_code(destination: &str) -> Option<String> {
+    SENT_CODES
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|(to, _)| to == destination)
+        .map(|(_, code)| code.clone())
+}
+
+/// The last code for `destination` in a deployment's log. Reads both of beep's log formats
+/// (`telemetry.log_format`): JSON (`"destination":"…","code":"…"`) and the plain one
+/// (`destination=… code="…"`).
+fn logged_code(path: &Path, destination: &str) -> Option<String> {
+    let log = std::fs::read_to_string(path)
+        .unwrap_or_else(|err| panic!("{OTP_LOG}={}: {err}", path.display()));
+    log.lines().rev().find_map(|line| {
+        if !line.contains(beep::services::auth::senders::LOG_TARGET) {
+            return None;
+        }
+        let (to, code) = match serde_json::from_str::<serde_json::Value>(line) {
+            // beep's JSON format flattens an event's fields to the top level.
+            Ok(json) => (
+                json["destination"].as_str()?.to_owned(),
+                json["code"].as_str()?.to_owned(),
+            ),
+            Err(_) => (
+                plain_field(line, "destination")?,
+                plain_field(line, "code")?,
+            ),
+        };
+        (to == destination).then_some(code)
+    })
 }
 
 /// `name=value` or `name="value"` in a plain log line.

@@ -363,6 +363,17 @@ async fn serves_https_when_a_certificate_is_configured() {
         response.headers()["strict-transport-security"],
         "max-age=31536000"
     );
+    // HTTP/2 by ALPN, with bodies read through the same limits as over HTTP/1.1.
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    let refused = client
+        .post(format!("https://localhost:{}/login/init", app.addr.port()))
+        .header("content-type", "application/json")
+        .body(r#"{"phone_number":"not a number"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.version(), reqwest::Version::HTTP_2);
+    assert_eq!(error_code(refused, 400).await, "invalid_phone_number");
     app.stop().await;
 }
 

@@ -31,95 +31,104 @@ async fn get_with(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> reqwes
 #[tokio::test]
 async fn the_web_client_is_served_with_its_types_validators_and_policy() {
     // Files inside the binary: one column is enough (or the deployment, behind its proxy).
-    {
-        let app = TestApp::spawn(target()).await;
-        let page = app.get("/").await;
-        assert_eq!(page.status(), 200);
-        let headers = page.headers().clone();
-        assert_eq!(headers["content-type"], "text/html; charset=utf-8");
-        let policy = headers["content-security-policy"].to_str().unwrap();
+    let app = TestApp::spawn(target()).await;
+    let page = app.get("/").await;
+    assert_eq!(page.status(), 200);
+    let headers = page.headers().clone();
+    assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+    let policy = headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        policy.contains("default-src 'none'")
+            && policy.contains("script-src 'self'")
+            && !policy.contains("unsafe"),
+        "{policy}"
+    );
+    let etag = headers["etag"].to_str().unwrap().to_owned();
+    let html = page.text().await.unwrap();
+    for name in CONTROLS {
         assert!(
-            policy.contains("default-src 'none'")
-                && policy.contains("script-src 'self'")
-                && !policy.contains("unsafe"),
-            "{policy}"
+            html.contains(&format!(">{name}")),
+            "no control named {name}"
         );
-        let etag = headers["etag"].to_str().unwrap().to_owned();
-        let html = page.text().await.unwrap();
-        for name in CONTROLS {
-            assert!(
-                html.contains(&format!(">{name}")),
-                "no control named {name}"
-            );
-        }
-        // What the policy would block: inline script and style.
-        assert!(!html.contains("<script>") && !html.contains(" style="));
-
-        let again = get_with(&app, "/", &[("If-None-Match", &etag)]).await;
-        assert_eq!(again.status(), 304, "an unchanged page is not sent again");
-        assert_eq!(again.headers()["etag"], etag.as_str());
-
-        for (path, kind) in [
-            ("/web/app.js", "text/javascript; charset=utf-8"),
-            ("/web/app.css", "text/css; charset=utf-8"),
-        ] {
-            let file = app.get(path).await;
-            assert_eq!(file.status(), 200, "{path}");
-            assert_eq!(file.headers()["content-type"], kind, "{path}");
-            assert_ne!(file.headers()["etag"], etag.as_str(), "{path}");
-            assert!(!file.bytes().await.unwrap().is_empty(), "{path}");
-        }
-        // Gzipped for a client that takes it: a representation of its own, with its own ETag.
-        let script = app.get("/web/app.js").await.bytes().await.unwrap();
-        let gzipped = get_with(
-            &app,
-            "/web/app.js",
-            &[("Accept-Encoding", "gzip, deflate, br")],
-        )
-        .await;
-        assert_eq!(gzipped.status(), 200);
-        assert_eq!(gzipped.headers()["content-encoding"], "gzip");
-        assert_eq!(gzipped.headers()["vary"], "Accept-Encoding");
-        let gzip_etag = gzipped.headers()["etag"].to_str().unwrap().to_owned();
-        let compressed = gzipped.bytes().await.unwrap();
-        assert!(
-            compressed.len() * 2 < script.len(),
-            "{} of {}",
-            compressed.len(),
-            script.len()
-        );
-        let mut unzipped = Vec::new();
-        std::io::Read::read_to_end(
-            &mut flate2::read::GzDecoder::new(&compressed[..]),
-            &mut unzipped,
-        )
-        .unwrap();
-        assert_eq!(unzipped, script, "the same file");
-        let again = get_with(
-            &app,
-            "/web/app.js",
-            &[("Accept-Encoding", "gzip"), ("If-None-Match", &gzip_etag)],
-        )
-        .await;
-        assert_eq!(again.status(), 304);
-        let refused = get_with(
-            &app,
-            "/web/app.js",
-            &[("Accept-Encoding", "gzip;q=0, identity")],
-        )
-        .await;
-        assert!(refused.headers().get("content-encoding").is_none());
-
-        assert_eq!(
-            error_code(app.get("/web/nope.js").await, 404).await,
-            "not_found"
-        );
-        assert_eq!(
-            error_code(app.get("/web/..%2Fapp.js").await, 404).await,
-            "not_found"
-        );
-        app.stop().await;
     }
+    // What the policy would block: inline script and style.
+    assert!(!html.contains("<script>") && !html.contains(" style="));
+
+    let again = get_with(&app, "/", &[("If-None-Match", &etag)]).await;
+    assert_eq!(again.status(), 304, "an unchanged page is not sent again");
+    assert_eq!(again.headers()["etag"], etag.as_str());
+
+    for (path, kind) in [
+        ("/web/app.js", "text/javascript; charset=utf-8"),
+        ("/web/app.css", "text/css; charset=utf-8"),
+    ] {
+        let file = app.get(path).await;
+        assert_eq!(file.status(), 200, "{path}");
+        assert_eq!(file.headers()["content-type"], kind, "{path}");
+        assert_ne!(file.headers()["etag"], etag.as_str(), "{path}");
+        assert!(!file.bytes().await.unwrap().is_empty(), "{path}");
+    }
+    // Gzipped for a client that takes it: a representation of its own, with its own ETag.
+    let plain = app.get("/web/app.js").await;
+    let plain_etag = plain.headers()["etag"].to_str().unwrap().to_owned();
+    let script = plain.bytes().await.unwrap();
+    let gzipped = get_with(
+        &app,
+        "/web/app.js",
+        &[("Accept-Encoding", "gzip, deflate, br")],
+    )
+    .await;
+    assert_eq!(gzipped.status(), 200);
+    assert_eq!(gzipped.headers()["content-encoding"], "gzip");
+    assert_eq!(gzipped.headers()["vary"], "Accept-Encoding");
+    let gzip_etag = gzipped.headers()["etag"].to_str().unwrap().to_owned();
+    let compressed = gzipped.bytes().await.unwrap();
+    assert!(
+        compressed.len() * 2 < script.len(),
+        "{} of {}",
+        compressed.len(),
+        script.len()
+    );
+    let mut unzipped = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(&compressed[..]),
+        &mut unzipped,
+    )
+    .unwrap();
+    assert_eq!(unzipped, script, "the same file");
+    let again = get_with(
+        &app,
+        "/web/app.js",
+        &[("Accept-Encoding", "gzip"), ("If-None-Match", &gzip_etag)],
+    )
+    .await;
+    assert_eq!(again.status(), 304);
+    assert_eq!(again.headers()["vary"], "Accept-Encoding");
+    // The other form's validator does not match: this client gets the file.
+    let other = get_with(
+        &app,
+        "/web/app.js",
+        &[("Accept-Encoding", "gzip"), ("If-None-Match", &plain_etag)],
+    )
+    .await;
+    assert_eq!(other.status(), 200);
+    let refused = get_with(
+        &app,
+        "/web/app.js",
+        &[("Accept-Encoding", "gzip;q=0, identity")],
+    )
+    .await;
+    assert!(refused.headers().get("content-encoding").is_none());
+
+    assert_eq!(
+        error_code(app.get("/web/nope.js").await, 404).await,
+        "not_found"
+    );
+    assert_eq!(
+        error_code(app.get("/web/..%2Fapp.js").await, 404).await,
+        "not_found"
+    );
+    app.stop().await;
 }
 
 /// Two people through the whole client in a real browser (`tests/browser/walk-web.mjs`): sign-in
@@ -209,6 +218,7 @@ async fn two_people_walk_through_beep_web() {
         "talked",
         "bite played",
         "still signed in after a reload",
+        "removed, and the page followed",
     ];
     walked.extend(searched.map(|_| "found by search"));
     for step in walked {

@@ -1,10 +1,11 @@
 // Two people through Beep web in two Chromium contexts with fake microphones: sign-in with
 // codes the test reads from the server, a profile picture, a contact seen online, a
-// conversation, a push-to-talk exchange the other hears, the bite in the timeline, playing,
-// (given a word) its transcript found by search and played from the match, and a reload still
-// signed in. Screenshots of each step. Asks for each code by printing {"codeFor": phone} and
-// reading the code as a line on stdin. Ends by printing {"problems":[…],"steps":{…},
-// "interactiveMs","overflow"} (overflow: the 390 px page scrolls sideways); exits 1 on a
+// conversation, a push-to-talk exchange each way (mouse, then space bar) the other hears, the
+// bite in the timeline, playing, (given a word) its transcript found by search and played from
+// the match, a reload still signed in, then Bob removed and his page following. Screenshots
+// of each step. Asks for each code by printing {"codeFor": phone} and reading the code as a
+// line on stdin. Ends by printing {"problems":[…],"steps":{…},"interactiveMs","overflow"}
+// (overflow: the 390 px page scrolls sideways); exits 1 on a
 // failed step. Run by tests/api/web.rs:
 //
 //   node walk-web.mjs <base> <phone A> <phone B> <wav> <picture> <out dir> [<spoken word>]
@@ -117,7 +118,7 @@ async function hears(listener) {
   let level = "never";
   for (let i = 0; i < 30 && level !== "true"; i++) {
     await listener.waitForTimeout(200);
-    level = await listener.locator("[data-track]").first().getAttribute("data-speaking").catch(() => "never");
+    level = await listener.evaluate(() => document.querySelector("[data-track]")?.dataset.speaking ?? "never");
   }
   return level;
 }
@@ -149,6 +150,7 @@ await a.waitForTimeout(word ? 8000 : 1000);
 await a.mouse.up();
 if (level !== "true") throw await silentCall("Bob never heard Ada speak");
 // Bob holds the space bar (the keyboard's push-to-talk); Ada's page shows him speaking.
+await a.getByRole("list", { name: "In the room" }).getByText("Bob Tester").waitFor({ timeout: 15_000 });
 await b.keyboard.down("Space");
 const keyed = await hears(a);
 await b.keyboard.up("Space");
@@ -171,12 +173,15 @@ if (word) {
     await b.getByRole("textbox", { name: "Search" }).press("Enter");
     await b.waitForTimeout(500);
   }
-  await match.first().click();
-  await b.locator("#search-results mark").first().waitFor();
+  // Played from the matched word: a new recording, from the match's offset.
+  const before = await b.evaluate(() => document.querySelector("#player").src);
+  const offset = Number(await match.first().getAttribute("data-offset-ms")) / 1000;
   const marked = await b.locator("#search-results mark").first().textContent();
   if (!marked.toLowerCase().includes(word)) throw new Error(`the match marks ${marked}, not ${word}`);
-  // Played from the matched word, not from the start.
-  await b.waitForFunction(() => document.querySelector("#player").currentTime > 0.5);
+  await match.first().click();
+  await b.waitForFunction((old) => document.querySelector("#player").src !== old, before);
+  const at = await b.evaluate(() => document.querySelector("#player").currentTime);
+  if (Math.abs(at - offset) > 0.5) throw new Error(`played from ${at} s, the match is at ${offset} s`);
   step("found by search");
   await b.screenshot({ path: `${out}/walk-5-search.png`, fullPage: true });
 }
@@ -185,6 +190,17 @@ await b.reload();
 await b.getByRole("button", { name: "Walk", exact: true }).waitFor();
 step("still signed in after a reload");
 const overflow = await b.evaluate(() => document.documentElement.scrollWidth > window.innerWidth);
+
+// Ada removes Bob: his open conversation closes by itself, with no error shown.
+await b.getByRole("button", { name: "Walk", exact: true }).click();
+await b.getByRole("heading", { name: "Walk" }).waitFor();
+await a.getByRole("button", { name: "Remove Bob Tester" }).click();
+await b.getByRole("heading", { name: "Walk" }).waitFor({ state: "hidden" });
+await b.getByRole("button", { name: "Walk", exact: true }).waitFor({ state: "detached" });
+await b.waitForTimeout(500);
+const shown = await b.evaluate(() => document.querySelector("#problem").hidden ? null : document.querySelector("#problem").textContent);
+if (shown) throw new Error(`Bob's page, removed, says: ${shown}`);
+step("removed, and the page followed");
 console.log(JSON.stringify({ problems, steps, level, interactiveMs, overflow }));
 await browser.close();
 process.exit(0);

@@ -177,11 +177,11 @@ async function api(path, { method = "GET", body, form, raw } = {}) {
 
 /** A server-sent event stream (`handlers`: event name to function of its JSON) that
  * reconnects with a fresh token, backing off, and gives up when the server refuses it.
- * `reopened` runs after a reconnection, to fetch what was missed while it was down. */
+ * `reopened(failedAt)` runs after a reconnection, to fetch what was missed while it was down. */
 function stream(path, handlers, reopened = null) {
   let source = null;
   let closed = false;
-  let failed = false;
+  let failedAt = null;
   let wait = 1000;
   const open = async () => {
     if (closed || !session) return;
@@ -191,8 +191,8 @@ function stream(path, handlers, reopened = null) {
     source = new EventSource(`${path}${separator}token=${encodeURIComponent(key)}`);
     source.onopen = () => {
       wait = 1000;
-      if (failed) reopened?.()?.catch(complain);
-      failed = false;
+      if (failedAt !== null) reopened?.(failedAt)?.catch(complain);
+      failedAt = null;
     };
     for (const [name, handle] of Object.entries(handlers)) {
       source.addEventListener(name, (message) => {
@@ -206,7 +206,7 @@ function stream(path, handlers, reopened = null) {
     source.onerror = () => {
       source.close();
       if (closed) return;
-      failed = true;
+      failedAt ??= Date.now();
       // An EventSource does not say why it failed: a cheap call does (a refused token
       // refreshes or signs out). Then again, later each time.
       setTimeout(async () => {
@@ -355,7 +355,14 @@ function signedIn(view) {
       }
       if (!$("#talk").hidden) loadConversations().catch(complain);
     },
-  }, () => (!$("#talk").hidden ? loadConversations() : null));
+  }, async () => {
+    // Left or removed while the stream was down: its other streams would be refused forever.
+    const all = await loadConversations();
+    if (current && !all.some((conversation) => conversation.id === current.id)) {
+      leaveRoom();
+      closeConversation();
+    }
+  });
 }
 
 function signedOut() {
@@ -522,6 +529,7 @@ function closeConversationStreams() {
 async function loadConversations() {
   const all = await api("/core/user/conversation?limit=1000");
   all.sort((a, b) => Number(b.pinned) - Number(a.pinned) || (a.title || "").localeCompare(b.title || ""));
+  // Rebuilt even while hidden, so it is current when shown.
   const list = $("#conversation-list");
   list.replaceChildren();
   for (const conversation of all) {
@@ -533,6 +541,7 @@ async function loadConversations() {
     }, { "aria-label": `${conversation.pinned ? "Unpin" : "Pin"} ${conversation.title || "Untitled"}` }));
     list.append(item);
   }
+  return all;
 }
 
 $("#new-conversation").addEventListener("click", () => {
@@ -558,19 +567,31 @@ async function openConversation(conversation) {
   $("#search-results").replaceChildren();
   $("#transcript").textContent = "";
   $("#bite-list").replaceChildren();
+  bites.clear();
+  opening += 1;
   // Streamed first, so a bite stored while the list loads is not missed (one shown twice is
-  // recognised by its key).
+  // recognised by its key). After a reconnection, the bites stored since it failed.
   biteEvents = stream(`/store/bite/${conversation.id}/subscribe`, {
     bite: (bite) => addBite(bite, true),
     transcript: (said) => {
       const bite = bites.get(biteKey(said));
       if (bite) bite.transcript = said.transcript ?? said.text;
     },
-  }, () => loadBites(conversation.id, newestBite()));
+  }, (failedAt) => loadBites(conversation.id, failedAt - CATCH_UP_MS));
   // Members added or removed by others, while the conversation is open.
   const members = () => loadMembers(conversation.id);
   memberEvents = stream(`/core/user/subscribe/conversation/${conversation.id}/member`, {
-    message: () => members().catch(complain),
+    message: (event) => {
+      const changed = JSON.parse(event.data);
+      // The caller removed (or gone from another tab): the server ends this stream next.
+      if (event.type === "delete" && changed.user === session.user) {
+        leaveRoom();
+        closeConversation();
+        loadConversations().catch(complain);
+      } else {
+        members().catch(complain);
+      }
+    },
   }, members);
   await Promise.all([loadMembers(conversation.id), loadBites(conversation.id), loadConversations()]);
 }
@@ -584,9 +605,16 @@ function closeConversation() {
 /** Names of the open conversation's members, by user id. */
 const names = new Map();
 
+/** Counts member-list loads: only the latest call's answer is shown. */
+let memberLoads = 0;
+
 async function loadMembers(conversation = current.id) {
-  const members = await api(`/core/user/conversation/${conversation}/member?limit=1000`);
-  if (current?.id !== conversation) return;
+  const call = ++memberLoads;
+  const [members, known] = await Promise.all([
+    api(`/core/user/conversation/${conversation}/member?limit=1000`),
+    contacts(),
+  ]);
+  if (call !== memberLoads || current?.id !== conversation) return;
   names.clear();
   for (const user of members) names.set(user.id, nameOf(user));
   const list = $("#member-list");
@@ -602,9 +630,10 @@ async function loadMembers(conversation = current.id) {
   }
   const choice = $("#member-choice");
   choice.replaceChildren();
-  for (const user of await contacts()) {
+  for (const user of known) {
     if (!inside.has(user.id)) choice.append(element("option", nameOf(user), { value: user.id }));
   }
+  nameSpeakers();
 }
 
 handle("#rename-conversation", "submit", async (event) => {
@@ -645,34 +674,55 @@ const SHOWN_BITES = 200;
 const biteKey = (bite) => `${bite.start}/${bite.user}/${bite.client}`;
 
 const WEEK_MS = 7 * 24 * 3600 * 1000;
-const newestBite = () => Math.max(Date.now() - WEEK_MS, ...[...bites.values()].map((bite) => bite.start));
+/** How far before a stream's failure its catch-up looks: bites are listed by their start, and
+ * one stored during the outage started up to its length earlier (`bites.max_bite_ms`, 30 s by
+ * default). */
+const CATCH_UP_MS = 5 * 60 * 1000;
+/** Counts conversation openings: an answer for an earlier one is dropped. */
+let opening = 0;
 
-/** The newest bites: pages follow `Link: rel="next"` (oldest first) from a week back, or
- * (`since`, after a reconnection) those from then on, added to the ones shown. */
-async function loadBites(conversation = current.id, since = null) {
-  if (since === null) bites.clear();
-  let next = `/store/bite/${conversation}?from=${since ?? Date.now() - WEEK_MS}&limit=${SHOWN_BITES}`;
+/** The newest bites: pages follow `Link: rel="next"` (oldest first) from a week back, or from
+ * `since` (a catch-up); added to those shown, in order, and transcripts filled in. */
+async function loadBites(conversation = current.id, since = Date.now() - WEEK_MS) {
+  const mine = opening;
+  let next = `/store/bite/${conversation}?from=${since}&limit=${SHOWN_BITES}`;
   const found = [];
   for (let page = 0; next && page < 50; page += 1) {
     const answer = await api(next, { raw: true });
     found.push(...(await answer.json()));
     next = answer.headers.get("Link")?.match(/<([^>]+)>;\s*rel="next"/)?.[1];
   }
-  if (current?.id !== conversation) return;
-  for (const bite of found.slice(-SHOWN_BITES)) addBite(bite, since !== null);
+  if (mine !== opening || current?.id !== conversation) return;
+  for (const bite of found.slice(-SHOWN_BITES)) addBite(bite, false);
 }
 
+/** Shows a bite in the timeline (newest first), once; `fresh` when it has just been said. */
 function addBite(bite, fresh) {
-  if (bites.has(biteKey(bite)) || bite.conversation !== current?.id) return;
+  if (bite.conversation !== current?.id) return;
+  const shown = bites.get(biteKey(bite));
+  if (shown) {
+    shown.transcript ??= bite.transcript;
+    return;
+  }
   bites.set(biteKey(bite), bite);
   const when = new Date(bite.start).toLocaleTimeString();
-  const item = element("li");
+  const item = element("li", undefined, { "data-start": String(bite.start) });
   item.append(element("span", `${when} · ${(bite.duration / 1000).toFixed(1)} s`));
-  const speaker = bite.user === session.user ? "you" : names.get(bite.user) || "someone who left";
-  item.append(element("span", speaker, { class: "muted" }));
+  item.append(element("span", speakerName(bite.user), { class: "muted", "data-user": bite.user }));
   item.append(button("Play", () => play(bite, 0), { "aria-label": `Play bite of ${when}` }));
-  $("#bite-list").prepend(item);
+  const list = $("#bite-list");
+  const older = [...list.children].find((other) => Number(other.dataset.start) < bite.start);
+  list.insertBefore(item, older ?? null);
   if (fresh) say(`New bite at ${when}.`);
+}
+
+const speakerName = (user) => (user === session.user ? "you" : names.get(user) || "someone who left");
+
+/** Names the timeline's speakers again, once the members are known. */
+function nameSpeakers() {
+  for (const label of $("#bite-list").querySelectorAll("[data-user]")) {
+    label.textContent = speakerName(label.dataset.user);
+  }
 }
 
 async function play(bite, fromMs) {
@@ -713,6 +763,7 @@ handle("#search-form", "submit", async () => {
     const when = new Date(hit.start).toLocaleTimeString();
     item.append(said, button("Play from here", () => play({ ...hit, transcript: said.textContent }, hit.offset_ms), {
       "aria-label": `Play the bite of ${when} from the match`,
+      "data-offset-ms": String(hit.offset_ms),
     }));
     results.append(item);
   }
