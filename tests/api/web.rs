@@ -127,10 +127,11 @@ async fn the_web_client_is_served_with_its_types_validators_and_policy() {
 }
 
 /// Two people through the whole client in a real browser (`tests/browser/walk-web.mjs`): sign-in
-/// with codes from the server, a profile picture, a contact online, a conversation, a
-/// push-to-talk exchange the other hears, the bite in the timeline and playing, and, where the
-/// offline engine runs (`--features whisper` and `BEEP_TEST_WHISPER_MODEL`, as in CI), its
-/// transcript found by search and played from the match. Screenshots go to
+/// with codes from the server (one wrong first), a profile picture, a contact online, a
+/// conversation, push-to-talk each way, the bite in the timeline and playing, where the
+/// offline engine runs (`--features whisper` and `BEEP_TEST_WHISPER_MODEL`, as in CI) its
+/// transcript found by search and played from the match, a reload, a device revoked, a removed
+/// member's page following, and signing out; no console error or warning. Screenshots go to
 /// `target/tmp/web-walk/`. Runs when `BEEP_TEST_CHROMIUM` is set, as the call test does.
 #[cfg(all(feature = "bites", feature = "pictures"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,6 +142,7 @@ async fn two_people_walk_through_beep_web() {
     use crate::helpers::{sent_code, unique_phone};
 
     const SAID: &str = "Please call me back when you land at the airport tonight.";
+    const OTHER_DEVICE: &str = "walk-phone";
     let Some(browser) = browser_setup() else {
         println!("skipped: set BEEP_TEST_CHROMIUM (and run `npm ci --prefix tests/browser`)");
         return;
@@ -169,6 +171,8 @@ async fn two_people_walk_through_beep_web() {
     let app = TestApp::spawn_with(
         target(),
         |config| {
+            // Ada's code for the web follows the one for her other device at once.
+            config.auth.limits.resend.first_secs = 0;
             if let Some(model) = &model {
                 config.transcription.engine = beep::config::TranscriptionEngine::Whisper;
                 config.transcription.whisper.model_path = Some(model.into());
@@ -177,10 +181,14 @@ async fn two_people_walk_through_beep_web() {
         Vec::new(),
     )
     .await;
+    // Ada has signed in elsewhere before: a device for her to revoke on the sessions page.
+    let ada = unique_phone();
+    crate::auth::login_as(&app, &ada, OTHER_DEVICE).await;
     let mut args = vec![
         app.url(""),
+        ada,
         unique_phone(),
-        unique_phone(),
+        OTHER_DEVICE.to_owned(),
         wav.display().to_string(),
         picture.display().to_string(),
         shots.display().to_string(),
@@ -213,7 +221,9 @@ async fn two_people_walk_through_beep_web() {
         "talked",
         "bite played",
         "still signed in after a reload",
+        "a device revoked",
         "removed, and the page followed",
+        "signed out, still after a reload",
     ];
     walked.extend(searched.map(|_| "found by search"));
     for step in walked {

@@ -2,18 +2,21 @@
 // codes the test reads from the server, a profile picture, a contact seen online, a
 // conversation, a push-to-talk exchange each way (mouse, then space bar) the other hears, the
 // bite in the timeline, playing, (given a word) its transcript found by search and played from
-// the match, a reload still signed in, then Bob removed and his page following. Screenshots
+// the match, a reload still signed in, a device revoked, Bob removed and his page following,
+// and signing out. A wrong code is tried once, and named on the page. Screenshots
 // of each step. Asks for each code by printing {"codeFor": phone} and reading the code as a
 // line on stdin. Ends by printing {"problems":[…],"steps":{…},"interactiveMs","overflow"}
 // (overflow: the 390 px page scrolls sideways); exits 1 on a
 // failed step. Run by tests/api/web.rs:
 //
-//   node walk-web.mjs <base> <phone A> <phone B> <wav> <picture> <out dir> [<spoken word>]
+//   node walk-web.mjs <base> <phone A> <phone B> <A's other device> <wav> <picture> <out dir> [<spoken word>]
+//
+// <A's other device>: the client id of a session A already has (the test signs it in).
 
 import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
 
-const [base, phoneA, phoneB, wav, picture, out, word] = process.argv.slice(2);
+const [base, phoneA, phoneB, otherDevice, wav, picture, out, word] = process.argv.slice(2);
 const browser = await chromium.launch({
   executablePath: process.env.BEEP_TEST_CHROMIUM,
   args: [
@@ -55,7 +58,12 @@ async function person(name, phone, mobile) {
     };
   });
   const page = await context.newPage();
-  page.on("console", (m) => { if (m.type() === "error" || m.type() === "warning") problems.push(`[${name}] ${m.type()}: ${m.text()}`); });
+  // Chromium reports every refused request on the console; the wrong code's 401 is expected.
+  let refusalsExpected = 0;
+  page.on("console", (m) => {
+    if (refusalsExpected > 0 && m.text().includes("status of 401")) refusalsExpected -= 1;
+    else if (m.type() === "error" || m.type() === "warning") problems.push(`[${name}] ${m.type()}: ${m.text()}`);
+  });
   page.on("pageerror", (e) => problems.push(`[${name}] page error: ${e.message}`));
   const opened = Date.now();
   await page.goto(base);
@@ -65,8 +73,19 @@ async function person(name, phone, mobile) {
   await page.getByRole("button", { name: "Send code" }).click();
   const code = page.getByRole("textbox", { name: "Code" });
   await code.waitFor();
-  await code.fill(await codeFor(phone));
+  const right = await codeFor(phone);
+  if (mobile) {
+    // One wrong code first: the page says so in words.
+    const wrong = right.slice(0, 5) + String((Number(right[5]) + 1) % 10);
+    await code.fill(wrong);
+    refusalsExpected = 1;
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("alert").filter({ hasText: "That code is not right" }).waitFor();
+  }
+  await code.fill(right);
   await page.getByRole("button", { name: "Sign in" }).click();
+  // A new user lands on their profile, a known one on conversations: both can go there.
+  await page.getByRole("button", { name: "Profile", exact: true }).click();
   await page.getByLabel("First name").fill(name);
   await page.getByLabel("Last name").fill("Tester");
   await page.getByRole("button", { name: "Save profile" }).click();
@@ -191,7 +210,17 @@ await b.getByRole("button", { name: "Walk", exact: true }).waitFor();
 step("still signed in after a reload");
 const overflow = await b.evaluate(() => document.documentElement.scrollWidth > window.innerWidth);
 
+// Ada's devices: this browser, and the one the test signed in before the walk; she revokes
+// that one, then signs out here.
+await a.getByRole("button", { name: "Sessions" }).click();
+await a.getByText("(this browser)").waitFor();
+await a.getByRole("button", { name: `Revoke ${otherDevice}` }).click();
+await a.getByRole("button", { name: `Revoke ${otherDevice}` }).waitFor({ state: "detached" });
+await a.screenshot({ path: `${out}/walk-6-sessions.png` });
+step("a device revoked");
+
 // Ada removes Bob: his open conversation closes by itself, with no error shown.
+await a.getByRole("button", { name: "Conversations" }).click();
 await b.getByRole("button", { name: "Walk", exact: true }).click();
 await b.getByRole("heading", { name: "Walk" }).waitFor();
 await a.getByRole("button", { name: "Remove Bob Tester" }).click();
@@ -201,6 +230,12 @@ await b.waitForTimeout(500);
 const shown = await b.evaluate(() => document.querySelector("#problem").hidden ? null : document.querySelector("#problem").textContent);
 if (shown) throw new Error(`Bob's page, removed, says: ${shown}`);
 step("removed, and the page followed");
+
+await a.getByRole("button", { name: "Sign out" }).click();
+await a.getByRole("textbox", { name: "Phone number" }).waitFor();
+await a.reload();
+await a.getByRole("textbox", { name: "Phone number" }).waitFor();
+step("signed out, still after a reload");
 console.log(JSON.stringify({ problems, steps, level, interactiveMs, overflow }));
 await browser.close();
 process.exit(0);

@@ -233,7 +233,9 @@ function show(view) {
   if (view !== "talk") closeConversationStreams();
   if (view === "talk" && current) openConversation(current).catch(complain);
   $("#nav").hidden = view === "sign-in";
+  // What the last view said does not belong to the next.
   clearProblem();
+  say("");
   ({ profile: loadProfile, contacts: loadContacts, sessions: loadSessions, talk: loadConversations })[view]?.()
     .catch(complain);
 }
