@@ -100,7 +100,11 @@ fn drive(
                 }
                 Ok(None) => {}
                 Err(panic) => {
-                    let why = panic.downcast_ref::<String>().map_or("?", String::as_str);
+                    let why = panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| panic.downcast_ref::<&str>().copied())
+                        .unwrap_or("?");
                     text.push_str(&format!("(the test could not answer that: {why})\n"));
                     replies = None;
                 }

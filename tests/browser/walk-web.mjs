@@ -81,6 +81,8 @@ async function person(name, phone, mobile) {
     refusalsExpected = 1;
     await page.getByRole("button", { name: "Sign in" }).click();
     await page.getByRole("alert").filter({ hasText: "That code is not right" }).waitFor();
+    for (let i = 0; i < 20 && refusalsExpected > 0; i++) await page.waitForTimeout(100);
+    if (refusalsExpected !== 0) throw new Error("the wrong code's 401 never reached the console");
   }
   await code.fill(right);
   await page.getByRole("button", { name: "Sign in" }).click();
@@ -195,6 +197,7 @@ if (word) {
   // Played from the matched word: a new recording, from the match's offset.
   const before = await b.evaluate(() => document.querySelector("#player").src);
   const offset = Number(await match.first().getAttribute("data-offset-ms")) / 1000;
+  if (!Number.isFinite(offset)) throw new Error("the match carries no offset");
   const marked = await b.locator("#search-results mark").first().textContent();
   if (!marked.toLowerCase().includes(word)) throw new Error(`the match marks ${marked}, not ${word}`);
   await match.first().click();
@@ -219,10 +222,14 @@ await a.getByRole("button", { name: `Revoke ${otherDevice}` }).waitFor({ state: 
 await a.screenshot({ path: `${out}/walk-6-sessions.png` });
 step("a device revoked");
 
-// Ada removes Bob: his open conversation closes by itself, with no error shown.
+// Ada removes Bob: his open conversation closes by itself, with no error shown. Once his page
+// has loaded it and its member stream answers, so the removal is what it follows.
 await a.getByRole("button", { name: "Conversations" }).click();
+const memberStream = b.waitForResponse((r) => r.url().includes("/member?token="));
 await b.getByRole("button", { name: "Walk", exact: true }).click();
 await b.getByRole("heading", { name: "Walk" }).waitFor();
+await b.locator("#member-list").getByText("Ada Tester").waitFor();
+await memberStream;
 await a.getByRole("button", { name: "Remove Bob Tester" }).click();
 await b.getByRole("heading", { name: "Walk" }).waitFor({ state: "hidden" });
 await b.getByRole("button", { name: "Walk", exact: true }).waitFor({ state: "detached" });

@@ -175,6 +175,16 @@ async function api(path, { method = "GET", body, form, raw } = {}) {
   }
 }
 
+/** For loaders called again before they answer: `const stale = loads();` at the start of a
+ * call, and after each wait `stale()` says whether a later call has begun (its answer wins). */
+function latestOnly() {
+  let calls = 0;
+  return () => {
+    const call = ++calls;
+    return () => call !== calls;
+  };
+}
+
 /** A server-sent event stream (`handlers`: event name to function of its JSON) that
  * reconnects with a fresh token, backing off, and gives up when the server refuses it.
  * `reopened(failedAt)` runs after a reconnection, to fetch what was missed while it was down. */
@@ -207,16 +217,18 @@ function stream(path, handlers, reopened = null) {
       source.close();
       if (closed) return;
       failedAt ??= Date.now();
-      // An EventSource does not say why it failed: a cheap call does (a refused token
-      // refreshes or signs out). Then again, later each time.
-      setTimeout(async () => {
-        await api("/login/sessions").catch(() => {});
-        wait = Math.min(wait * 2, 30_000);
-        open().catch(() => {});
-      }, wait);
+      retry();
     };
   };
-  open().catch(() => {});
+  // An EventSource does not say why it failed: a cheap call does (a refused token refreshes
+  // or signs out). Then again, later each time, also when the token could not be had.
+  const retry = () => setTimeout(async () => {
+    if (closed) return;
+    await api("/login/sessions").catch(() => {});
+    wait = Math.min(wait * 2, 30_000);
+    open().catch(retry);
+  }, wait);
+  open().catch(retry);
   return { close: () => { closed = true; source?.close(); } };
 }
 
@@ -359,8 +371,9 @@ function signedIn(view) {
     },
   }, async () => {
     // Left or removed while the stream was down: its other streams would be refused forever.
+    const was = current;
     const all = await loadConversations();
-    if (current && !all.some((conversation) => conversation.id === current.id)) {
+    if (was && current === was && !all.some((conversation) => conversation.id === was.id)) {
       leaveRoom();
       closeConversation();
     }
@@ -390,7 +403,10 @@ for (const item of document.querySelectorAll("#nav [data-view]")) {
 
 // ---- profile, sessions ----------------------------------------------------------------------
 
+const profileLoads = latestOnly();
+
 async function loadProfile() {
+  const stale = profileLoads();
   const form = $("#profile-form");
   // Nothing typed before the stored values arrive is overwritten by them.
   const fields = [...form.elements];
@@ -399,8 +415,9 @@ async function loadProfile() {
   try {
     me = await api(`/core/user/id/${session.user}`);
   } finally {
-    for (const field of fields) field.disabled = false;
+    if (!stale()) for (const field of fields) field.disabled = false;
   }
+  if (stale()) return;
   for (const field of ["first_name", "last_name", "username", "bio"]) {
     form.elements[field].value = me[field] ?? "";
   }
@@ -528,8 +545,13 @@ function closeConversationStreams() {
   biteEvents = memberEvents = null;
 }
 
+const conversationLoads = latestOnly();
+
+/** Lists the caller's conversations (and returns them). */
 async function loadConversations() {
+  const stale = conversationLoads();
   const all = await api("/core/user/conversation?limit=1000");
+  if (stale()) return all;
   all.sort((a, b) => Number(b.pinned) - Number(a.pinned) || (a.title || "").localeCompare(b.title || ""));
   // Rebuilt even while hidden, so it is current when shown.
   const list = $("#conversation-list");
@@ -579,7 +601,7 @@ async function openConversation(conversation) {
       const bite = bites.get(biteKey(said));
       if (bite) bite.transcript = said.transcript ?? said.text;
     },
-  }, (failedAt) => loadBites(conversation.id, failedAt - CATCH_UP_MS));
+  }, (failedAt) => loadBites(conversation.id, catchUpFrom(failedAt)));
   // Members added or removed by others, while the conversation is open.
   const members = () => loadMembers(conversation.id);
   memberEvents = stream(`/core/user/subscribe/conversation/${conversation.id}/member`, {
@@ -595,7 +617,12 @@ async function openConversation(conversation) {
       }
     },
   }, members);
-  await Promise.all([loadMembers(conversation.id), loadBites(conversation.id), loadConversations()]);
+  try {
+    await Promise.all([loadMembers(conversation.id), loadBites(conversation.id), loadConversations()]);
+  } catch (err) {
+    // Closed meanwhile (left, removed, another opened): what failed no longer matters.
+    if (current === conversation) throw err;
+  }
 }
 
 function closeConversation() {
@@ -607,16 +634,15 @@ function closeConversation() {
 /** Names of the open conversation's members, by user id. */
 const names = new Map();
 
-/** Counts member-list loads: only the latest call's answer is shown. */
-let memberLoads = 0;
+const memberLoads = latestOnly();
 
 async function loadMembers(conversation = current.id) {
-  const call = ++memberLoads;
+  const stale = memberLoads();
   const [members, known] = await Promise.all([
     api(`/core/user/conversation/${conversation}/member?limit=1000`),
     contacts(),
   ]);
-  if (call !== memberLoads || current?.id !== conversation) return;
+  if (stale() || current?.id !== conversation) return;
   names.clear();
   for (const user of members) names.set(user.id, nameOf(user));
   const list = $("#member-list");
@@ -682,6 +708,16 @@ const WEEK_MS = 7 * 24 * 3600 * 1000;
 const CATCH_UP_MS = 5 * 60 * 1000;
 /** Counts conversation openings: an answer for an earlier one is dropped. */
 let opening = 0;
+
+/** Where a catch-up starts: before the failure and before the newest bite shown (the
+ * server's clock, which the browser's may not match). */
+function catchUpFrom(failedAt) {
+  let from = failedAt;
+  let newest = null;
+  for (const bite of bites.values()) newest = Math.max(newest ?? bite.start, bite.start);
+  if (newest !== null) from = Math.min(from, newest);
+  return from - CATCH_UP_MS;
+}
 
 /** The newest bites: pages follow `Link: rel="next"` (oldest first) from a week back, or from
  * `since` (a catch-up); added to those shown, in order, and transcripts filled in. */
