@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use actix_web::{HttpResponse, web};
 use beep::app::{self, Hosting, RunningApp};
-use beep::config::Config;
 use beep::platform::http::Caller;
 use beep::platform::service::{Routes, Service};
 use serde_json::{Value, json};
@@ -84,11 +83,8 @@ fn main() {
 
 async fn start(workers: usize) -> (RunningApp, tempfile::TempDir) {
     let data_dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.server.listen = "127.0.0.1:0".parse().unwrap();
-    config.server.data_dir = data_dir.path().to_owned();
+    let mut config = load::app_config(data_dir.path());
     config.server.workers = workers;
-    config.telemetry.log_filter = "warn".into();
     // Codes through the bypass (no sender in the figure), and no limits in the way.
     login::allow_bypass(&mut config);
     let running = app::start(

@@ -21,11 +21,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use beep::app::{self, Hosting};
-use beep::config::Config;
 use beep::services::bites::sfu::media::batch::Outbox;
 use beep::services::bites::store::{BiteMeta, BiteStore as _, NewBite, SledStore};
 use bytes::Bytes;
-use serde_json::{Value, json};
 
 #[allow(dead_code)]
 #[path = "common/load.rs"]
@@ -104,10 +102,7 @@ struct Call {
 fn serve(record: bool) -> (tokio::runtime::Runtime, String, tempfile::TempDir) {
     let server = runtime("bench-server");
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.server.listen = "127.0.0.1:0".parse().unwrap();
-    config.server.data_dir = dir.path().to_owned();
-    config.server.workers = 1;
+    let mut config = load::app_config(dir.path());
     config.telemetry.log_filter = "error".into();
     // Hundreds of logins from one address.
     login::allow_bypass(&mut config);
@@ -126,42 +121,14 @@ fn serve(record: bool) -> (tokio::runtime::Runtime, String, tempfile::TempDir) {
 
 /// A conversation of `people` (the first creates it), each connected and joined to its call.
 async fn call_of(base: &str, people: &[(String, String)]) -> Vec<Peer> {
-    let client = reqwest::Client::new();
     let (owner, _) = &people[0];
-    let created: Value = client
-        .post(format!("{base}/core/user/conversation"))
-        .bearer_auth(owner)
-        .json(&json!({"title": "bench"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let conversation = created["id"].as_str().unwrap().to_owned();
-    for (_, user) in &people[1..] {
-        let added = client
-            .post(format!(
-                "{base}/core/user/conversation/{conversation}/member"
-            ))
-            .bearer_auth(owner)
-            .json(&json!({"id": user}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(added.status(), 200);
-    }
+    let others: Vec<&str> = people[1..].iter().map(|(_, user)| user.as_str()).collect();
+    let conversation = login::new_conversation(base, owner, "bench", &others).await;
     let ws = base.replacen("http://", "ws://", 1);
     let mut peers = Vec::new();
     for (token, _) in people {
         let peer = Peer::connect(&ws, token).await;
-        let joined = client
-            .post(format!("{base}/webrtc/join/{conversation}"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(joined.status(), 200);
+        login::join_call(base, token, &conversation).await;
         peers.push(peer);
     }
     peers

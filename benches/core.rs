@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use actix_web::{HttpResponse, web};
 use beep::app::{self, Hosting, RunningApp};
-use beep::config::Config;
 use beep::platform::http::Caller;
 use beep::platform::ids::random_hex128;
 use beep::platform::service::{Routes, Service};
@@ -77,11 +76,7 @@ struct Bench {
 
 async fn start(postgres: Option<&str>, redis: Option<&str>, extra: Vec<Arc<dyn Service>>) -> Bench {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.server.listen = "127.0.0.1:0".parse().unwrap();
-    config.server.data_dir = dir.path().to_owned();
-    config.server.workers = 1;
-    config.telemetry.log_filter = "warn".into();
+    let mut config = load::app_config(dir.path());
     login::allow_bypass(&mut config);
     let name = format!("bench{}", &random_hex128()[..12]);
     let mut database = None;
@@ -241,17 +236,7 @@ async fn access(redis: Option<&str>) {
     let token = access_token(&base, 1).await;
     let client = reqwest::Client::new();
     let user = user_id(&client, &base, &token, 1).await;
-    let conversation: serde_json::Value = client
-        .post(format!("{base}/core/user/conversation"))
-        .bearer_auth(&token)
-        .json(&serde_json::json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let conversation = conversation["id"].as_str().unwrap().to_owned();
+    let conversation = login::new_conversation(&base, &token, "bench", &[]).await;
     // The same parts `app::build_services` wires, over the running app's platform.
     let core = beep::services::core::Core::new(&platform, None);
     let permissions =

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use actix_web::{HttpResponse, web};
 use beep::app::{self, Hosting};
-use beep::config::Config;
 use beep::platform::http::Caller;
 use beep::platform::service::{Routes, Service};
 use bytes::Bytes;
@@ -244,11 +243,7 @@ impl Service for BareThumb {
 async fn download() {
     // The thumbnail to serve, made by a first app on a scratch directory.
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.server.listen = "127.0.0.1:0".parse().unwrap();
-    config.server.data_dir = dir.path().to_owned();
-    config.server.workers = 1;
-    config.telemetry.log_filter = "warn".into();
+    let mut config = load::app_config(dir.path());
     login::allow_bypass(&mut config);
     let photo = photo(7);
     let running = app::start(config.clone(), beep::services::COMPILED, Hosting::default())

@@ -1,5 +1,6 @@
-//! The load client the benches share: keep-alive connections sending pipelined requests, so
-//! the server under test, not the client, is the bottleneck.
+//! What the benches share: the app's configuration, and the load client (keep-alive
+//! connections sending pipelined requests, so the server under test, not the client, is the
+//! bottleneck).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -11,6 +12,17 @@ pub const CONNECTIONS: usize = 16;
 pub const ROUND: Duration = Duration::from_secs(3);
 pub const ROUNDS: usize = 5;
 pub const PIPELINE: usize = 16;
+
+/// The app as the benches start it: a free loopback port, data in `dir`, one HTTP worker,
+/// only warnings logged.
+pub fn app_config(dir: &std::path::Path) -> beep::config::Config {
+    let mut config = beep::config::Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.data_dir = dir.to_owned();
+    config.server.workers = 1;
+    config.telemetry.log_filter = "warn".into();
+    config
+}
 
 /// The bench's runtime: one thread for the client, so the server keeps the other core.
 pub fn client_runtime() -> tokio::runtime::Runtime {

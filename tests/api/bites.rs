@@ -728,17 +728,7 @@ async fn a_killed_server_keeps_every_bite_it_announced() {
     let base = format!("http://127.0.0.1:{}", served.port);
     let client = reqwest::Client::new();
     let (token, _) = crate::login::token_and_user(&base, &unique_phone(), "phone").await;
-    let created: Value = client
-        .post(format!("{base}/core/user/conversation"))
-        .bearer_auth(&token)
-        .json(&json!({"title": "crash"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let conversation = created["id"].as_str().unwrap().to_owned();
+    let conversation = crate::login::new_conversation(&base, &token, "crash", &[]).await;
     let store = format!("{base}/store/bite/{conversation}");
 
     let mut stream = client
@@ -749,13 +739,7 @@ async fn a_killed_server_keeps_every_bite_it_announced() {
         .unwrap();
     assert_eq!(stream.status(), 200);
     let mut peer = Peer::connect(&base.replacen("http://", "ws://", 1), &token).await;
-    let joined = client
-        .post(format!("{base}/webrtc/join/{conversation}"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(joined.status(), 200);
+    crate::login::join_call(&base, &token, &conversation).await;
 
     // Short bites until a few are announced, then SIGKILL in the middle of the next one.
     let announced = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u64>::new()));

@@ -1,5 +1,6 @@
-//! Logging in through the development bypass (`auth.dev_bypass`), for benches and for tests of
-//! a `beep serve` child process: no sender runs and no code has to be read from a log.
+//! Logging in through the development bypass (`auth.dev_bypass`), and the first calls after it
+//! (a conversation, joining its call), for benches and for tests of a `beep serve` child
+//! process: no sender runs and no code has to be read from a log.
 
 use serde_json::json;
 
@@ -73,4 +74,45 @@ pub async fn token_and_user(base: &str, phone: &str, client: &str) -> (String, S
         body["access_token"].as_str().unwrap().to_owned(),
         body["user_id"].as_str().unwrap().to_owned(),
     )
+}
+
+/// A conversation titled `title`, created by the holder of `token`, with the users `members`
+/// added: its id.
+pub async fn new_conversation(base: &str, token: &str, title: &str, members: &[&str]) -> String {
+    let client = reqwest::Client::new();
+    let created: serde_json::Value = client
+        .post(format!("{base}/core/user/conversation"))
+        .bearer_auth(token)
+        .json(&json!({ "title": title }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let conversation = created["id"].as_str().unwrap().to_owned();
+    for user in members {
+        let added = client
+            .post(format!(
+                "{base}/core/user/conversation/{conversation}/member"
+            ))
+            .bearer_auth(token)
+            .json(&json!({ "id": user }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(added.status(), 200);
+    }
+    conversation
+}
+
+/// Joins `conversation`'s call (`POST /webrtc/join`) as the holder of `token`.
+pub async fn join_call(base: &str, token: &str, conversation: &str) {
+    let joined = reqwest::Client::new()
+        .post(format!("{base}/webrtc/join/{conversation}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(joined.status(), 200);
 }

@@ -61,6 +61,9 @@ pub struct Served {
 
 impl Served {
     pub fn start(dir: &std::path::Path, env: &[(&str, &str)]) -> Self {
+        // Its callers speak to it with reqwest, which needs rustls's provider in this process,
+        // where no app has installed it when such a test runs alone.
+        beep::platform::install_crypto_provider();
         let port = free_port();
         let mut command = beep(dir);
         command
