@@ -40,13 +40,10 @@ struct Representation {
 }
 
 impl Representation {
-    fn new(bytes: Vec<u8>) -> Self {
+    fn new(bytes: Bytes) -> Self {
         let digest = Sha256::digest(&bytes);
         let etag = format!("\"{}\"", hex(&digest[..16]));
-        Self {
-            bytes: bytes.into(),
-            etag,
-        }
+        Self { bytes, etag }
     }
 }
 
@@ -57,8 +54,10 @@ impl Asset {
         let gzipped = gzip.write_all(bytes).and_then(|()| gzip.finish());
         Self {
             content_type,
-            plain: Representation::new(bytes.to_vec()),
-            gzipped: gzipped.ok().map(Representation::new),
+            plain: Representation::new(Bytes::from_static(bytes)),
+            gzipped: gzipped
+                .ok()
+                .map(|gzipped| Representation::new(gzipped.into())),
         }
     }
 

@@ -33,7 +33,8 @@ fn io_error(errno: Errno) -> io::Error {
     io::Error::from_raw_os_error(errno as i32)
 }
 
-/// What one `recvmmsg` brought: reused from call to call, so receiving allocates nothing.
+/// What one `recvmmsg` brought: the buffers and headers are made once and reused from call to
+/// call; a call allocates only its list of slices over them (the borrow cannot outlive it).
 pub struct Inbox {
     buffers: Box<[u8]>,
     headers: MultiHeaders<SockaddrStorage>,

@@ -110,6 +110,13 @@ const BINDING_REQUEST_TYPE: u16 = 0x0001;
 const BINDING_SUCCESS: u16 = 0x0101;
 const ATTR_ICE_CONTROLLED: u16 = 0x8029;
 
+/// RTP or RTCP (first byte 128–191, RFC 7983), as opposed to STUN and DTLS.
+pub fn is_media(datagram: &[u8]) -> bool {
+    datagram
+        .first()
+        .is_some_and(|&first| (128..=191).contains(&first))
+}
+
 /// A STUN message's type, if `datagram` is one.
 fn stun_type(datagram: &[u8]) -> Option<u16> {
     if !is_stun_message(datagram) {

@@ -53,9 +53,9 @@ const BATCHES_PER_TURN: usize = 16;
 /// The least time between two runs of a connected connection's timers. rtc-ice 0.21.1 asks for
 /// one every 200 ms whatever its keep-alive setting (its interval starts from the check
 /// interval and is only ever lowered; pion's starts from zero), and that was most of an idle
-/// peer's cost. Once a connection is up nothing needs a finer tick: the lite agent only notices
-/// silence (5 s to "disconnected"), RTCP reports go out every 5 s, and a check asked for by a
-/// renegotiation waits a second at most.
+/// peer's cost. Once a connection is up nothing needs a finer tick: the lite agent's own work is
+/// noticing silence (5 s to "disconnected") and its consent checks (every 5 s), RTCP reports go
+/// out every 5 s, and a check asked for by a renegotiation waits a second at most.
 const UPKEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// How often the server asks a connected client for consent (a binding request).
@@ -387,12 +387,14 @@ impl Plane {
     /// Hands a leg's packet to its listener's connection on this thread; a listener gone or
     /// refusing loses the packet, late audio being useless.
     fn write(&mut self, leg: Leg, now: Instant) {
-        self.busy = Some(leg.listener);
+        // The listener's work while rtc writes; then the speaker's (or none) again.
+        let speaker = self.busy.replace(leg.listener);
         let written = self
             .connections
             .get_mut(&leg.listener)
             .and_then(|listener| listener.pc.rtp_sender(leg.sender))
             .is_some_and(|mut sender| sender.write_rtp(now, leg.packet).is_ok());
+        self.busy = speaker;
         if written {
             self.written.push(leg.listener);
         } else if let Some(stats) = &self.stats {
@@ -455,12 +457,18 @@ impl Plane {
     /// thread goes on serving the others.
     fn guarded(&mut self, work: impl FnOnce(&mut Plane)) {
         self.busy = None;
-        if panic::catch_unwind(AssertUnwindSafe(|| work(self))).is_ok() {
+        let Err(panic) = panic::catch_unwind(AssertUnwindSafe(|| work(self))) else {
             return;
-        }
+        };
         let broken = self.busy.take();
+        let message = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("(no message)");
         tracing::error!(
             connection = broken,
+            panic = message,
             "a media connection panicked; it is dropped"
         );
         if let Some(id) = broken {
@@ -539,13 +547,12 @@ impl Plane {
                 if let Err(err) = connection.pc.handle_read(datagram) {
                     tracing::debug!(error = %err, connection = id, "a datagram was refused");
                 }
-                let connected = connection.connected;
-                if connected {
+                if connection.connected || demux::is_media(bytes) {
                     touched.push(id);
                 } else {
-                    // Until it is up, each datagram is followed through at once: the DTLS
-                    // handshake's last flight installs the SRTP keys only when its event is
-                    // taken, and the client's first media may be next in the same batch.
+                    // Until it is up, each handshake datagram is followed through at once: the
+                    // DTLS handshake's last flight installs the SRTP keys only when its event
+                    // is taken, and the client's first media may be next in the same batch.
                     self.drive(id);
                 }
             }
