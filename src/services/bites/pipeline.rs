@@ -2,12 +2,11 @@
 //! (without waiting) to that speaker's task, which cuts utterances and encodes them as Ogg;
 //! one writer task stores them in batches and then announces them.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::Counter;
-use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::events::BiteStored;
@@ -46,29 +45,9 @@ pub struct Spoken {
     pub packet: Incoming,
 }
 
-/// Packets between a speaker's feed and its task.
-#[derive(Default)]
-struct Queue {
-    packets: Mutex<Vec<Spoken>>,
-    /// Set by the task while it waits with nothing to do: the next packet wakes it.
-    idle: AtomicBool,
-    /// The feed is gone: the task finishes the bite in progress and ends.
-    closed: AtomicBool,
-    wake: Notify,
-}
-
-impl Queue {
-    fn packets(&self) -> MutexGuard<'_, Vec<Spoken>> {
-        // Holders only push or swap: a panic cannot leave the list half-changed.
-        self.packets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
 /// The sending end of one speaker's task. Dropping it ends the speaker's bite in progress.
 pub struct SpeakerFeed {
-    queue: Arc<Queue>,
+    packets: mpsc::Sender<Spoken>,
     dropped: Counter,
     clock: Clock,
 }
@@ -81,24 +60,9 @@ impl SpeakerFeed {
 
     /// Never waits: a packet the speaker's task has no room for is left out of the bite.
     pub fn push(&self, spoken: Spoken) {
-        {
-            let mut packets = self.queue.packets();
-            if packets.len() >= SPEAKER_QUEUE {
-                self.dropped.increment(1);
-                return;
-            }
-            packets.push(spoken);
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.packets.try_send(spoken) {
+            self.dropped.increment(1);
         }
-        if self.queue.idle.swap(false, Ordering::AcqRel) {
-            self.queue.wake.notify_one();
-        }
-    }
-}
-
-impl Drop for SpeakerFeed {
-    fn drop(&mut self) {
-        self.queue.closed.store(true, Ordering::Release);
-        self.queue.wake.notify_one();
     }
 }
 
@@ -121,7 +85,7 @@ impl Ingest {
 
     /// Starts the task that cuts one speaker's (`user` on `client`) packets into bites.
     pub fn speaker(&self, user: &str, client: &str) -> SpeakerFeed {
-        let queue = Arc::new(Queue::default());
+        let (packets, taken) = mpsc::channel(SPEAKER_QUEUE);
         let task = SpeakerTask {
             user: user.to_owned(),
             client: client.to_owned(),
@@ -130,9 +94,9 @@ impl Ingest {
             bites: self.bites.clone(),
             clock: self.clock.clone(),
         };
-        tokio::spawn(task.run(Arc::clone(&queue)));
+        tokio::spawn(task.run(taken));
         SpeakerFeed {
-            queue,
+            packets,
             dropped: self.dropped.clone(),
             clock: self.clock.clone(),
         }
@@ -149,26 +113,11 @@ struct SpeakerTask {
 }
 
 impl SpeakerTask {
-    async fn run(mut self, queue: Arc<Queue>) {
-        let mut batch = Vec::new();
-        loop {
-            // Read before taking: whatever was pushed before the feed closed is then taken.
-            let closed = queue.closed.load(Ordering::Acquire);
-            std::mem::swap(&mut batch, &mut *queue.packets());
-            let spoke = !batch.is_empty();
-            for spoken in batch.drain(..) {
-                if self.conversation.as_ref() != Some(&spoken.conversation) {
-                    // A speaker who moves to another room ends the bite in the old one.
-                    let finished = self.segmenter.finish();
-                    self.emit(finished).await;
-                    self.conversation = Some(spoken.conversation);
-                }
-                let finished = self.segmenter.push(spoken.packet);
-                self.emit(finished).await;
-            }
-            if closed {
-                break;
-            }
+    async fn run(mut self, mut packets: mpsc::Receiver<Spoken>) {
+        let mut batch = Vec::with_capacity(SPEAKER_QUEUE);
+        let mut open = true;
+        let mut talking = false;
+        while open {
             let deadline = self.segmenter.deadline_ms();
             if deadline.is_some_and(|deadline_ms| deadline_ms <= self.clock.now_millis()) {
                 let finished = self.segmenter.expire(self.clock.now_millis());
@@ -179,23 +128,39 @@ impl SpeakerTask {
                 let wait = u64::try_from(deadline_ms - self.clock.now_millis()).unwrap_or(0);
                 tokio::time::Instant::now() + Duration::from_millis(wait)
             });
-            if spoke {
-                // Talking: look again soon (or at the silence deadline, if sooner).
+            if talking {
+                // Look again soon (or at the silence deadline, if sooner) and take what came.
+                // `try_recv` leaves no waker behind, so the packets meanwhile wake no one.
                 let next = tokio::time::Instant::now() + DRAIN_EVERY;
                 tokio::time::sleep_until(deadline.map_or(next, |deadline| deadline.min(next)))
                     .await;
-                continue;
+                loop {
+                    match packets.try_recv() {
+                        Ok(spoken) => batch.push(spoken),
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => {
+                            open = false;
+                            break;
+                        }
+                    }
+                }
+            } else {
+                // Quiet: wait for the next packet, the silence deadline, or the feed's end.
+                tokio::select! {
+                    taken = packets.recv_many(&mut batch, SPEAKER_QUEUE) => open = taken > 0,
+                    () = sleep_until(deadline) => {}
+                }
             }
-            // Quiet: wait for the next packet or the silence deadline. A packet pushed after
-            // the take above but before `idle` is set would wake no one: look once more.
-            queue.idle.store(true, Ordering::Release);
-            if !queue.packets().is_empty() || queue.closed.load(Ordering::Acquire) {
-                queue.idle.store(false, Ordering::Release);
-                continue;
-            }
-            tokio::select! {
-                () = queue.wake.notified() => {}
-                () = sleep_until(deadline) => {}
+            talking = !batch.is_empty();
+            for spoken in batch.drain(..) {
+                if self.conversation.as_ref() != Some(&spoken.conversation) {
+                    // A speaker who moves to another room ends the bite in the old one.
+                    let finished = self.segmenter.finish();
+                    self.emit(finished).await;
+                    self.conversation = Some(spoken.conversation);
+                }
+                let finished = self.segmenter.push(spoken.packet);
+                self.emit(finished).await;
             }
         }
         let finished = self.segmenter.finish();
